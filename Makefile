@@ -1,0 +1,47 @@
+# One entry point per habit. `make demo` and `make test` are the README's two commands:
+# each bootstraps everything it needs on a machine that has only Python 3.11+ and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+RUN := $(UV) run --frozen --no-sync
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: dev demo test test-unit lint bench build clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==0.13.9
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	touch $@
+
+dev: $(VENV)/.synced
+
+demo: dev
+	$(RUN) encord-mirror demo
+
+test: dev
+	$(RUN) pytest -q
+
+test-unit: dev
+	$(RUN) pytest -q tests/unit
+
+lint: dev
+	$(RUN) ruff check src tests functions
+	$(RUN) ruff format --check src tests functions
+	$(RUN) mypy
+
+bench: dev
+	$(RUN) python -m benchmarks
+
+build: dev
+	$(RUN) python -m encord_mirror.build_layer
+	$(RUN) sam validate --lint
+	$(RUN) sam build
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""`encord-mirror emulator serve|generate`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    emu = sub.add_parser("emulator", help="run or feed the local Encord API emulator (tests, demo, bench)")
+    emu_sub = emu.add_subparsers(dest="emulator_command", required=True, metavar="SUBCOMMAND")
+
+    serve = emu_sub.add_parser("serve", help="serve a fixture directory as the Encord API until stopped")
+    serve.add_argument("--data", required=True, help="fixture directory (DIR/<project_hash>/project.json ...)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    serve.add_argument(
+        "--authorized-key",
+        action="append",
+        default=[],
+        metavar="PUBFILE",
+        help="OpenSSH ed25519 public key allowed to call the API (repeatable)",
+    )
+    serve.add_argument("--no-auth", action="store_true", help="accept every request without checking signatures")
+    serve.set_defaults(func=_serve)
+
+    gen = emu_sub.add_parser("generate", help="write a synthetic fixture directory")
+    gen.add_argument("--out", required=True, help="directory to write")
+    gen.add_argument("--rows", type=int, required=True, help="label rows per project (all branches)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--projects", type=int, default=1)
+    gen.set_defaults(func=_generate)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from encord_mirror.emulator.server import serve_main
+
+    return serve_main(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from encord_mirror.emulator.generate import generate_main
+
+    return generate_main(args)
