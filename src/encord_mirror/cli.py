@@ -18,6 +18,8 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from encord_mirror import sync_cli
+    from encord_mirror.coco import cli as coco_cli
     from encord_mirror.emulator import cli as emulator_cli
 
     parser = argparse.ArgumentParser(
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sync_cli.register(sub)
+    coco_cli.register(sub)
     emulator_cli.register(sub)
     return parser
 

@@ -1,0 +1,1 @@
+"""Encord label rows to COCO, without opencv or shapely at run time."""

@@ -1,0 +1,39 @@
+"""`encord-mirror sync` and `encord-mirror demo`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    sync = sub.add_parser("sync", help="bring a lake in step with one or more Encord projects")
+    sync.add_argument("--project", action="append", required=True, metavar="HASH", help="repeatable")
+    sync.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    sync.add_argument("--ssh-key", required=True, metavar="FILE", help="Encord ed25519 private key file")
+    sync.add_argument("--encord-domain", default=None, metavar="URL", help="Encord API domain (default: SDK's)")
+    sync.add_argument("--state", default=None, metavar="PATH", help="SQLite state file (default: LAKE/.state.db)")
+    sync.add_argument("--full", action="store_true", help="reconcile: list all rows and diff with the index")
+    sync.add_argument("--workers", type=int, default=4)
+    sync.add_argument("--bundle-size", type=int, default=100)
+    branches = sync.add_mutually_exclusive_group()
+    branches.add_argument("--branch", default=None, metavar="NAME", help="mirror this branch only (default main)")
+    branches.add_argument("--all-branches", action="store_true", help="mirror every consensus branch")
+    sync.set_defaults(func=_sync)
+
+    demo = sub.add_parser("demo", help="end-to-end demo on an emulated project and a local lake")
+    demo.add_argument("--rows", type=int, default=300)
+    demo.add_argument("--lake", default=None, help="lake directory (default: a fresh temporary one)")
+    demo.set_defaults(func=_demo)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from encord_mirror.app.sync_command import sync_main
+
+    return sync_main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from encord_mirror.app.demo import demo_main
+
+    return demo_main(args)
