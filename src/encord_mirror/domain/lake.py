@@ -1,0 +1,60 @@
+"""The lake's key layout: a public contract (documented in the README).
+
+```
+labels/project=<p>/branch=<b>/stage=<s>/<label_hash>.json
+coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/coco.json
+coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/manifest.json
+coco/project=<p>/branch=<b>/stage=<s>/latest.json
+runs/project=<p>/<run_id>.json
+```
+
+Partition values must be safe both in an S3 key and as a Hive partition value. Branch names are
+kept as they are where they only use `[A-Za-z0-9._-]`, and percent-encoded (Hive's own escaping)
+otherwise. A stage value is `<slug of the title>-<first 8 hex of the stage uuid>`: readable in Athena,
+yet unique and stable when two stages share a title. Rows outside any workflow stage use `none`.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+NO_STAGE = "none"
+_SLUG_MAX = 40
+_NON_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def stage_value(stage_uuid: str | None, stage_title: str | None) -> str:
+    """The partition value of a workflow stage: deterministic, key-safe, Hive-safe."""
+    if not stage_uuid:
+        return NO_STAGE
+    slug = _NON_SLUG.sub("-", (stage_title or "").lower()).strip("-")[:_SLUG_MAX].rstrip("-")
+    short = stage_uuid.replace("-", "").lower()[:8]
+    return f"{slug}-{short}" if slug else f"stage-{short}"
+
+
+def branch_value(branch: str) -> str:
+    """The partition value of a consensus branch name (percent-encoded where needed)."""
+    if not branch:
+        raise ValueError("empty branch name")
+    return quote(branch, safe="")
+
+
+def partition_prefix(kind: str, project_hash: str, branch: str, stage: str) -> str:
+    return f"{kind}/project={project_hash}/branch={branch_value(branch)}/stage={stage}/"
+
+
+def label_key(project_hash: str, branch: str, stage: str, label_hash: str) -> str:
+    return f"{partition_prefix('labels', project_hash, branch, stage)}{label_hash}.json"
+
+
+def snapshot_key(project_hash: str, branch: str, stage: str, snapshot_id: str, name: str) -> str:
+    return f"{partition_prefix('coco', project_hash, branch, stage)}snapshots/{snapshot_id}/{name}"
+
+
+def latest_key(project_hash: str, branch: str, stage: str) -> str:
+    return f"{partition_prefix('coco', project_hash, branch, stage)}latest.json"
+
+
+def run_manifest_key(project_hash: str, run_id: str) -> str:
+    return f"runs/project={project_hash}/{run_id}.json"

@@ -1,0 +1,199 @@
+"""Value objects shared by the domain and its adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BranchSelection:
+    """Which consensus branches to mirror: `main` only (default), one named branch, or all of them."""
+
+    mode: Literal["main", "named", "all"] = "main"
+    name: str | None = None
+
+    @property
+    def branch_name(self) -> str | None:
+        """The SDK's `branch_name` argument (None for `main` and for all branches)."""
+        return self.name if self.mode == "named" else None
+
+    @property
+    def all_branches(self) -> bool:
+        return self.mode == "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    uuid: str
+    title: str
+    stage_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectInfo:
+    project_hash: str
+    title: str
+    ontology_hash: str
+    ontology: JsonDict  # OntologyStructure.to_dict()
+    stages: tuple[Stage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RowMeta:
+    """One item of `list_label_rows_v2`: a (data unit, branch) and where it stands in the workflow.
+
+    `label_hash` is None for a data unit that has no label row on that branch: such a row is
+    recorded, never initialised (initialising it would create a label row in Encord).
+    All datetimes are timezone-aware UTC.
+    """
+
+    project_hash: str
+    data_hash: str
+    branch: str
+    label_hash: str | None
+    last_edited_at: datetime | None
+    stage_uuid: str | None
+    stage_title: str | None
+    task_status: str | None
+    data_title: str
+    data_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowQuery:
+    """A label-row listing, filtered on the server. Datetimes must be timezone-aware UTC."""
+
+    branches: BranchSelection = field(default_factory=BranchSelection)
+    edited_after: datetime | None = None
+    edited_before: datetime | None = None
+    label_hashes: tuple[str, ...] | None = None
+    data_hashes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRow:
+    meta: RowMeta
+    labels: JsonDict  # LabelRowV2.to_encord_dict(), unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What one bundled initialisation gave back.
+
+    `failed` maps label_hash -> reason for rows the SDK left uninitialised or could not serialise;
+    `gone` lists requested label hashes that the listing no longer returns (deleted in Encord).
+    """
+
+    loaded: tuple[LoadedRow, ...]
+    failed: dict[str, str]
+    gone: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    body: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """The row index: where the lake holds a (label_hash, branch) now, and which version.
+
+    `etag` is the lake object's etag after our write: the next write of this row is conditional on it.
+    `sha256` covers the label content only (not the sync time), so unchanged content is skipped.
+    """
+
+    project_hash: str
+    label_hash: str
+    data_hash: str
+    branch: str
+    key: str
+    partition_stage: str
+    last_edited_at: datetime | None
+    sha256: str
+    etag: str
+    synced_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A row that failed for good in some run: it holds the watermark back until it is synced."""
+
+    project_hash: str
+    label_hash: str
+    last_edited_at: datetime | None
+    run_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMessage:
+    """One unit of fan-out work: hashes only (SQS caps a message at 256 KB), never label payloads."""
+
+    project_hash: str
+    run_id: str
+    chunk_id: str  # stable across planner re-sends: the idempotency key
+    label_hashes: tuple[str, ...]
+    removals: tuple[str, ...] = ()  # label hashes no longer live in Encord: remove from the current view
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    label_hash: str
+    status: Literal["written", "unchanged", "moved", "removed", "failed", "stale"]
+    key: str | None = None
+    old_key: str | None = None
+    last_edited_at: datetime | None = None
+    sha256: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    run_id: str
+    chunk_id: str
+    outcomes: tuple[RowOutcome, ...]
+    final: bool  # True once no further delivery will retry this chunk (success or last attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    project_hash: str
+    run_id: str
+    signpost: datetime
+    previous_watermark: datetime | None
+    full: bool
+    chunk_ids: tuple[str, ...]
+    unlabelled: tuple[str, ...] = ()  # data hashes with no label row on a mirrored branch
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunProgress:
+    done: int
+    total: int
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.total
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEvent:
+    """A committed COCO snapshot, announced once (detail-type `encord-mirror.snapshot.committed`)."""
+
+    snapshot_id: str
+    project_hash: str
+    branch: str
+    stage: str
+    detail: JsonDict
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    sent: tuple[str, ...]
+    failed: dict[str, str]  # id -> reason

@@ -1,0 +1,138 @@
+"""The five ports the domain talks to. Each has an AWS adapter and a local one.
+
+Adapters return typed receipts that carry failures instead of logging and carrying on; a
+conditional write that loses raises `PreconditionFailedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from encord_mirror.domain.models import (
+    ChunkMessage,
+    ChunkResult,
+    Gap,
+    IndexEntry,
+    LoadResult,
+    ProjectInfo,
+    RowMeta,
+    RowQuery,
+    RunProgress,
+    RunRecord,
+    SendReceipt,
+    SnapshotEvent,
+    StoredObject,
+)
+
+
+class PreconditionFailedError(Exception):
+    """A conditional write lost: the object or item changed (or exists) since it was read."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"precondition failed for {key!r}")
+        self.key = key
+
+
+class LabelSource(Protocol):
+    """Encord, read-only. Implementations must never create or save a label row."""
+
+    def project_info(self, project_hash: str) -> ProjectInfo: ...
+
+    def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]: ...
+
+    def load_rows(self, project_hash: str, label_hashes: Sequence[str], *, bundle_size: int) -> LoadResult:
+        """List fresh metadata for these label hashes (every branch) and initialise them in one bundle."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """The lake. Keys are relative to the lake root (`labels/project=.../x.json`)."""
+
+    def get(self, key: str) -> StoredObject | None: ...
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        """Write and return the new etag. `if_match`: only over that etag; `if_none_match`: create-only."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Idempotent: deleting a missing key is not an error."""
+        ...
+
+    def list_keys(self, prefix: str) -> Iterator[str]: ...
+
+    def uri(self, key: str) -> str:
+        """Where a user finds the object (`s3://bucket/prefix/key` or a file path)."""
+        ...
+
+
+class StateStore(Protocol):
+    """Watermark, lease, row index, run ledger and gaps. Every write is conditional or idempotent."""
+
+    # lease: one planner per project at a time
+    def acquire_lease(self, project_hash: str, owner: str, now: datetime, ttl_s: int) -> bool: ...
+
+    def release_lease(self, project_hash: str, owner: str) -> None: ...
+
+    # watermark: only ever moves forward
+    def get_watermark(self, project_hash: str) -> datetime | None: ...
+
+    def set_watermark(self, project_hash: str, value: datetime) -> None: ...
+
+    def next_run_number(self, project_hash: str) -> int:
+        """An atomic counter: 1 for the first run (reconciliation every Nth run keys off it)."""
+        ...
+
+    # row index
+    def get_index(self, project_hash: str, label_hash: str) -> IndexEntry | None: ...
+
+    def put_index(self, entry: IndexEntry) -> bool:
+        """Newer-wins: stored only if no entry has a later `last_edited_at`. False when it lost."""
+        ...
+
+    def delete_index(self, project_hash: str, label_hash: str) -> None: ...
+
+    def scan_index(self, project_hash: str) -> Iterator[IndexEntry]: ...
+
+    # run ledger
+    def create_run(self, run: RunRecord) -> None:
+        """Idempotent: creating the same run twice keeps the first."""
+        ...
+
+    def get_run(self, project_hash: str, run_id: str) -> RunRecord | None: ...
+
+    def record_chunk(self, project_hash: str, result: ChunkResult) -> RunProgress:
+        """Store a chunk's result (a later record of the same chunk replaces it); count final chunks."""
+        ...
+
+    def chunk_results(self, project_hash: str, run_id: str) -> list[ChunkResult]: ...
+
+    def claim_finalize(self, project_hash: str, run_id: str) -> bool:
+        """True for exactly one caller per run."""
+        ...
+
+    # gaps
+    def add_gaps(self, gaps: Sequence[Gap]) -> None: ...
+
+    def clear_gaps(self, project_hash: str, label_hashes: Sequence[str]) -> None: ...
+
+    def list_gaps(self, project_hash: str) -> list[Gap]: ...
+
+
+class WorkQueue(Protocol):
+    def send_chunks(self, chunks: Sequence[ChunkMessage]) -> SendReceipt:
+        """Enqueue chunk messages (SQS: in batches of 10). Failures come back in the receipt."""
+        ...
+
+
+class EventSink(Protocol):
+    def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt: ...
