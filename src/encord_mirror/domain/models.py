@@ -197,3 +197,22 @@ class SnapshotEvent:
 class SendReceipt:
     sent: tuple[str, ...]
     failed: dict[str, str]  # id -> reason
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Partition:
+    """A (project, branch, stage) partition of the lake; `stage` is the encoded partition value."""
+
+    project_hash: str
+    branch: str
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionChanges:
+    """What a run changed in one partition: label hashes now live there (written, moved in, or
+    rewritten) and label hashes that left it (moved out or removed)."""
+
+    partition: Partition
+    upserted: tuple[str, ...]
+    removed: tuple[str, ...]

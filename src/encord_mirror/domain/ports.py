@@ -16,6 +16,7 @@ from encord_mirror.domain.models import (
     Gap,
     IndexEntry,
     LoadResult,
+    PartitionChanges,
     ProjectInfo,
     RowMeta,
     RowQuery,
@@ -136,3 +137,15 @@ class WorkQueue(Protocol):
 
 class EventSink(Protocol):
     def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt: ...
+
+
+class SnapshotBuilder(Protocol):
+    def refresh(
+        self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
+    ) -> SnapshotEvent | None:
+        """Build the partition's next COCO snapshot from the previous one plus the changed rows (read
+        from the lake), write it create-only, move `latest.json` by compare-and-swap, and return the
+        event to announce (None when nothing changed or below the announce threshold). Idempotent for
+        a (run_id, partition): a retried finalizer finds the snapshot already written and returns the
+        same event."""
+        ...
