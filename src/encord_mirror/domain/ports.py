@@ -134,6 +134,11 @@ class WorkQueue(Protocol):
         """Enqueue chunk messages (SQS: in batches of 10). Failures come back in the receipt."""
         ...
 
+    def request_finalize(self, project_hash: str, run_id: str) -> None:
+        """Ask for the run's finalizer (SQS: a message on the finalize queue; locally: run it next).
+        May be called more than once per run: the finalizer claims the run exactly once."""
+        ...
+
 
 class EventSink(Protocol):
     def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt: ...
