@@ -1,0 +1,1 @@
+"""Adapters: the ports of `encord_mirror.domain.ports` over real services and local stand-ins."""
