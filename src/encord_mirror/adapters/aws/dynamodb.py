@@ -1,0 +1,539 @@
+"""The state store on DynamoDB: one table, `pk` = `P#<project_hash>`, `sk` by kind.
+
+| sk                               | item                                                           |
+|----------------------------------|----------------------------------------------------------------|
+| `LEASE`                          | the planner lease: `owner`, `expires_us`, `ttl`                |
+| `WATERMARK`                      | `wm_us` (condition: only forward) and `wm_iso`                 |
+| `COUNTER`                        | `run_number` (UpdateItem ADD)                                  |
+| `IDX#<label_hash>`               | the row index (newer-wins on `edited_us`)                      |
+| `GAP#<label_hash>`               | a row that failed for good                                     |
+| `RUN#<run_id>`                   | the run record (`blob`), `total`, `done`, `finalized`          |
+| `RUN#<run_id>#CHUNK#<chunk_id>`  | a chunk result (`blob`), `final`                               |
+| `BLOB#<sha256>#<n>`              | a part of a blob too large for one item (content-addressed)    |
+
+Run records and chunk results are zlib-compressed JSON in one binary attribute; above
+`INLINE_LIMIT` they go to content-addressed part items, so a 1000-row chunk or a run with 100k
+unlabelled data units never hits DynamoDB's 400 KB item limit, and two deliveries of the same
+chunk writing at once can't interleave their parts. Ledger items carry a `ttl` (the table's TTL
+attribute) so finished runs age out; the index, gaps, watermark and counter never expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from botocore.exceptions import ClientError
+
+from encord_mirror.domain.models import (
+    ChunkResult,
+    Gap,
+    IndexEntry,
+    RowOutcome,
+    RunProgress,
+    RunRecord,
+)
+
+INLINE_LIMIT = 300_000  # bytes of compressed blob kept in the item itself (the item limit is 400 KB)
+PART_SIZE = 300_000
+TTL_ATTRIBUTE = "ttl"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_BATCH_WRITE_MAX = 25
+
+
+class RunNotFoundError(LookupError):
+    """A chunk result or finalize claim names a run the ledger does not hold (create_run never ran)."""
+
+    def __init__(self, project_hash: str, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} of project {project_hash!r} is not in the ledger")
+        self.project_hash = project_hash
+        self.run_id = run_id
+
+
+def _micros(value: datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: the state store only takes timezone-aware UTC")
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _require_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _code(error: Any) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def _encode_run(run: RunRecord) -> bytes:
+    return orjson.dumps(
+        {
+            "project_hash": run.project_hash,
+            "run_id": run.run_id,
+            "signpost": _iso(run.signpost),
+            "previous_watermark": _iso(run.previous_watermark),
+            "full": run.full,
+            "chunk_ids": list(run.chunk_ids),
+            "unlabelled": list(run.unlabelled),
+            "started_at": _iso(run.started_at),
+        }
+    )
+
+
+def _decode_run(raw: bytes) -> RunRecord:
+    data = orjson.loads(raw)
+    return RunRecord(
+        project_hash=data["project_hash"],
+        run_id=data["run_id"],
+        signpost=_require_iso(data["signpost"]),
+        previous_watermark=_from_iso(data["previous_watermark"]),
+        full=bool(data["full"]),
+        chunk_ids=tuple(data["chunk_ids"]),
+        unlabelled=tuple(data["unlabelled"]),
+        started_at=_from_iso(data["started_at"]),
+    )
+
+
+def _encode_outcomes(outcomes: Sequence[RowOutcome]) -> bytes:
+    # Positional rows instead of objects: a 1000-row chunk stays small before compression too.
+    return orjson.dumps(
+        [
+            [o.label_hash, o.status, o.key, o.old_key, _iso(o.last_edited_at), o.sha256, o.reason]
+            for o in outcomes
+        ]
+    )
+
+
+def _decode_outcomes(raw: bytes) -> tuple[RowOutcome, ...]:
+    return tuple(
+        RowOutcome(
+            label_hash=label_hash,
+            status=status,
+            key=key,
+            old_key=old_key,
+            last_edited_at=_from_iso(edited),
+            sha256=sha,
+            reason=reason,
+        )
+        for label_hash, status, key, old_key, edited, sha, reason in orjson.loads(raw)
+    )
+
+
+class DynamoStateStore:
+    """StateStore port over one DynamoDB table (partition key `pk`, sort key `sk`, both strings)."""
+
+    def __init__(self, table_name: str, client: Any, *, ledger_ttl_days: int = 30) -> None:
+        if not table_name:
+            raise ValueError("DynamoStateStore needs a table name")
+        self.table_name = table_name
+        self._client = client
+        self._ledger_ttl_s = ledger_ttl_days * 86_400
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(project_hash: str, sk: str) -> dict[str, Any]:
+        return {"pk": _s(f"P#{project_hash}"), "sk": _s(sk)}
+
+    def _get(self, project_hash: str, sk: str) -> dict[str, Any] | None:
+        response = self._client.get_item(
+            TableName=self.table_name, Key=self._key(project_hash, sk), ConsistentRead=True
+        )
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    def _query(self, project_hash: str, sk_prefix: str) -> Iterator[dict[str, Any]]:
+        paginator = self._client.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": _s(f"P#{project_hash}"), ":prefix": _s(sk_prefix)},
+            ConsistentRead=True,
+        )
+        for page in pages:
+            yield from page.get("Items", [])
+
+    def _ledger_ttl(self) -> dict[str, str]:
+        return _n(int(time.time()) + self._ledger_ttl_s)
+
+    def _store_blob(self, project_hash: str, raw: bytes) -> dict[str, Any]:
+        """The attributes that hold `raw` in its item: inline, or a reference to part items."""
+        packed = zlib.compress(raw, 6)
+        if len(packed) <= INLINE_LIMIT:
+            return {"blob": {"B": packed}}
+        sha = hashlib.sha256(packed).hexdigest()
+        parts = [packed[i : i + PART_SIZE] for i in range(0, len(packed), PART_SIZE)]
+        for index, part in enumerate(parts):
+            item = self._key(project_hash, f"BLOB#{sha}#{index:04d}")
+            item.update({"data": {"B": part}, TTL_ATTRIBUTE: self._ledger_ttl()})
+            self._client.put_item(TableName=self.table_name, Item=item)
+        return {"blob_sha": _s(sha), "blob_parts": _n(len(parts))}
+
+    def _load_blob(self, project_hash: str, item: dict[str, Any]) -> bytes:
+        if "blob" in item:
+            return zlib.decompress(item["blob"]["B"])
+        sha, count = item["blob_sha"]["S"], int(item["blob_parts"]["N"])
+        chunks: list[bytes] = []
+        for index in range(count):
+            part = self._get(project_hash, f"BLOB#{sha}#{index:04d}")
+            if part is None:
+                raise RuntimeError(f"blob part {index} of {sha} is missing (expired by TTL?)")
+            chunks.append(part["data"]["B"])
+        return zlib.decompress(b"".join(chunks))
+
+    @staticmethod
+    def _blob_update(attrs: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """SET and REMOVE clauses that replace whichever blob form the item held."""
+        if "blob" in attrs:
+            return "#blob = :blob", "REMOVE blob_sha, blob_parts", {":blob": attrs["blob"]}
+        return (
+            "blob_sha = :blob_sha, blob_parts = :blob_parts",
+            "REMOVE #blob",
+            {":blob_sha": attrs["blob_sha"], ":blob_parts": attrs["blob_parts"]},
+        )
+
+    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        for start in range(0, len(requests), _BATCH_WRITE_MAX):
+            pending: dict[str, Any] = {self.table_name: requests[start : start + _BATCH_WRITE_MAX]}
+            for attempt in range(8):
+                response = self._client.batch_write_item(RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 2.0))
+            if pending:
+                raise RuntimeError(f"DynamoDB left {len(pending[self.table_name])} writes unprocessed")
+
+    # -- lease -----------------------------------------------------------------------------------
+
+    def acquire_lease(self, project_hash: str, owner: str, now: datetime, ttl_s: int) -> bool:
+        expires = now + timedelta(seconds=ttl_s)
+        item = self._key(project_hash, "LEASE")
+        item.update(
+            {
+                "owner": _s(owner),
+                "expires_us": _n(_micros(expires)),
+                # DynamoDB's TTL sweeps late (up to days): the condition below, not TTL, decides expiry.
+                TTL_ATTRIBUTE: _n(int(expires.timestamp()) + 1),
+            }
+        )
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR #exp <= :now OR #owner = :owner",
+                ExpressionAttributeNames={"#exp": "expires_us", "#owner": "owner"},
+                ExpressionAttributeValues={":now": _n(_micros(now)), ":owner": _s(owner)},
+            )
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_lease(self, project_hash: str, owner: str) -> None:
+        try:
+            self._client.delete_item(
+                TableName=self.table_name,
+                Key=self._key(project_hash, "LEASE"),
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": _s(owner)},
+            )
+        except ClientError as error:
+            # Someone else holds it now (ours expired) or nobody does: nothing of ours to release.
+            if _code(error) != "ConditionalCheckFailedException":
+                raise
+
+    # -- watermark and run counter ---------------------------------------------------------------
+
+    def get_watermark(self, project_hash: str) -> datetime | None:
+        item = self._get(project_hash, "WATERMARK")
+        return None if item is None else _require_iso(item["wm_iso"]["S"])
+
+    def set_watermark(self, project_hash: str, value: datetime) -> None:
+        """Move the watermark to `value` unless it already stands later (a backwards move is a no-op)."""
+        micros = _micros(value)
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._key(project_hash, "WATERMARK"),
+                UpdateExpression="SET wm_us = :v, wm_iso = :iso",
+                ConditionExpression="attribute_not_exists(wm_us) OR wm_us <= :v",
+                ExpressionAttributeValues={":v": _n(micros), ":iso": _s(value.astimezone(UTC).isoformat())},
+            )
+        except ClientError as error:
+            if _code(error) != "ConditionalCheckFailedException":
+                raise
+
+    def next_run_number(self, project_hash: str) -> int:
+        response = self._client.update_item(
+            TableName=self.table_name,
+            Key=self._key(project_hash, "COUNTER"),
+            UpdateExpression="ADD run_number :one",
+            ExpressionAttributeValues={":one": _n(1)},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["run_number"]["N"])
+
+    # -- row index -------------------------------------------------------------------------------
+
+    def _index_item(self, entry: IndexEntry) -> dict[str, Any]:
+        item = self._key(entry.project_hash, f"IDX#{entry.label_hash}")
+        item.update(
+            {
+                "label_hash": _s(entry.label_hash),
+                "data_hash": _s(entry.data_hash),
+                "branch": _s(entry.branch),
+                "key": _s(entry.key),
+                "partition_stage": _s(entry.partition_stage),
+                "sha256": _s(entry.sha256),
+                "etag": _s(entry.etag),
+                "synced_at": _s(entry.synced_at.astimezone(UTC).isoformat()),
+            }
+        )
+        if entry.last_edited_at is not None:
+            item["edited_us"] = _n(_micros(entry.last_edited_at))
+            item["last_edited_at"] = _s(entry.last_edited_at.astimezone(UTC).isoformat())
+        return item
+
+    @staticmethod
+    def _index_entry(project_hash: str, item: dict[str, Any]) -> IndexEntry:
+        return IndexEntry(
+            project_hash=project_hash,
+            label_hash=item["label_hash"]["S"],
+            data_hash=item["data_hash"]["S"],
+            branch=item["branch"]["S"],
+            key=item["key"]["S"],
+            partition_stage=item["partition_stage"]["S"],
+            last_edited_at=_from_iso(item["last_edited_at"]["S"]) if "last_edited_at" in item else None,
+            sha256=item["sha256"]["S"],
+            etag=item["etag"]["S"],
+            synced_at=_require_iso(item["synced_at"]["S"]),
+        )
+
+    def get_index(self, project_hash: str, label_hash: str) -> IndexEntry | None:
+        item = self._get(project_hash, f"IDX#{label_hash}")
+        return None if item is None else self._index_entry(project_hash, item)
+
+    def put_index(self, entry: IndexEntry) -> bool:
+        # An unknown last_edited_at sorts before every known one: it never replaces a dated entry.
+        condition = "attribute_not_exists(pk) OR attribute_not_exists(edited_us)"
+        values: dict[str, Any] = {}
+        if entry.last_edited_at is not None:
+            condition += " OR edited_us <= :edited"
+            values[":edited"] = _n(_micros(entry.last_edited_at))
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Item": self._index_item(entry),
+            "ConditionExpression": condition,
+        }
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        try:
+            self._client.put_item(**kwargs)
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def delete_index(self, project_hash: str, label_hash: str) -> None:
+        self._client.delete_item(TableName=self.table_name, Key=self._key(project_hash, f"IDX#{label_hash}"))
+
+    def scan_index(self, project_hash: str) -> Iterator[IndexEntry]:
+        for item in self._query(project_hash, "IDX#"):
+            yield self._index_entry(project_hash, item)
+
+    # -- run ledger ------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord) -> None:
+        if self._get(run.project_hash, f"RUN#{run.run_id}") is not None:
+            return
+        item = self._key(run.project_hash, f"RUN#{run.run_id}")
+        item.update(self._store_blob(run.project_hash, _encode_run(run)))
+        item.update(
+            {
+                "kind": _s("run"),
+                "total": _n(len(run.chunk_ids)),
+                "done": _n(0),
+                TTL_ATTRIBUTE: self._ledger_ttl(),
+            }
+        )
+        try:
+            self._client.put_item(
+                TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as error:
+            if _code(error) != "ConditionalCheckFailedException":  # the first create won: keep it
+                raise
+
+    def get_run(self, project_hash: str, run_id: str) -> RunRecord | None:
+        item = self._get(project_hash, f"RUN#{run_id}")
+        return None if item is None else _decode_run(self._load_blob(project_hash, item))
+
+    def _progress(self, project_hash: str, run_id: str) -> RunProgress:
+        item = self._get(project_hash, f"RUN#{run_id}")
+        if item is None:
+            raise RunNotFoundError(project_hash, run_id)
+        return RunProgress(done=int(item["done"]["N"]), total=int(item["total"]["N"]))
+
+    def record_chunk(self, project_hash: str, result: ChunkResult) -> RunProgress:
+        """Store the chunk's result; the run's `done` counter moves in the same transaction that
+        first marks the chunk final, so redeliveries and concurrent deliveries count it once."""
+        chunk_key = self._key(project_hash, f"RUN#{result.run_id}#CHUNK#{result.chunk_id}")
+        set_blob, remove_blob, blob_values = self._blob_update(
+            self._store_blob(project_hash, _encode_outcomes(result.outcomes))
+        )
+        values = {
+            **blob_values,
+            ":kind": _s("chunk"),
+            ":final": {"BOOL": result.final},
+            ":false": {"BOOL": False},
+            ":ttl": self._ledger_ttl(),
+        }
+        update = f"SET {set_blob}, #kind = :kind, #final = :final, #ttl = :ttl {remove_blob}"
+        not_final = "attribute_not_exists(#final) OR #final = :false"
+        # Several of these attribute names are DynamoDB reserved words (FINAL, TTL, BLOB).
+        names = {"#ttl": TTL_ATTRIBUTE, "#blob": "blob", "#kind": "kind", "#final": "final"}
+        if not result.final:
+            try:
+                self._client.update_item(
+                    TableName=self.table_name,
+                    Key=chunk_key,
+                    UpdateExpression=update,
+                    ConditionExpression=not_final,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                )
+            except ClientError as error:
+                # A final result already closed this chunk: a late non-final delivery must not reopen it.
+                if _code(error) != "ConditionalCheckFailedException":
+                    raise
+            return self._progress(project_hash, result.run_id)
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": chunk_key,
+                            "UpdateExpression": update,
+                            "ConditionExpression": not_final,
+                            "ExpressionAttributeNames": names,
+                            "ExpressionAttributeValues": values,
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": self._key(project_hash, f"RUN#{result.run_id}"),
+                            "UpdateExpression": "ADD #done :one",
+                            "ConditionExpression": "attribute_exists(pk)",
+                            "ExpressionAttributeNames": {"#done": "done"},
+                            "ExpressionAttributeValues": {":one": _n(1)},
+                        }
+                    },
+                ]
+            )
+        except ClientError as error:
+            if _code(error) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise RunNotFoundError(project_hash, result.run_id) from error
+            if not reasons or reasons[0] != "ConditionalCheckFailed":
+                raise
+            # Already final (a redelivery): replace the stored result, leave the count alone.
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=chunk_key,
+                UpdateExpression=update,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={k: v for k, v in values.items() if k != ":false"},
+            )
+        return self._progress(project_hash, result.run_id)
+
+    def chunk_results(self, project_hash: str, run_id: str) -> list[ChunkResult]:
+        prefix = f"RUN#{run_id}#CHUNK#"
+        return [
+            ChunkResult(
+                run_id=run_id,
+                chunk_id=item["sk"]["S"][len(prefix) :],
+                outcomes=_decode_outcomes(self._load_blob(project_hash, item)),
+                final=bool(item["final"]["BOOL"]),
+            )
+            for item in self._query(project_hash, prefix)
+        ]
+
+    def claim_finalize(self, project_hash: str, run_id: str) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._key(project_hash, f"RUN#{run_id}"),
+                UpdateExpression="SET finalized_at = :now",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(finalized_at)",
+                ExpressionAttributeValues={":now": _s(datetime.now(UTC).isoformat())},
+            )
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # -- gaps ------------------------------------------------------------------------------------
+
+    def add_gaps(self, gaps: Sequence[Gap]) -> None:
+        latest: dict[tuple[str, str], Gap] = {(g.project_hash, g.label_hash): g for g in gaps}
+        requests = []
+        for gap in latest.values():
+            item = self._key(gap.project_hash, f"GAP#{gap.label_hash}")
+            item.update(
+                {
+                    "label_hash": _s(gap.label_hash),
+                    "run_id": _s(gap.run_id),
+                    "reason": _s(gap.reason),
+                }
+            )
+            if gap.last_edited_at is not None:
+                item["last_edited_at"] = _s(gap.last_edited_at.astimezone(UTC).isoformat())
+            requests.append({"PutRequest": {"Item": item}})
+        self._batch_write(requests)
+
+    def clear_gaps(self, project_hash: str, label_hashes: Sequence[str]) -> None:
+        keys = sorted(set(label_hashes))
+        self._batch_write(
+            [{"DeleteRequest": {"Key": self._key(project_hash, f"GAP#{label_hash}")}} for label_hash in keys]
+        )
+
+    def list_gaps(self, project_hash: str) -> list[Gap]:
+        return [
+            Gap(
+                project_hash=project_hash,
+                label_hash=item["label_hash"]["S"],
+                last_edited_at=_from_iso(item["last_edited_at"]["S"]) if "last_edited_at" in item else None,
+                run_id=item["run_id"]["S"],
+                reason=item["reason"]["S"],
+            )
+            for item in self._query(project_hash, "GAP#")
+        ]
