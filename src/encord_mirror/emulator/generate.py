@@ -350,6 +350,7 @@ def _kinds() -> list[tuple[_Kind, int]]:
     out.append((_Kind("dicom", "dicom", (_Unit("application/dicom", 512, 512),), 24), 0))
     out.append((_Kind("dicom", "dicom", (_Unit("application/dicom", 256, 256),), 12), 1))
     out.append((_Kind("nifti", "nifti", (_Unit("application/x-nifti", 256, 256),), 16), 0))
+    out.append((_Kind("nifti", "nifti", (_Unit("application/x-nifti", 128, 128),), 8), 1))
     out.append((_Kind("pdf", "pdf", (_Unit("application/pdf", 0, 0),), 5), 0))
     out.append((_Kind("audio", "audio", (_Unit("audio/mpeg", 0, 0),), 1, None, 12.5), 0))
     out.append((_Kind("audio", "audio", (_Unit("audio/wav", 0, 0),), 1, None, 4.0), 1))
@@ -669,22 +670,26 @@ class _TemplateBuilder:
             place(new_object("lane"), self.polyline, [frames // 3])
             classify("weather", [Range(0, frames // 3), Range(frames // 2, frames - 1)], opt["rain"])
             classify("tags", [Range(0, frames - 1)], [opt["urban"]])
-        elif dt in ("dicom", "nifti"):
+        elif dt in ("dicom", "nifti", "pdf"):
+            # A fixture row cannot say how many slices or pages its media has, so a listing built from it says
+            # 1 (the emulator does): the SDK then rejects NIFTI and PDF labels past frame 0. DICOM has no last
+            # frame in the SDK, so only DICOM spreads its labels over the slices.
+            span = frames if dt == "dicom" else 1
             u = kind.units[0]
-            place(new_object("building"), lambda: self.polygon(complex_=True), list(range(2, frames, 4)))
-            place(new_object("landmark"), self.point, [frames // 2])
-            if variant == 0:
-                seg = new_object("segment")
-                seg.set_answer(opt["road"], attribute=a["segment.class"])
-                place(seg, lambda: self.bitmask(u.width, u.height), [frames // 3])
-            classify("quality", [Range(0, frames - 1)], round(r.uniform(0, 10), 2))
-        elif dt == "pdf":
-            for page in range(frames):
+            if dt == "pdf":
                 obj = new_object("vehicle")
                 vehicle_answers(obj)
-                place(obj, self.bbox, [page])
-            place(new_object("lane"), self.polyline, [frames - 1])
-            classify("caption", [Range(0, frames - 1)], self.t("caption"))
+                place(obj, self.bbox, [0])
+                place(new_object("lane"), self.polyline, [0])
+                classify("caption", [Range(0, span - 1)], self.t("caption"))
+            else:
+                place(new_object("building"), partial(self.polygon, True), list(range(2 % span, span, 4)))
+                place(new_object("landmark"), self.point, [span // 2])
+                if variant == 0:
+                    seg = new_object("segment")
+                    seg.set_answer(opt["road"], attribute=a["segment.class"])
+                    place(seg, partial(self.bitmask, u.width, u.height), [span // 3])
+                classify("quality", [Range(0, span - 1)], round(r.uniform(0, 10), 2))
         elif dt == "audio":
             duration_ms = int((kind.duration or 1.0) * 1000)
             for _ in range(2 + variant):
@@ -1093,8 +1098,8 @@ def label_row_metadata(record: Mapping[str, Any], *, stage_uuid: str | None = No
     The SDK takes `number_of_frames`, `duration` and `frames_per_second` from the listing, not from the row,
     and `to_encord_dict()` writes `data_duration`/`data_fps` back from them; so a server must derive them like
     this for an initialised row to equal the fixture row: videos from fps x duration, image groups from their
-    units, multi-frame media (DICOM, NIFTI, PDF) from the highest labelled frame, audio from duration x sample
-    rate, and 1 otherwise.
+    units, audio from duration x sample rate, and 1 otherwise (DICOM has no last frame in the SDK, and NIFTI
+    and PDF rows are only labelled on frame 0, as nothing in a row says how many slices or pages there are).
     """
     row = record["row"]
     units = list(row["data_units"].values())
@@ -1106,10 +1111,6 @@ def label_row_metadata(record: Mapping[str, Any], *, stage_uuid: str | None = No
         frames = round(fps * duration)
     elif data_type == "img_group":
         frames = len(units)
-    elif data_type in ("dicom", "nifti", "pdf"):
-        labelled = [int(k) for u in units for k in u.get("labels", {}) if k.isdigit()]
-        ranges = [end for c in row["classification_answers"].values() for _, end in c.get("range", [])]
-        frames = max([*labelled, *ranges, 0]) + 1
     elif data_type == "audio" and duration and first.get("audio_sample_rate"):
         frames = math.ceil(duration * first["audio_sample_rate"])
     else:
