@@ -1,0 +1,71 @@
+"""Events as JSON lines in the lake, at `events/events.jsonl`, one EventBridge-shaped entry a line:
+
+```
+{"source": "encord-mirror", "detail-type": "encord-mirror.snapshot.committed", "time": "<ISO 8601 UTC>",
+ "detail": {"snapshot_id": ..., "project_hash": ..., "branch": ..., "stage": ..., ...the event's detail}}
+```
+Lines are appended by compare-and-swap on the object, so concurrent publishers never lose a line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from encord_mirror.adapters.local.lake import LocalLake
+from encord_mirror.domain.models import SendReceipt, SnapshotEvent
+from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
+
+EVENTS_KEY = "events/events.jsonl"
+SOURCE = "encord-mirror"
+DETAIL_TYPE = "encord-mirror.snapshot.committed"
+_CAS_TRIES = 20
+
+
+def event_line(event: SnapshotEvent, now: datetime) -> bytes:
+    detail = {
+        "snapshot_id": event.snapshot_id,
+        "project_hash": event.project_hash,
+        "branch": event.branch,
+        "stage": event.stage,
+        **event.detail,
+    }
+    entry = {
+        "source": SOURCE,
+        "detail-type": DETAIL_TYPE,
+        "time": now.astimezone(UTC).isoformat(),
+        "detail": detail,
+    }
+    return orjson.dumps(entry) + b"\n"
+
+
+class JsonlEventSink:
+    def __init__(self, lake: ObjectStore | Path, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.lake: ObjectStore = LocalLake(lake) if isinstance(lake, Path) else lake
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
+        if not events:
+            return SendReceipt(sent=(), failed={})
+        now = self._clock()
+        lines = b"".join(event_line(e, now) for e in events)
+        ids = tuple(e.snapshot_id for e in events)
+        for _ in range(_CAS_TRIES):
+            current = self.lake.get(EVENTS_KEY)
+            try:
+                if current is None:
+                    self.lake.put(EVENTS_KEY, lines, if_none_match=True, content_type="application/x-ndjson")
+                else:
+                    self.lake.put(
+                        EVENTS_KEY,
+                        current.body + lines,
+                        if_match=current.etag,
+                        content_type="application/x-ndjson",
+                    )
+            except PreconditionFailedError:
+                continue
+            return SendReceipt(sent=ids, failed={})
+        return SendReceipt(sent=(), failed={i: "events file kept changing; not appended" for i in ids})

@@ -1,0 +1,115 @@
+"""The lake on a local directory: atomic writes (temp file + rename), content etags, conditional writes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from encord_mirror.domain.models import StoredObject
+from encord_mirror.domain.ports import PreconditionFailedError
+
+_TMP_PREFIX = ".tmp-"
+
+
+class UnsafeKeyError(ValueError):
+    """A key that would escape the lake root or is not a plain relative POSIX path."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"unsafe lake key {key!r}: use a relative POSIX path without '..' or empty parts")
+        self.key = key
+
+
+def etag_of(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class LocalLake:
+    """An ObjectStore on a directory. Readers never see a half-written object (os.replace is atomic);
+    conditional writes are checked and applied under one lock, so threads of one process are safe.
+    Names starting with a dot (temp files, a state database) are not lake objects and are never listed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if (
+            not key
+            or key.startswith("/")
+            or "\\" in key
+            or "\x00" in key
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise UnsafeKeyError(key)
+        return self.root.joinpath(*parts)
+
+    def get(self, key: str) -> StoredObject | None:
+        try:
+            body = self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return StoredObject(body=body, etag=etag_of(body))
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        path = self._path(key)
+        with self._lock:
+            if if_match is not None or if_none_match:
+                current = self.get(key)
+                if if_none_match and current is not None:
+                    raise PreconditionFailedError(key)
+                if if_match is not None and (current is None or current.etag != if_match):
+                    raise PreconditionFailedError(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(body)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return etag_of(body)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._lock:
+            path.unlink(missing_ok=True)
+            # Prune emptied partition folders, so a moved row leaves no empty `stage=` directory behind.
+            parent = path.parent
+            while parent != self.root:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            base = "" if rel == "." else f"{rel}/"
+            if not (base.startswith(prefix) or prefix.startswith(base)):
+                dirnames[:] = []
+                continue
+            found.extend(
+                f"{base}{n}" for n in filenames if not n.startswith(".") and f"{base}{n}".startswith(prefix)
+            )
+        yield from sorted(found)
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key))

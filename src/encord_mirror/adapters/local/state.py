@@ -1,0 +1,346 @@
+"""The state store on SQLite (WAL): one connection per thread, every write in one IMMEDIATE transaction,
+so the conditional writes hold across the threads of the local queue and across processes sharing the file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from encord_mirror.domain.models import (
+    ChunkResult,
+    Gap,
+    IndexEntry,
+    RowOutcome,
+    RunProgress,
+    RunRecord,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS watermarks (project TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (project TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS row_index (
+    project TEXT NOT NULL, label_hash TEXT NOT NULL, data_hash TEXT NOT NULL, branch TEXT NOT NULL,
+    key TEXT NOT NULL, partition_stage TEXT NOT NULL, last_edited_at TEXT, sha256 TEXT NOT NULL,
+    etag TEXT NOT NULL, synced_at TEXT NOT NULL, PRIMARY KEY (project, label_hash));
+CREATE TABLE IF NOT EXISTS runs (project TEXT NOT NULL, run_id TEXT NOT NULL, record BLOB NOT NULL,
+    PRIMARY KEY (project, run_id));
+CREATE TABLE IF NOT EXISTS chunks (project TEXT NOT NULL, run_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
+    final INTEGER NOT NULL, result BLOB NOT NULL, PRIMARY KEY (project, chunk_id));
+CREATE TABLE IF NOT EXISTS finalized (project TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (project, run_id));
+CREATE TABLE IF NOT EXISTS gaps (project TEXT NOT NULL, label_hash TEXT NOT NULL, last_edited_at TEXT,
+    run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, label_hash));
+"""
+
+
+def _ts(value: datetime | None) -> str | None:
+    # Fixed-width UTC text compares in time order, so SQL can do newer-wins on it.
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _need_dt(value: str) -> datetime:
+    parsed = _dt(value)
+    assert parsed is not None
+    return parsed
+
+
+class SqliteStateStore:
+    """A StateStore in one SQLite file (created if missing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(db)
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _one(self, sql: str, args: Sequence[Any]) -> Any:
+        row = self._db().execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        with self._all_lock:
+            for db in self._all:
+                db.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # lease
+    def acquire_lease(self, project_hash: str, owner: str, now: datetime, ttl_s: int) -> bool:
+        expires = _ts(now + timedelta(seconds=ttl_s))
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(project) DO UPDATE SET"
+                " owner=excluded.owner, expires_at=excluded.expires_at"
+                " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+                (project_hash, owner, expires, _ts(now)),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, project_hash: str, owner: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE project = ? AND owner = ?", (project_hash, owner))
+
+    # watermark
+    def get_watermark(self, project_hash: str) -> datetime | None:
+        return _dt(self._one("SELECT value FROM watermarks WHERE project = ?", (project_hash,)))
+
+    def set_watermark(self, project_hash: str, value: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO watermarks VALUES (?, ?) ON CONFLICT(project) DO UPDATE SET value=excluded.value"
+                " WHERE excluded.value > watermarks.value",
+                (project_hash, _ts(value)),
+            )
+
+    def next_run_number(self, project_hash: str) -> int:
+        with self._tx() as db:
+            row = db.execute(
+                "INSERT INTO counters VALUES (?, 1) ON CONFLICT(project) DO UPDATE SET n = n + 1 RETURNING n",
+                (project_hash,),
+            ).fetchone()
+        return int(row[0])
+
+    # row index
+    def get_index(self, project_hash: str, label_hash: str) -> IndexEntry | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT * FROM row_index WHERE project = ? AND label_hash = ?", (project_hash, label_hash)
+            )
+            .fetchone()
+        )
+        return None if row is None else _entry(row)
+
+    def put_index(self, entry: IndexEntry) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO row_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(project, label_hash)"
+                " DO UPDATE SET data_hash=excluded.data_hash, branch=excluded.branch, key=excluded.key,"
+                " partition_stage=excluded.partition_stage, last_edited_at=excluded.last_edited_at,"
+                " sha256=excluded.sha256, etag=excluded.etag, synced_at=excluded.synced_at"
+                " WHERE row_index.last_edited_at IS NULL"
+                " OR (excluded.last_edited_at IS NOT NULL"
+                " AND excluded.last_edited_at >= row_index.last_edited_at)",
+                (
+                    entry.project_hash,
+                    entry.label_hash,
+                    entry.data_hash,
+                    entry.branch,
+                    entry.key,
+                    entry.partition_stage,
+                    _ts(entry.last_edited_at),
+                    entry.sha256,
+                    entry.etag,
+                    _ts(entry.synced_at),
+                ),
+            )
+            return cur.rowcount == 1
+
+    def delete_index(self, project_hash: str, label_hash: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM row_index WHERE project = ? AND label_hash = ?", (project_hash, label_hash)
+            )
+
+    def scan_index(self, project_hash: str) -> Iterator[IndexEntry]:
+        rows = (
+            self._db()
+            .execute("SELECT * FROM row_index WHERE project = ? ORDER BY label_hash", (project_hash,))
+            .fetchall()
+        )
+        return iter([_entry(r) for r in rows])
+
+    # run ledger
+    def create_run(self, run: RunRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?)", (run.project_hash, run.run_id, _run_blob(run))
+            )
+
+    def get_run(self, project_hash: str, run_id: str) -> RunRecord | None:
+        blob = self._one("SELECT record FROM runs WHERE project = ? AND run_id = ?", (project_hash, run_id))
+        return None if blob is None else _run_from(blob)
+
+    def record_chunk(self, project_hash: str, result: ChunkResult) -> RunProgress:
+        """A final record is kept: a later delivery of a finished chunk (a duplicate) does not replace it."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?) ON CONFLICT(project, chunk_id) DO UPDATE SET"
+                " final=excluded.final, result=excluded.result WHERE chunks.final = 0",
+                (project_hash, result.run_id, result.chunk_id, int(result.final), _chunk_blob(result)),
+            )
+            blob = db.execute(
+                "SELECT record FROM runs WHERE project = ? AND run_id = ?", (project_hash, result.run_id)
+            ).fetchone()
+            chunk_ids = set(_run_from(blob[0]).chunk_ids) if blob else set()
+            finals = db.execute(
+                "SELECT chunk_id FROM chunks WHERE project = ? AND run_id = ? AND final = 1",
+                (project_hash, result.run_id),
+            ).fetchall()
+        return RunProgress(done=sum(1 for (cid,) in finals if cid in chunk_ids), total=len(chunk_ids))
+
+    def chunk_results(self, project_hash: str, run_id: str) -> list[ChunkResult]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT result FROM chunks WHERE project = ? AND run_id = ? ORDER BY chunk_id",
+                (project_hash, run_id),
+            )
+            .fetchall()
+        )
+        return [_chunk_from(r[0]) for r in rows]
+
+    def claim_finalize(self, project_hash: str, run_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO finalized VALUES (?, ?)", (project_hash, run_id))
+            return cur.rowcount == 1
+
+    # gaps
+    def add_gaps(self, gaps: Sequence[Gap]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO gaps VALUES (?, ?, ?, ?, ?)",
+                [(g.project_hash, g.label_hash, _ts(g.last_edited_at), g.run_id, g.reason) for g in gaps],
+            )
+
+    def clear_gaps(self, project_hash: str, label_hashes: Sequence[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "DELETE FROM gaps WHERE project = ? AND label_hash = ?",
+                [(project_hash, h) for h in label_hashes],
+            )
+
+    def list_gaps(self, project_hash: str) -> list[Gap]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT project, label_hash, last_edited_at, run_id, reason FROM gaps WHERE project = ?"
+                " ORDER BY label_hash",
+                (project_hash,),
+            )
+            .fetchall()
+        )
+        return [Gap(r[0], r[1], _dt(r[2]), r[3], r[4]) for r in rows]
+
+
+def _entry(row: tuple[Any, ...]) -> IndexEntry:
+    return IndexEntry(
+        project_hash=row[0],
+        label_hash=row[1],
+        data_hash=row[2],
+        branch=row[3],
+        key=row[4],
+        partition_stage=row[5],
+        last_edited_at=_dt(row[6]),
+        sha256=row[7],
+        etag=row[8],
+        synced_at=_need_dt(row[9]),
+    )
+
+
+def _run_blob(run: RunRecord) -> bytes:
+    return orjson.dumps(
+        {
+            "project_hash": run.project_hash,
+            "run_id": run.run_id,
+            "signpost": _ts(run.signpost),
+            "previous_watermark": _ts(run.previous_watermark),
+            "full": run.full,
+            "chunk_ids": list(run.chunk_ids),
+            "unlabelled": list(run.unlabelled),
+            "started_at": _ts(run.started_at),
+        }
+    )
+
+
+def _run_from(blob: bytes) -> RunRecord:
+    d = orjson.loads(blob)
+    return RunRecord(
+        project_hash=d["project_hash"],
+        run_id=d["run_id"],
+        signpost=_need_dt(d["signpost"]),
+        previous_watermark=_dt(d["previous_watermark"]),
+        full=d["full"],
+        chunk_ids=tuple(d["chunk_ids"]),
+        unlabelled=tuple(d["unlabelled"]),
+        started_at=_dt(d["started_at"]),
+    )
+
+
+def _chunk_blob(result: ChunkResult) -> bytes:
+    return orjson.dumps(
+        {
+            "run_id": result.run_id,
+            "chunk_id": result.chunk_id,
+            "final": result.final,
+            "outcomes": [
+                {
+                    "label_hash": o.label_hash,
+                    "status": o.status,
+                    "key": o.key,
+                    "old_key": o.old_key,
+                    "last_edited_at": _ts(o.last_edited_at),
+                    "sha256": o.sha256,
+                    "reason": o.reason,
+                }
+                for o in result.outcomes
+            ],
+        }
+    )
+
+
+def _chunk_from(blob: bytes) -> ChunkResult:
+    d = orjson.loads(blob)
+    return ChunkResult(
+        run_id=d["run_id"],
+        chunk_id=d["chunk_id"],
+        final=d["final"],
+        outcomes=tuple(
+            RowOutcome(
+                label_hash=o["label_hash"],
+                status=o["status"],
+                key=o["key"],
+                old_key=o["old_key"],
+                last_edited_at=_dt(o["last_edited_at"]),
+                sha256=o["sha256"],
+                reason=o["reason"],
+            )
+            for o in d["outcomes"]
+        ),
+    )

@@ -1,0 +1,179 @@
+"""One sync on one machine: the domain wired to the in-process queue, for the CLI, the demo and tests.
+
+Any LabelSource, ObjectStore and StateStore will do (the SDK + S3 + SQLite, or all local). Projects are
+synced one after the other, each run planned, drained and finalized before the next starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from encord_mirror.adapters.local.events import JsonlEventSink
+from encord_mirror.adapters.local.queue import LocalWorkQueue
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.finalizer import COUNTED, FinalizeResult, finalize
+from encord_mirror.domain.models import ChunkMessage, ChunkResult
+from encord_mirror.domain.planner import PlanResult, plan
+from encord_mirror.domain.ports import EventSink, LabelSource, ObjectStore, SnapshotBuilder, StateStore
+from encord_mirror.domain.worker import process_chunk
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSummary:
+    """One project's run. `status`: "synced"; "lease_held" when another sync owns the project;
+    "unfinished" when a chunk could not even record its result (see `errors`): the watermark stays."""
+
+    project_hash: str
+    run_id: str
+    status: Literal["synced", "lease_held", "unfinished"]
+    full: bool = False
+    listed: int = 0
+    requested: int = 0  # label rows sent to workers: each one initialised (0 when nothing changed)
+    chunks: int = 0
+    written: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    stale: int = 0
+    unlabelled: int = 0
+    gaps_open: int = 0
+    dead_letters: int = 0
+    watermark_before: datetime | None = None
+    watermark_after: datetime | None = None
+    manifest_key: str | None = None
+    seconds: float = 0.0
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSummary:
+    projects: tuple[ProjectSummary, ...] = field(default_factory=tuple)
+
+    @property
+    def gaps_open(self) -> int:
+        return sum(p.gaps_open for p in self.projects)
+
+    @property
+    def ok(self) -> bool:
+        """Every project synced and no gap remains (the CLI exits 0 only then)."""
+        return all(p.status == "synced" and p.gaps_open == 0 and p.dead_letters == 0 for p in self.projects)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.projects)
+
+
+def run_local_sync(
+    config: MirrorConfig,
+    source: LabelSource,
+    lake: ObjectStore,
+    state: StateStore,
+    *,
+    workers: int = 4,
+    full: bool = False,
+    snapshots: SnapshotBuilder | None = None,
+    progress: Callable[[str], None] | None = None,
+    events: EventSink | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> SyncSummary:
+    """Sync every project of `config` once; returns per-project counts. `events` defaults to
+    `events/events.jsonl` in the lake; `clock` (aware UTC) to the system clock."""
+    say = progress or (lambda _msg: None)
+    now = clock or (lambda: datetime.now(UTC))
+    summaries = []
+    for project_hash in config.projects:
+        queue = LocalWorkQueue(workers=workers, max_attempts=config.max_attempts)
+        deps = MirrorDeps(
+            source=source,
+            lake=lake,
+            state=state,
+            queue=queue,
+            events=events if events is not None else JsonlEventSink(lake, clock=now),
+            snapshots=snapshots,
+            clock=now,
+        )
+        try:
+            summaries.append(_sync_project(project_hash, config, deps, queue, full, say))
+        finally:
+            queue.close()
+    return SyncSummary(tuple(summaries))
+
+
+def _sync_project(
+    project_hash: str,
+    config: MirrorConfig,
+    deps: MirrorDeps,
+    queue: LocalWorkQueue,
+    full: bool,
+    say: Callable[[str], None],
+) -> ProjectSummary:
+    started = time.perf_counter()
+    finished: list[FinalizeResult] = []
+    done = itertools.count(1)  # next() on a count is atomic: the hook runs on worker threads
+
+    def on_chunk(msg: ChunkMessage, result: ChunkResult) -> None:
+        if result.final:
+            rows = f"{len(msg.label_hashes)} rows, {len(msg.removals)} removals"
+            say(f"{project_hash}: chunk {next(done)} done ({rows})")
+
+    queue.bind(
+        process=lambda msg, attempt: process_chunk(
+            msg, config, deps, attempt=attempt, max_attempts=config.max_attempts
+        ),
+        finalize=lambda p, run_id: finished.append(finalize(p, run_id, config, deps)),
+        on_chunk=on_chunk,
+    )
+    result: PlanResult = plan(project_hash, config, deps, full=full)
+    if result.status == "lease_held":
+        say(f"{project_hash}: skipped, another sync holds the project's lease")
+        return ProjectSummary(
+            project_hash, result.run_id, "lease_held", seconds=time.perf_counter() - started
+        )
+    mode = "full" if result.full else "incremental"
+    say(
+        f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "
+        f"{result.removals} to remove, {result.chunks} chunks"
+    )
+    queue.drain()
+    closing = next((f for f in finished if f.status == "finalized"), None)
+    if closing is None:
+        # Nothing in this process will finish the run: let the next sync start at once (from the old mark).
+        deps.state.release_lease(project_hash, result.run_id)
+    seconds = time.perf_counter() - started
+    counts = closing.counts if closing else {c: 0 for c in COUNTED}
+    summary = ProjectSummary(
+        project_hash=project_hash,
+        run_id=result.run_id,
+        status="synced" if closing else "unfinished",
+        full=result.full,
+        listed=result.listed,
+        requested=result.to_sync,
+        chunks=result.chunks,
+        written=counts.get("written", 0),
+        unchanged=counts.get("unchanged", 0),
+        moved=counts.get("moved", 0),
+        removed=counts.get("removed", 0),
+        failed=counts.get("failed", 0),
+        stale=counts.get("stale", 0),
+        unlabelled=result.unlabelled,
+        gaps_open=closing.gaps_open if closing else len(deps.state.list_gaps(project_hash)),
+        dead_letters=len(queue.dead_letters),
+        watermark_before=result.previous_watermark,
+        watermark_after=closing.watermark_after if closing else deps.state.get_watermark(project_hash),
+        manifest_key=closing.manifest_key if closing else None,
+        seconds=seconds,
+        errors=closing.errors if closing else tuple(d.error for d in queue.dead_letters),
+    )
+    say(
+        f"{project_hash}: {summary.written} written, {summary.moved} moved, {summary.removed} removed, "
+        f"{summary.unchanged} unchanged, {summary.failed} failed, {summary.gaps_open} gaps open "
+        f"in {seconds:.2f}s"
+    )
+    return summary

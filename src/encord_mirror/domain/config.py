@@ -1,0 +1,126 @@
+"""The mirror's configuration: checked once, at start, so a bad value fails before any work.
+
+`MirrorConfig(...)` raises `ConfigError` (never pydantic's `ValidationError`), whose message and
+`setting` attribute name the offending setting, so the CLI and the Lambda cold start can print it as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from encord_mirror.domain.models import BranchSelection, RowMeta
+
+# Encord's own ceiling for one bundled label-row request (`LABEL_ROW_BUNDLE_GET_LIMIT`): the SDK does not
+# cap a larger bundle, and the server answers MULTI_LABEL_LIMIT_ERROR.
+MAX_BUNDLE_SIZE = 1000
+# The values `list_label_rows_v2` reports as `annotation_task_status` (AnnotationTaskStatus).
+TASK_STATUSES = frozenset({"QUEUED", "ASSIGNED", "IN_REVIEW", "RETURNED", "COMPLETED"})
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; `setting` names it (e.g. `bundle_size`)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"invalid configuration: {setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class MirrorConfig(BaseModel):
+    """What to mirror and how. Immutable; every field is validated at construction.
+
+    Feature filters: `object_feature_hashes` / `classification_feature_hashes` (None = keep all) keep only
+    the objects and classifications of those ontology feature hashes in each row's JSON. Objects are
+    filtered in every data unit's labels (per frame for videos) together with their `object_answers` and
+    `object_actions`; classifications in `classification_answers` and in any per-frame lists. Every other
+    key of `to_encord_dict()` is kept as it is.
+    Stage filters match a workflow stage by title or uuid; `stage_exclude` wins over `stage_include`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    projects: tuple[str, ...] = Field(min_length=1)
+    branches: BranchSelection = Field(default_factory=BranchSelection)
+    bundle_size: int = Field(default=100, ge=1, le=MAX_BUNDLE_SIZE)
+    overlap_seconds: int = Field(default=120, ge=0, le=86_400)
+    reconcile_every: int = Field(default=12, ge=1)
+    stage_include: tuple[str, ...] = ()
+    stage_exclude: tuple[str, ...] = ()
+    task_statuses: tuple[str, ...] = ()
+    object_feature_hashes: tuple[str, ...] | None = None
+    classification_feature_hashes: tuple[str, ...] | None = None
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    lease_ttl_seconds: int = Field(default=900, ge=30)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_setting(cls, data: Any, handler: ModelWrapValidatorHandler[MirrorConfig]) -> MirrorConfig:
+        # ConfigError is not a ValueError, so pydantic lets it through instead of wrapping it again.
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @field_validator("projects")
+    @classmethod
+    def _projects_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p.strip() for p in value):
+            raise ValueError("a project hash is empty")
+        if len(set(value)) != len(value):
+            raise ValueError("a project is listed twice")
+        return value
+
+    @field_validator("branches")
+    @classmethod
+    def _branch_named(cls, value: BranchSelection) -> BranchSelection:
+        if value.mode == "named" and not value.name:
+            raise ValueError("mode 'named' needs a branch name")
+        if value.mode != "named" and value.name is not None:
+            raise ValueError(f"a branch name is only allowed with mode 'named' (got mode {value.mode!r})")
+        return value
+
+    @field_validator("task_statuses")
+    @classmethod
+    def _known_statuses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - TASK_STATUSES)
+        if unknown:
+            raise ValueError(f"unknown task status {unknown}; use {sorted(TASK_STATUSES)}")
+        return value
+
+    @field_validator(
+        "stage_include", "stage_exclude", "object_feature_hashes", "classification_feature_hashes"
+    )
+    @classmethod
+    def _no_blank(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and any(not v.strip() for v in value):
+            raise ValueError("contains an empty value")
+        return value
+
+    def selects(self, meta: RowMeta) -> bool:
+        """Whether a labelled row passes the stage and task-status filters (and so belongs in the lake)."""
+        stage_names = {meta.stage_uuid, meta.stage_title} - {None}
+        if self.stage_include and not stage_names.intersection(self.stage_include):
+            return False
+        if stage_names.intersection(self.stage_exclude):
+            return False
+        return not self.task_statuses or meta.task_status in self.task_statuses
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors()[0]
+    loc = first.get("loc", ())
+    setting = str(loc[0]) if loc else "configuration"
+    problem = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if "input" in first and first.get("type") != "missing":
+        problem = f"{problem} (got {first['input']!r})"
+    return ConfigError(setting, problem)

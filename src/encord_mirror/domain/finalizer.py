@@ -1,0 +1,189 @@
+"""The finalizer: close a run exactly once.
+
+Order matters: claim the run (exactly once), commit the watermark (held by open gaps), refresh the COCO
+snapshots of the touched partitions and announce them, then write the run manifest LAST and create-only,
+so a manifest's presence means the run's effects are all in place. The lease is released at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+from urllib.parse import unquote
+
+import orjson
+
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.models import (
+    ChunkResult,
+    JsonDict,
+    Partition,
+    PartitionChanges,
+    RowOutcome,
+    RunRecord,
+    SnapshotEvent,
+)
+from encord_mirror.domain.ports import PreconditionFailedError
+from encord_mirror.domain.watermark import next_watermark, require_utc
+
+COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizeResult:
+    project_hash: str
+    run_id: str
+    status: Literal["finalized", "already_finalized", "unknown_run"]
+    watermark_before: datetime | None = None
+    watermark_after: datetime | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    gaps_open: int = 0
+    manifest_key: str | None = None
+    snapshots: tuple[SnapshotEvent, ...] = ()
+    errors: tuple[str, ...] = ()  # snapshot or event failures: recorded in the manifest, never fatal
+
+
+def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorDeps) -> FinalizeResult:
+    state = deps.state
+    run = state.get_run(project_hash, run_id)
+    if run is None:
+        return FinalizeResult(project_hash, run_id, "unknown_run")
+    if not state.claim_finalize(project_hash, run_id):
+        return FinalizeResult(project_hash, run_id, "already_finalized")
+
+    now = require_utc(deps.clock(), "clock")
+    outcomes = _latest_outcomes(state.chunk_results(project_hash, run_id), run)
+    gaps = state.list_gaps(project_hash)
+    before = state.get_watermark(project_hash)
+    after = next_watermark(before, run.signpost, gaps)
+    if after is not None and after != before:
+        state.set_watermark(project_hash, after)
+
+    snapshots, errors = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
+    if snapshots:
+        receipt = deps.events.publish(snapshots)
+        errors.extend(f"event {sid}: {why}" for sid, why in receipt.failed.items())
+
+    counts = Counter({status: 0 for status in COUNTED})
+    counts.update(o.status for o in outcomes)
+    manifest_key = run_manifest_key(project_hash, run_id)
+    manifest = _manifest(run, outcomes, dict(counts), before, after, gaps_open=len(gaps), now=now)
+    manifest["snapshots"] = [
+        {"snapshot_id": s.snapshot_id, "branch": s.branch, "stage": s.stage} for s in snapshots
+    ]
+    manifest["errors"] = errors
+    # Already there means an earlier attempt of this very finalizer wrote it: manifests are immutable.
+    with contextlib.suppress(PreconditionFailedError):
+        deps.lake.put(manifest_key, orjson.dumps(manifest, option=orjson.OPT_INDENT_2), if_none_match=True)
+    state.release_lease(project_hash, run_id)
+    return FinalizeResult(
+        project_hash=project_hash,
+        run_id=run_id,
+        status="finalized",
+        watermark_before=before,
+        watermark_after=after,
+        counts=dict(counts),
+        gaps_open=len(gaps),
+        manifest_key=manifest_key,
+        snapshots=tuple(snapshots),
+        errors=tuple(errors),
+    )
+
+
+def _latest_outcomes(results: list[ChunkResult], run: RunRecord) -> list[RowOutcome]:
+    """The outcomes of the run's own chunks, in chunk order (a chunk recorded twice counts once)."""
+    by_chunk = {r.chunk_id: r for r in results if r.run_id == run.run_id}
+    return [o for cid in run.chunk_ids if cid in by_chunk for o in by_chunk[cid].outcomes]
+
+
+def partition_of(key: str) -> Partition:
+    """The partition of a `labels/project=<p>/branch=<b>/stage=<s>/<x>.json` key (branch decoded)."""
+    parts = key.split("/")
+    if len(parts) != 5 or parts[0] != "labels":
+        raise ValueError(f"not a label key: {key!r}")
+    values = [p.partition("=")[2] for p in parts[1:4]]
+    return Partition(project_hash=values[0], branch=unquote(values[1]), stage=values[2])
+
+
+def touched_partitions(outcomes: list[RowOutcome]) -> list[PartitionChanges]:
+    upserted: dict[Partition, list[str]] = defaultdict(list)
+    removed: dict[Partition, list[str]] = defaultdict(list)
+    for o in outcomes:
+        if o.status in ("written", "moved") and o.key:
+            upserted[partition_of(o.key)].append(o.label_hash)
+        if o.status in ("moved", "removed") and o.old_key:
+            removed[partition_of(o.old_key)].append(o.label_hash)
+    return [
+        PartitionChanges(p, tuple(sorted(upserted.get(p, ()))), tuple(sorted(removed.get(p, ()))))
+        for p in sorted(set(upserted) | set(removed))
+    ]
+
+
+def _refresh_snapshots(
+    project_hash: str, run_id: str, outcomes: list[RowOutcome], deps: MirrorDeps, now: datetime
+) -> tuple[list[SnapshotEvent], list[str]]:
+    changes = touched_partitions(outcomes)
+    if deps.snapshots is None or not changes:
+        return [], []
+    project = deps.source.project_info(project_hash)
+    events: list[SnapshotEvent] = []
+    errors: list[str] = []
+    for change in changes:
+        try:
+            event = deps.snapshots.refresh(project, change, run_id=run_id, now=now)
+        except Exception as exc:
+            # The labels are synced and the watermark is right; a snapshot that failed is rebuilt from the
+            # previous one the next time its partition changes, and the manifest says what went wrong.
+            errors.append(f"snapshot {change.partition}: {type(exc).__name__}: {exc}")
+            continue
+        if event is not None:
+            events.append(event)
+    return events, errors
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else require_utc(value, "timestamp").isoformat()
+
+
+def _manifest(
+    run: RunRecord,
+    outcomes: list[RowOutcome],
+    counts: dict[str, int],
+    before: datetime | None,
+    after: datetime | None,
+    *,
+    gaps_open: int,
+    now: datetime,
+) -> JsonDict:
+    return {
+        "run_id": run.run_id,
+        "project_hash": run.project_hash,
+        "mode": "full" if run.full else "incremental",
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(now),
+        "signpost": _iso(run.signpost),
+        "previous_watermark": _iso(run.previous_watermark),
+        "watermark_before": _iso(before),
+        "watermark": _iso(after),
+        "counts": counts,
+        "gaps_open": gaps_open,
+        "chunks": len(run.chunk_ids),
+        "unlabelled": list(run.unlabelled),
+        "rows": [
+            {
+                "label_hash": o.label_hash,
+                "status": o.status,
+                "key": o.key,
+                "old_key": o.old_key,
+                "last_edited_at": _iso(o.last_edited_at),
+                "sha256": o.sha256,
+                "reason": o.reason,
+            }
+            for o in outcomes
+        ],
+    }

@@ -1,0 +1,253 @@
+"""The planner: decide which rows a run syncs or removes, record the run, fan the work out in chunks.
+
+One planner per project at a time (a lease owned by the run id). Incremental runs list the rows edited
+since `watermark - overlap` up to the signpost, plus every open gap by label hash; every
+`reconcile_every`-th run (and the first, and on request) lists everything and diffs it with the row index,
+which is the only way to see stage moves, deletions, new branches and never-labelled rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.lake import label_key, stage_value
+from encord_mirror.domain.models import (
+    ChunkMessage,
+    ChunkResult,
+    Gap,
+    IndexEntry,
+    RowMeta,
+    RowOutcome,
+    RowQuery,
+    RunRecord,
+)
+from encord_mirror.domain.watermark import dedupe_key, listing_window, require_utc
+
+SQS_BATCH = 10  # SendMessageBatch's limit
+_SEND_TRIES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    """What the planner did for one project. `status` "lease_held": another run owns the project."""
+
+    project_hash: str
+    run_id: str
+    status: Literal["planned", "lease_held"]
+    full: bool = False
+    signpost: datetime | None = None
+    previous_watermark: datetime | None = None
+    listed: int = 0  # metadata items the listing(s) returned
+    to_sync: int = 0  # label rows sent to workers (each is initialised once)
+    removals: int = 0
+    skipped: int = 0  # listed rows whose version the lake already holds
+    unlabelled: int = 0
+    chunks: int = 0
+    send_failed: int = 0  # chunks the queue refused twice: recorded as failed, so the run still finishes
+
+
+def new_run_id(now: datetime) -> str:
+    """Sorts by start time; the random tail keeps two runs in the same second apart."""
+    return f"{require_utc(now, 'now'):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def plan(
+    project_hash: str,
+    config: MirrorConfig,
+    deps: MirrorDeps,
+    *,
+    full: bool = False,
+    now: datetime | None = None,
+) -> PlanResult:
+    signpost = require_utc(now if now is not None else deps.clock(), "now")
+    run_id = new_run_id(signpost)
+    state = deps.state
+    if not state.acquire_lease(project_hash, run_id, signpost, config.lease_ttl_seconds):
+        return PlanResult(project_hash, run_id, "lease_held")
+    try:
+        return _plan_run(project_hash, run_id, signpost, config, deps, full)
+    except BaseException:
+        # Nothing was sent, or the run is recorded and its chunks will finish it; either way a crash here
+        # must not keep the project locked until the lease expires.
+        state.release_lease(project_hash, run_id)
+        raise
+
+
+def _plan_run(
+    project_hash: str, run_id: str, signpost: datetime, config: MirrorConfig, deps: MirrorDeps, full: bool
+) -> PlanResult:
+    state, source = deps.state, deps.source
+    run_number = state.next_run_number(project_hash)
+    watermark = state.get_watermark(project_hash)
+    full = full or watermark is None or run_number % config.reconcile_every == 0
+    gaps = {g.label_hash: g for g in state.list_gaps(project_hash)}
+
+    if full:
+        listed = source.list_rows(project_hash, RowQuery(branches=config.branches))
+    else:
+        after, before = listing_window(watermark, signpost, timedelta(seconds=config.overlap_seconds))
+        listed = source.list_rows(
+            project_hash, RowQuery(branches=config.branches, edited_after=after, edited_before=before)
+        )
+        if gaps:
+            listed += source.list_rows(
+                project_hash, RowQuery(branches=config.branches, label_hashes=tuple(sorted(gaps)))
+            )
+
+    rows, unlabelled = _latest_versions(listed)
+    index = {e.label_hash: e for e in state.scan_index(project_hash)} if full else None
+
+    work: list[RowMeta] = []
+    removals: list[str] = []
+    resolved_gaps: list[str] = []
+    skipped = 0
+    for label_hash, meta in rows.items():
+        entry = index.get(label_hash) if index is not None else state.get_index(project_hash, label_hash)
+        if not config.selects(meta):
+            if entry is not None:
+                removals.append(label_hash)
+            elif label_hash in gaps:
+                resolved_gaps.append(label_hash)
+            continue
+        if entry is not None and _lake_holds(entry, meta):
+            skipped += 1
+            if label_hash in gaps:
+                resolved_gaps.append(label_hash)
+            continue
+        work.append(meta)
+    if index is not None:
+        removals.extend(h for h in index if h not in rows)
+    # A gap that the listing no longer returns was deleted in Encord: the removal resolves it.
+    removals.extend(h for h in gaps if h not in rows)
+    if resolved_gaps:
+        state.clear_gaps(project_hash, resolved_gaps)
+
+    work.sort(key=lambda m: (m.branch, m.label_hash or ""))
+    removals = sorted(set(removals))
+    chunks = _chunks(project_hash, run_id, [m.label_hash for m in work if m.label_hash], removals, config)
+    state.create_run(
+        RunRecord(
+            project_hash=project_hash,
+            run_id=run_id,
+            signpost=signpost,
+            previous_watermark=watermark,
+            full=full,
+            chunk_ids=tuple(c.chunk_id for c in chunks),
+            unlabelled=tuple(sorted(unlabelled)),
+            started_at=signpost,
+        )
+    )
+    send_failed = _send(chunks, {m.label_hash: m for m in work if m.label_hash}, deps)
+    if not chunks:
+        deps.queue.request_finalize(project_hash, run_id)
+    return PlanResult(
+        project_hash=project_hash,
+        run_id=run_id,
+        status="planned",
+        full=full,
+        signpost=signpost,
+        previous_watermark=watermark,
+        listed=len(listed),
+        to_sync=len(work),
+        removals=len(removals),
+        skipped=skipped,
+        unlabelled=len(unlabelled),
+        chunks=len(chunks),
+        send_failed=send_failed,
+    )
+
+
+def _latest_versions(listed: list[RowMeta]) -> tuple[dict[str, RowMeta], set[str]]:
+    """Dedupe on (label_hash, branch, last_edited_at), keeping each label row's latest listed version;
+    and the data hashes listed without a label row (never initialised: that would create one)."""
+    seen: set[tuple[str, str, str]] = set()
+    rows: dict[str, RowMeta] = {}
+    unlabelled: set[str] = set()
+    for meta in listed:
+        if meta.label_hash is None:
+            unlabelled.add(meta.data_hash)
+            continue
+        key = dedupe_key(meta.label_hash, meta.branch, meta.last_edited_at)
+        if key in seen:
+            continue
+        seen.add(key)
+        current = rows.get(meta.label_hash)
+        if current is None or _newer(meta.last_edited_at, current.last_edited_at):
+            rows[meta.label_hash] = meta
+    return rows, unlabelled
+
+
+def _newer(a: datetime | None, b: datetime | None) -> bool:
+    return a is not None and (b is None or a > b)
+
+
+def _lake_holds(entry: IndexEntry, meta: RowMeta) -> bool:
+    """The lake already holds this version of the row in the right partition: re-listing it is free."""
+    assert meta.label_hash is not None
+    key = label_key(
+        meta.project_hash, meta.branch, stage_value(meta.stage_uuid, meta.stage_title), meta.label_hash
+    )
+    return entry.last_edited_at == meta.last_edited_at and entry.key == key
+
+
+def _chunks(
+    project_hash: str, run_id: str, label_hashes: list[str], removals: list[str], config: MirrorConfig
+) -> list[ChunkMessage]:
+    size = config.bundle_size
+    loads = [tuple(label_hashes[i : i + size]) for i in range(0, len(label_hashes), size)]
+    removes = [tuple(removals[i : i + size]) for i in range(0, len(removals), size)]
+    # Removals ride along with loads first (fewer messages), then take chunks of their own.
+    count = max(len(loads), len(removes))
+    return [
+        ChunkMessage(
+            project_hash=project_hash,
+            run_id=run_id,
+            chunk_id=f"{run_id}-{i:05d}",
+            label_hashes=loads[i] if i < len(loads) else (),
+            removals=removes[i] if i < len(removes) else (),
+        )
+        for i in range(count)
+    ]
+
+
+def _send(chunks: list[ChunkMessage], metas: dict[str, RowMeta], deps: MirrorDeps) -> int:
+    """Send in batches of 10; a chunk the queue refuses twice is recorded as a failed final chunk, so the
+    run still completes, its rows become gaps and the watermark holds."""
+    refused: list[ChunkMessage] = []
+    for start in range(0, len(chunks), SQS_BATCH):
+        pending = chunks[start : start + SQS_BATCH]
+        reasons: dict[str, str] = {}
+        for _ in range(_SEND_TRIES):
+            receipt = deps.queue.send_chunks(pending)
+            reasons = receipt.failed
+            pending = [c for c in pending if c.chunk_id in reasons]
+            if not pending:
+                break
+        refused.extend(pending)
+        for chunk in pending:
+            _record_refused(chunk, reasons.get(chunk.chunk_id, "send failed"), metas, deps)
+    return len(refused)
+
+
+def _record_refused(chunk: ChunkMessage, reason: str, metas: dict[str, RowMeta], deps: MirrorDeps) -> None:
+    why = f"work queue refused the chunk: {reason}"
+    hashes = chunk.label_hashes + chunk.removals
+    deps.state.add_gaps(
+        [
+            Gap(chunk.project_hash, h, metas[h].last_edited_at if h in metas else None, chunk.run_id, why)
+            for h in hashes
+        ]
+    )
+    result = ChunkResult(
+        run_id=chunk.run_id,
+        chunk_id=chunk.chunk_id,
+        outcomes=tuple(RowOutcome(h, "failed", reason=why) for h in hashes),
+        final=True,
+    )
+    if deps.state.record_chunk(chunk.project_hash, result).complete:
+        deps.queue.request_finalize(chunk.project_hash, chunk.run_id)

@@ -1,0 +1,73 @@
+"""Watermark rules, pure: the listing window, the dedupe key, and how far a finished run may move the mark.
+
+The watermark is the signpost (start time) of the last run that synced everything it listed. A run lists
+`edited_after = watermark - overlap` and `edited_before = signpost`:
+- the overlap re-lists the last few minutes, which catches commits Encord stamped before our signpost but
+  made visible after our listing (clock skew, slow commits) and rows that share the watermark's timestamp
+  whether Encord compares strictly or inclusively; the planner's dedupe against the row index makes the
+  re-listing free;
+- the signpost is our clock at the start of the run, with no built-in delay, so a sync started after an
+  edit was saved includes it; an edit made while the run is in flight is stamped after the signpost and is
+  listed by the next run.
+A run with failed rows (gaps) moves the mark no further than the oldest gap, and never backwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from encord_mirror.domain.models import Gap
+
+
+class NaiveDatetimeError(ValueError):
+    """A datetime without a timezone reached the mirror: `name` says which one."""
+
+    def __init__(self, name: str, value: datetime) -> None:
+        super().__init__(f"{name} must be timezone-aware UTC, got naive {value.isoformat()}")
+        self.name = name
+
+
+def require_utc(value: datetime, name: str) -> datetime:
+    """`value` converted to UTC; a naive datetime is refused (its meaning depends on the server)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise NaiveDatetimeError(name, value)
+    return value.astimezone(UTC)
+
+
+def listing_window(
+    watermark: datetime | None, signpost: datetime, overlap: timedelta
+) -> tuple[datetime | None, datetime]:
+    """(edited_after, edited_before) for an incremental listing; `edited_after` is None without a mark."""
+    before = require_utc(signpost, "signpost")
+    if watermark is None:
+        return None, before
+    return require_utc(watermark, "watermark") - overlap, before
+
+
+def dedupe_key(label_hash: str, branch: str, last_edited_at: datetime | None) -> tuple[str, str, str]:
+    """Two listings of the same version of a row share this key."""
+    stamp = "" if last_edited_at is None else require_utc(last_edited_at, "last_edited_at").isoformat()
+    return (label_hash, branch, stamp)
+
+
+def next_watermark(previous: datetime | None, signpost: datetime, gaps: Iterable[Gap]) -> datetime | None:
+    """The mark a finished run commits, given every gap still open for the project.
+
+    No gaps: the signpost. Gaps: the oldest gap's `last_edited_at` (capped at the signpost), so the next
+    listing (`- overlap`) still covers it even if the planner's retry by label hash were lost; a gap whose
+    version is unknown holds the mark where it was. The mark never moves backwards.
+    """
+    candidate: datetime | None = require_utc(signpost, "signpost")
+    for gap in gaps:
+        if gap.last_edited_at is None:
+            candidate = None
+            break
+        stamp = require_utc(gap.last_edited_at, "gap.last_edited_at")
+        if candidate is None or stamp < candidate:
+            candidate = stamp
+    if candidate is None:
+        return previous
+    if previous is not None and require_utc(previous, "previous watermark") >= candidate:
+        return previous
+    return candidate

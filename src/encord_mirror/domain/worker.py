@@ -1,0 +1,243 @@
+"""The worker: sync one chunk of label rows into the lake, idempotently.
+
+Every write is decided against the row index and made conditional on what the index last saw, so a
+duplicated, reordered or redelivered chunk leaves the lake exactly as one delivery would: an older
+version never overwrites a newer one ("stale"), unchanged content is never rewritten ("unchanged"), and a
+row's old copy is removed when it moves to another partition ("moved"). A row that fails is reported on
+its own; the others in its chunk carry on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.lake import label_key, stage_value
+from encord_mirror.domain.models import (
+    ChunkMessage,
+    ChunkResult,
+    Gap,
+    IndexEntry,
+    LoadedRow,
+    LoadResult,
+    RowOutcome,
+)
+from encord_mirror.domain.ports import PreconditionFailedError
+from encord_mirror.domain.rowdoc import (
+    CorruptRowError,
+    build_document,
+    encode_document,
+    filter_features,
+    read_mirror,
+)
+from encord_mirror.domain.watermark import require_utc
+
+_CAS_TRIES = 5
+
+
+class WriteContentionError(Exception):
+    """A row's lake object kept changing under us; the chunk retries it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"gave up writing {key!r} after {_CAS_TRIES} conflicting writes")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    status: Literal["written", "unchanged", "stale"]
+    etag: str | None
+
+
+def process_chunk(
+    msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, *, attempt: int, max_attempts: int
+) -> ChunkResult:
+    now = require_utc(deps.clock(), "clock")
+    outcomes: list[RowOutcome] = []
+    if msg.label_hashes:
+        outcomes.extend(_sync_rows(msg, config, deps, now))
+    if msg.removals:
+        outcomes.extend(_remove_rows(msg, deps))
+
+    failed = [o for o in outcomes if o.status == "failed"]
+    final = not failed or attempt >= max_attempts
+    state = deps.state
+    if final and failed:
+        state.add_gaps(
+            [
+                Gap(msg.project_hash, o.label_hash, o.last_edited_at, msg.run_id, o.reason or "failed")
+                for o in failed
+            ]
+        )
+    succeeded = [o.label_hash for o in outcomes if o.status != "failed"]
+    if succeeded:
+        state.clear_gaps(msg.project_hash, succeeded)
+    result = ChunkResult(run_id=msg.run_id, chunk_id=msg.chunk_id, outcomes=tuple(outcomes), final=final)
+    progress = state.record_chunk(msg.project_hash, result)
+    if final and progress.complete:
+        deps.queue.request_finalize(msg.project_hash, msg.run_id)
+    return result
+
+
+def _sync_rows(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: datetime) -> list[RowOutcome]:
+    try:
+        loaded = deps.source.load_rows(msg.project_hash, msg.label_hashes, bundle_size=config.bundle_size)
+    except Exception as exc:  # a 429 storm or an outage: every row of the chunk retries
+        reason = f"load failed: {type(exc).__name__}: {exc}"
+        return [RowOutcome(h, "failed", reason=reason) for h in msg.label_hashes]
+
+    outcomes: list[RowOutcome] = []
+    by_hash = {r.meta.label_hash: r for r in loaded.loaded if r.meta.label_hash}
+    for label_hash in msg.label_hashes:
+        row = by_hash.get(label_hash)
+        if row is not None:
+            outcomes.append(_sync_one(row, config, deps, now))
+        elif label_hash in loaded.gone:
+            outcomes.append(_remove_one(msg.project_hash, label_hash, deps))
+        else:
+            outcomes.append(RowOutcome(label_hash, "failed", reason=_why_missing(label_hash, loaded)))
+    return outcomes
+
+
+def _why_missing(label_hash: str, loaded: LoadResult) -> str:
+    return loaded.failed.get(label_hash, "left uninitialised: missing from the bundle response")
+
+
+def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datetime) -> RowOutcome:
+    meta = row.meta
+    label_hash = meta.label_hash
+    assert label_hash is not None
+    project = meta.project_hash
+    if not config.selects(meta):
+        # The row left the stage / status filter since it was planned: it no longer belongs in the lake.
+        return _remove_one(project, label_hash, deps)
+    try:
+        labels = filter_features(
+            row.labels, config.object_feature_hashes, config.classification_feature_hashes
+        )
+        document, sha = build_document(row, labels, synced_at=now)
+        body = encode_document(document)
+        stage = stage_value(meta.stage_uuid, meta.stage_title)
+        key = label_key(project, meta.branch, stage, label_hash)
+        entry = deps.state.get_index(project, label_hash)
+        if entry is not None and _older(meta.last_edited_at, entry.last_edited_at):
+            return RowOutcome(
+                label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha
+            )
+        if entry is not None and entry.sha256 == sha and entry.key == key:
+            return RowOutcome(
+                label_hash, "unchanged", key=key, last_edited_at=meta.last_edited_at, sha256=sha
+            )
+
+        write = _conditional_put(deps, key, body, sha, meta.last_edited_at, entry)
+        if write.status == "stale":
+            return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
+        assert write.etag is not None
+        new_entry = IndexEntry(
+            project_hash=project,
+            label_hash=label_hash,
+            data_hash=meta.data_hash,
+            branch=meta.branch,
+            key=key,
+            partition_stage=stage,
+            last_edited_at=meta.last_edited_at,
+            sha256=sha,
+            etag=write.etag,
+            synced_at=now,
+        )
+        if not deps.state.put_index(new_entry):
+            # A newer version reached the index first; if it lives elsewhere, our copy must not linger.
+            _drop_orphan(deps, project, label_hash, key, write.etag)
+            return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
+        old_key = entry.key if entry is not None and entry.key != key else None
+        if old_key is not None:
+            deps.lake.delete(old_key)
+            return RowOutcome(
+                label_hash, "moved", key=key, old_key=old_key, last_edited_at=meta.last_edited_at, sha256=sha
+            )
+        return RowOutcome(
+            label_hash,
+            "written" if write.status == "written" else "unchanged",
+            key=key,
+            last_edited_at=meta.last_edited_at,
+            sha256=sha,
+        )
+    except (CorruptRowError, WriteContentionError) as exc:
+        return RowOutcome(label_hash, "failed", last_edited_at=meta.last_edited_at, reason=str(exc))
+    except Exception as exc:  # a poison row must not block the rest of its chunk
+        reason = f"{type(exc).__name__}: {exc}"
+        return RowOutcome(label_hash, "failed", last_edited_at=meta.last_edited_at, reason=reason)
+
+
+def _older(a: datetime | None, b: datetime | None) -> bool:
+    """`a` is an older version than `b` (an unknown time counts as the oldest)."""
+    return b is not None and (a is None or a < b)
+
+
+def _conditional_put(
+    deps: MirrorDeps, key: str, body: bytes, sha: str, edited: datetime | None, entry: IndexEntry | None
+) -> _Write:
+    """Put `body` at `key` only over what we expect to be there; on a lost race, look at the winner."""
+    lake = deps.lake
+    if_match = entry.etag if entry is not None and entry.key == key else None
+    for _ in range(_CAS_TRIES):
+        try:
+            return _Write("written", lake.put(key, body, if_match=if_match, if_none_match=if_match is None))
+        except PreconditionFailedError:
+            current = lake.get(key)
+        if current is None:
+            if_match = None
+            continue
+        mirror = read_mirror(current.body) or {}
+        if mirror.get("sha256") == sha:
+            return _Write("unchanged", current.etag)  # a duplicate delivery wrote the same version
+        theirs = mirror.get("last_edited_at")
+        if isinstance(theirs, str) and _older(edited, datetime.fromisoformat(theirs)):
+            return _Write("stale", None)
+        if_match = current.etag
+    raise WriteContentionError(key)
+
+
+def _drop_orphan(deps: MirrorDeps, project: str, label_hash: str, key: str, etag: str) -> None:
+    winner = deps.state.get_index(project, label_hash)
+    if winner is not None and winner.key == key:
+        return
+    current = deps.lake.get(key)
+    if current is not None and current.etag == etag:
+        deps.lake.delete(key)
+
+
+def _remove_rows(msg: ChunkMessage, deps: MirrorDeps) -> list[RowOutcome]:
+    run = deps.state.get_run(msg.project_hash, msg.run_id)
+    outcomes = []
+    for label_hash in msg.removals:
+        try:
+            outcomes.append(
+                _remove_one(msg.project_hash, label_hash, deps, not_after=run.signpost if run else None)
+            )
+        except Exception as exc:
+            outcomes.append(
+                RowOutcome(label_hash, "failed", reason=f"remove failed: {type(exc).__name__}: {exc}")
+            )
+    return outcomes
+
+
+def _remove_one(
+    project: str, label_hash: str, deps: MirrorDeps, *, not_after: datetime | None = None
+) -> RowOutcome:
+    """Remove a row from the current view (history stays in object versions and run manifests).
+
+    `not_after`: a removal planned by a run never deletes a version edited after that run's signpost, so
+    a late redelivery of an old removal cannot undo a newer sync.
+    """
+    entry = deps.state.get_index(project, label_hash)
+    if entry is None:
+        return RowOutcome(label_hash, "unchanged", reason="not in the lake")
+    if not_after is not None and entry.last_edited_at is not None and entry.last_edited_at > not_after:
+        return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=entry.last_edited_at)
+    deps.lake.delete(entry.key)
+    deps.state.delete_index(project, label_hash)
+    return RowOutcome(label_hash, "removed", old_key=entry.key, last_edited_at=entry.last_edited_at)
