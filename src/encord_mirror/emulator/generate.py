@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -826,11 +826,13 @@ def _sdk_ontology(structure: Any) -> Any:
     return Ontology(orm, None)  # type: ignore[arg-type]
 
 
-def _build_templates(seed: int) -> list[_Template]:
+@lru_cache(maxsize=4)
+def _build_templates(seed: int) -> tuple[_Template, ...]:
+    """The templates for a seed (cached: building them is most of the cost of a small fixture)."""
     tokens = _Tokens()
     ont = _build_ontology(lambda name: tokens(f"f:{name}"))
     builder = _TemplateBuilder(ont, _sdk_ontology(ont.structure), tokens, random.Random(f"templates:{seed}"))
-    return [builder.build(kind, variant) for kind, variant in _kinds()]
+    return tuple(builder.build(kind, variant) for kind, variant in _kinds())
 
 
 # Stamping rows
@@ -997,7 +999,7 @@ class _Project:
         self,
         directory: Path,
         rows: int,
-        templates: list[_Template],
+        templates: tuple[_Template, ...],
         base: dict[str, str],
         tick: Callable[[], None],
     ) -> None:
