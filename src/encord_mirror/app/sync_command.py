@@ -1,0 +1,325 @@
+"""`encord-mirror sync`: bring a lake (a directory or `s3://bucket/prefix`) in step with Encord projects.
+
+```
+encord-mirror sync --project HASH [--project HASH]... --lake DEST --ssh-key FILE [--encord-domain URL]
+                   [--state PATH] [--full] [--workers N] [--bundle-size N] [--branch NAME | --all-branches]
+```
+State (watermark, row index, run ledger, gaps) lives in SQLite: `--state PATH`, by default
+`<lake dir>/.mirror-state.sqlite` for a directory lake (dot names are never listed as lake objects) and
+`~/.cache/encord-mirror/<bucket>-<sha256(prefix)[:12]>.sqlite` for an S3 lake (`$XDG_CACHE_HOME` is honoured).
+Keep that file: without it the next run is a full listing that rewrites nothing but re-reads everything.
+Progress goes to stderr, the summary table to stdout. Exit status: 0 when every project synced and no gap
+(failed row) remains, 1 otherwise (gaps are retried by the next run and hold the watermark), 2 for a usage or
+configuration error (the message names the setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from encord_mirror.adapters.encord_source import (
+    EncordApiError,
+    EncordAuthError,
+    EncordCredentialsError,
+    EncordLabelSource,
+    EncordProjectAccessError,
+    EncordSourceError,
+)
+from encord_mirror.app.local_sync import ProjectSummary, SyncSummary, run_local_sync
+from encord_mirror.cli import CliError
+from encord_mirror.domain.config import ConfigError, MirrorConfig
+from encord_mirror.domain.models import BranchSelection
+from encord_mirror.domain.ports import LabelSource, ObjectStore, SnapshotBuilder, StateStore
+
+STATE_FILENAME = ".mirror-state.sqlite"
+_SHOWN = 5  # gap reasons and errors shown per project; the run manifest has them all
+_FLAG_OF_SETTING = {
+    "projects": "--project",
+    "branches": "--branch",
+    "bundle_size": "--bundle-size",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LakeTarget:
+    """Where a sync writes: the lake, where a user finds it, and the state file that goes with it."""
+
+    lake: ObjectStore
+    location: str
+    state_path: Path
+
+
+class Progress:
+    """Timestamped progress lines on a stream (stderr), relative to when the command started."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        stream = self._stream or sys.stderr
+        print(f"[{time.perf_counter() - self._started:6.1f}s] {message}", file=stream, flush=True)
+
+
+# -- building the pieces from the command line ----------------------------------------------------------
+
+
+def branches_from_args(args: argparse.Namespace) -> BranchSelection:
+    if getattr(args, "all_branches", False):
+        return BranchSelection("all")
+    if getattr(args, "branch", None):
+        return BranchSelection("named", args.branch)
+    return BranchSelection()
+
+
+def config_from_args(args: argparse.Namespace) -> MirrorConfig:
+    try:
+        return MirrorConfig(
+            projects=tuple(args.project),
+            branches=branches_from_args(args),
+            bundle_size=args.bundle_size,
+        )
+    except ConfigError as exc:
+        flag = _FLAG_OF_SETTING.get(exc.setting)
+        raise CliError(f"{exc}" + (f" (set with {flag})" if flag else "")) from None
+
+
+def default_state_path(dest: str) -> Path:
+    """The state file that goes with a lake when `--state` is not given (see the module docstring)."""
+    if dest.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(dest)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "encord-mirror"
+        digest = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:12]
+        return cache / f"{bucket}-{digest}.sqlite"
+    return Path(dest).expanduser() / STATE_FILENAME
+
+
+def parse_s3_uri(dest: str) -> tuple[str, str]:
+    bucket, _, prefix = dest.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise CliError(f"--lake {dest!r}: an S3 lake is s3://BUCKET or s3://BUCKET/PREFIX")
+    return bucket, prefix.strip("/")
+
+
+def open_target(dest: str, state: str | None) -> LakeTarget:
+    """The lake for DEST (`s3://bucket/prefix` or a directory, created if missing) and its state path."""
+    state_path = Path(state).expanduser() if state else default_state_path(dest)
+    if dest.startswith("s3://"):
+        return LakeTarget(_open_s3(dest), dest, state_path)
+    from encord_mirror.adapters.local import LocalLake
+
+    root = Path(dest).expanduser()
+    if root.exists() and not root.is_dir():
+        raise CliError(f"--lake {dest}: exists and is not a directory")
+    try:
+        lake = LocalLake(root)
+    except OSError as exc:
+        raise CliError(f"--lake {dest}: cannot create the directory ({exc.strerror or exc})") from None
+    return LakeTarget(lake, str(lake.root), state_path)
+
+
+def _open_s3(dest: str) -> ObjectStore:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from encord_mirror.adapters.aws.s3 import S3ObjectStore
+
+    bucket, prefix = parse_s3_uri(dest)
+    # boto3 reads credentials, region and AWS_ENDPOINT_URL (e.g. a local S3) from its usual places.
+    lake = S3ObjectStore(bucket, prefix, boto3.client("s3"))
+    try:
+        next(iter(lake.list_keys("runs/")), None)
+    except (BotoCoreError, ClientError) as exc:
+        raise CliError(
+            f"--lake {dest}: cannot list the bucket ({exc}); check the AWS credentials, region and bucket"
+        ) from None
+    return lake
+
+
+def open_state(path: Path) -> StateStore:
+    from encord_mirror.adapters.local import SqliteStateStore
+
+    try:
+        return SqliteStateStore(path)
+    except OSError as exc:
+        raise CliError(f"--state {path}: cannot open the state file ({exc})") from None
+    except sqlite3.Error as exc:
+        raise CliError(f"--state {path}: not a usable SQLite state file ({exc})") from None
+
+
+def open_source(ssh_key: str, domain: str | None) -> EncordLabelSource:
+    try:
+        return EncordLabelSource.from_key_file(ssh_key, domain=domain)
+    except EncordCredentialsError as exc:
+        raise CliError(f"--ssh-key: {exc}") from None
+
+
+def snapshot_builder(lake: ObjectStore) -> SnapshotBuilder | None:
+    """The COCO snapshot step when the converter is installed (it is part of this package)."""
+    try:
+        module = importlib.import_module("encord_mirror.coco.snapshot")
+    except ModuleNotFoundError as exc:
+        if exc.name == "encord_mirror.coco.snapshot":
+            return None
+        raise
+    builder: SnapshotBuilder = module.CocoSnapshotBuilder(lake, encord_compatible=False)
+    return builder
+
+
+# -- running -------------------------------------------------------------------------------------------
+
+
+class SyncAbortedError(Exception):
+    """Encord failed in a way the run could not absorb (e.g. the listing, after the SDK's retries)."""
+
+
+def execute_sync(
+    config: MirrorConfig,
+    source: LabelSource,
+    target: LakeTarget,
+    state: StateStore,
+    *,
+    workers: int,
+    full: bool,
+    snapshots: SnapshotBuilder | None,
+    progress: Callable[[str], None],
+) -> SyncSummary:
+    """The one code path of `sync` and `demo`: check access to every project, then sync them.
+
+    Raises `CliError` for what the user must fix (key, domain, project access) and `SyncAbortedError`
+    when Encord failed mid-run (the watermark did not move; run again).
+    """
+    for project_hash in config.projects:
+        try:
+            info = source.project_info(project_hash)
+        except (EncordAuthError, EncordProjectAccessError) as exc:
+            raise CliError(str(exc)) from None
+        except EncordSourceError as exc:
+            raise SyncAbortedError(str(exc)) from None
+        progress(f"{project_hash}: project {info.title!r}, {len(info.stages)} workflow stages")
+    try:
+        return run_local_sync(
+            config,
+            source,
+            target.lake,
+            state,
+            workers=workers,
+            full=full,
+            snapshots=snapshots,
+            progress=progress,
+        )
+    except EncordAuthError as exc:
+        raise CliError(str(exc)) from None
+    except EncordApiError as exc:
+        raise SyncAbortedError(str(exc)) from None
+
+
+def sync_main(args: argparse.Namespace) -> int:
+    progress = Progress()
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1 (got {args.workers})")
+    config = config_from_args(args)
+    source = open_source(args.ssh_key, args.encord_domain)
+    target = open_target(args.lake, args.state)
+    state = open_state(target.state_path)
+    progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
+    try:
+        summary = execute_sync(
+            config,
+            source,
+            target,
+            state,
+            workers=args.workers,
+            full=args.full,
+            snapshots=snapshot_builder(target.lake),
+            progress=progress,
+        )
+    except SyncAbortedError as exc:
+        print(f"encord-mirror: sync stopped: {exc}", file=sys.stderr)
+        print("Nothing is lost: the watermark did not move; the next run starts from it.", file=sys.stderr)
+        return 1
+    print(format_summary(summary, target, state))
+    return 0 if summary.ok else 1
+
+
+# -- the summary ---------------------------------------------------------------------------------------
+
+_COLUMNS: Sequence[tuple[str, str]] = (
+    ("mode", "mode"),
+    ("listed", "listed"),
+    ("initialised", "requested"),
+    ("written", "written"),
+    ("moved", "moved"),
+    ("removed", "removed"),
+    ("unchanged", "unchanged"),
+    ("failed", "failed"),
+    ("unlabelled", "unlabelled"),
+    ("gaps", "gaps_open"),
+    ("seconds", "seconds"),
+)
+
+
+def _cell(project: Any, attr: str) -> str:
+    if attr == "mode":
+        return "full" if project.full else "incremental"
+    value = getattr(project, attr)
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "none"
+
+
+def format_summary(summary: SyncSummary, target: LakeTarget, state: StateStore | None = None) -> str:
+    """The end-of-run table (one row per project), where things are, and what to do next."""
+    header = ["project", *(name for name, _ in _COLUMNS)]
+    rows = [[p.project_hash, *(_cell(p, attr) for _, attr in _COLUMNS)] for p in summary.projects]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+    out = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows), ""]
+    for p in summary.projects:
+        out.append(f"{p.project_hash}: watermark {_when(p.watermark_before)} -> {_when(p.watermark_after)}")
+        out.extend(f"  {note}" for note in _project_notes(p, target, state))
+    out.append("")
+    out.append(f"lake:  {target.location}")
+    out.append(f"state: {target.state_path}")
+    if summary.ok:
+        out.append(f"OK: in step, no gaps ({summary.seconds:.2f}s)")
+    else:
+        out.append(
+            f"NOT IN STEP: {summary.gaps_open} row(s) failed. They hold the watermark and the next run "
+            "retries them: run `encord-mirror sync` again."
+        )
+    return "\n".join(out)
+
+
+def _project_notes(p: ProjectSummary, target: LakeTarget, state: StateStore | None) -> list[str]:
+    notes: list[str] = []
+    if p.status == "lease_held":
+        notes.append("skipped: another sync holds this project's lease (it expires on its own)")
+    elif p.status == "unfinished":
+        notes.append("unfinished: a chunk could not record its result; the next run retries from the mark")
+    if p.manifest_key:
+        notes.append(f"run manifest: {target.lake.uri(p.manifest_key)}")
+    gaps = state.list_gaps(p.project_hash) if state is not None and p.gaps_open else []
+    notes.extend(f"gap: {gap.label_hash}: {gap.reason}" for gap in gaps[:_SHOWN])
+    notes.extend(f"error: {error}" for error in p.errors[:_SHOWN])
+    hidden = max(0, len(gaps) - _SHOWN) + max(0, len(p.errors) - _SHOWN)
+    if hidden:
+        notes.append(f"... and {hidden} more (see the run manifest)")
+    return notes
