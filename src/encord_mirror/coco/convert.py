@@ -1,0 +1,583 @@
+"""Encord label rows (`LabelRowV2.to_encord_dict()`) + ontology (`OntologyStructure.to_dict()`) to COCO.
+
+Plain dicts only: no encord, opencv or shapely import (the Lambda package has none of them, and importing
+encord alone takes about a second). pycocotools and numpy do the RLE work.
+
+Two modes:
+
+* `encord_compatible=True` gives what `encord.utilities.coco.exporter.CocoExporter(rows, ontology).export()`
+  gives, quirks included (tests/unit/test_coco_parity.py runs CocoExporter on the same rows).
+* `encord_compatible=False` corrects CocoExporter where it is wrong, and only there:
+  1. dynamic attribute answers come from each annotation's own row and frame (CocoExporter reads the
+     `object_actions` of the first row it annotates, for every row, and looks them up by image id instead of
+     frame number, so other rows get no dynamic answers and videos get the wrong frame's);
+  2. skeleton points keep their visibility (`"visibility": "invisible" | "occluded" | "selfOccluded"`, as
+     the SDK writes it; CocoExporter reads `"invisible": true` keys that the SDK never writes, so every point
+     comes out visible);
+  3. answers to nested attributes (under a radio option) are kept (CocoExporter drops them).
+
+The row-level functions (`row_images`, `row_annotations`) are shared with the snapshot builder, which gives
+ids of its own so that they survive incremental refresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as cocomask
+
+from encord_mirror.coco.raster import fill_poly
+from encord_mirror.domain.models import JsonDict
+
+PDF_MIME_TYPES = frozenset({"application/pdf"})
+TEXT_MIME_TYPES = frozenset({"application/json", "application/xml", "text/plain", "text/html", "text/xml"})
+DICOM_MIME_TYPE = "application/dicom"
+NIFTI_MIME_TYPES = frozenset({"application/nifti1", "application/nifti2"})
+ROOT_SPACE_ID = "root"
+_NOT_COCO_SHAPES = frozenset({"audio", "text"})
+_FRAME_ROW_TYPES = frozenset({"video", "dicom", "nifti"})
+
+ImageKey = tuple[str, int]  # (data_hash, frame)
+
+
+class RowOntologyMismatchError(ValueError):
+    """A label row holds an object whose feature hash the ontology does not have."""
+
+    def __init__(self, label_hash: str | None, data_title: str | None, feature_hash: str) -> None:
+        super().__init__(
+            f"label row {label_hash!r} ({data_title!r}) has an object with feature hash {feature_hash!r}, "
+            "which the ontology does not define: export the ontology of the rows' project"
+        )
+        self.label_hash = label_hash
+        self.data_title = data_title
+        self.feature_hash = feature_hash
+
+
+@dataclass(frozen=True, slots=True)
+class _Attribute:
+    name: str
+    kind: str  # radio | checklist | text | numeric
+    dynamic: bool
+    option_labels: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Ontology:
+    """The parts of `OntologyStructure.to_dict()` the converter needs, indexed once."""
+
+    categories: list[JsonDict]
+    category_ids: dict[str, int]  # object feature hash -> COCO category id
+    flat_attributes: dict[str, _Attribute]  # top-level attributes of every object, by feature hash
+    nested_attributes: dict[str, _Attribute]  # attributes under radio options, by feature hash
+    object_attributes: dict[str, list[_Attribute]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, ontology: Mapping[str, Any]) -> Ontology:
+        categories: list[JsonDict] = []
+        category_ids: dict[str, int] = {}
+        flat: dict[str, _Attribute] = {}
+        nested: dict[str, _Attribute] = {}
+        per_object: dict[str, list[_Attribute]] = {}
+        for obj in ontology.get("objects") or []:
+            attrs = [_attribute(a) for a in obj.get("attributes") or []]
+            for raw, attr in zip(obj.get("attributes") or [], attrs, strict=True):
+                flat[raw["featureNodeHash"]] = attr
+                _collect_nested(raw, nested)
+            # Like CocoExporter: the first object with a feature hash owns its attributes.
+            per_object.setdefault(obj["featureNodeHash"], attrs)
+            if obj["shape"] in _NOT_COCO_SHAPES:
+                continue
+            category_id = len(categories) + 1  # 0 is the background of COCO stuff masks
+            category: JsonDict = {"supercategory": obj["shape"], "id": category_id, "name": obj["name"]}
+            if obj["shape"] == "point":
+                category["keypoints"] = "keypoint"
+                category["skeleton"] = []
+            categories.append(category)
+            category_ids[obj["featureNodeHash"]] = category_id
+        return cls(categories, category_ids, flat, nested, per_object)
+
+
+def _attribute(raw: Mapping[str, Any]) -> _Attribute:
+    labels = tuple(o["label"] for o in raw.get("options") or []) if raw["type"] == "checklist" else ()
+    return _Attribute(raw["name"], raw["type"], bool(raw.get("dynamic", False)), labels)
+
+
+def _collect_nested(raw: Mapping[str, Any], out: dict[str, _Attribute]) -> None:
+    for option in raw.get("options") or []:
+        for child in option.get("options") or []:
+            if "type" in child:
+                out[child["featureNodeHash"]] = _attribute(child)
+                _collect_nested(child, out)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEntry:
+    key: ImageKey
+    body: JsonDict  # the COCO image without its id
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationEntry:
+    image_key: ImageKey
+    object_hash: str
+    body: JsonDict  # the COCO annotation; `id` and `attributes.track_id` are set by the caller
+
+
+def _is_frame_row(row: Mapping[str, Any]) -> bool:
+    return str(row["data_type"]).lower() in _FRAME_ROW_TYPES and ROOT_SPACE_ID not in (
+        row.get("spaces") or {}
+    )
+
+
+def _classification_frames(row: Mapping[str, Any]) -> list[int]:
+    frames: list[int] = []
+    for answer in (row.get("classification_answers") or {}).values():
+        if not answer.get("featureHash"):
+            continue
+        for start, end in answer.get("range") or []:
+            frames.extend(range(start, end + 1))
+    return frames
+
+
+def row_images(row: Mapping[str, Any]) -> list[ImageEntry]:
+    """The COCO images of one row, in CocoExporter's order (one per image, labelled frame, DICOM slice,
+    classification-only frame; none for audio, text and PDF)."""
+    out: list[ImageEntry] = []
+    row_type = str(row["data_type"])
+    extra_frames = _classification_frames(row) if _is_frame_row(row) else []
+    for unit in row["data_units"].values():
+        labels = unit["labels"]
+        if extra_frames:
+            labels = dict(labels)
+            for frame in extra_frames:
+                labels.setdefault(str(frame), {"objects": [], "classifications": []})
+        data_type = unit["data_type"]
+        data_hash = unit["data_hash"]
+        if DICOM_MIME_TYPE in data_type:
+            for key, label in labels.items():
+                out.append(_dicom_image(data_hash, int(key), unit, label))
+        elif data_type in NIFTI_MIME_TYPES:
+            for key in labels:
+                body = {
+                    "coco_url": unit["data_link"],
+                    "file_name": f"nifti/{data_hash}/{int(key)}",
+                    "height": unit["height"],
+                    "width": unit["width"],
+                }
+                out.append(_entry((data_hash, int(key)), body))
+        elif data_type in PDF_MIME_TYPES or data_type in TEXT_MIME_TYPES or row_type.upper() == "AUDIO":
+            continue
+        elif "video" not in data_type:
+            title = unit["data_title"]
+            body = {
+                "coco_url": unit["data_link"],
+                "image_title": title,
+                "file_name": f"images/{data_hash}.{title.split('.')[-1]}",
+                "height": unit["height"],
+                "width": unit["width"],
+            }
+            out.append(_entry((data_hash, 0), body))
+        else:
+            for key in labels:
+                body = {
+                    "coco_url": unit["data_link"],
+                    "video_title": unit["data_title"],
+                    "file_name": f"videos/{data_hash}/{int(key)}.jpg",
+                    "height": unit["height"],
+                    "width": unit["width"],
+                }
+                out.append(_entry((data_hash, int(key)), body))
+    return out
+
+
+def _dicom_image(data_hash: str, frame: int, unit: Mapping[str, Any], label: Mapping[str, Any]) -> ImageEntry:
+    metadata = label.get("metadata")
+    if metadata:
+        file_name = f"dicom/{data_hash}/{metadata['dicom_instance_uid']}"
+        if metadata.get("multiframe_frame_number") is not None:
+            file_name += f"/{metadata['multiframe_frame_number']}"
+        body = {
+            "coco_url": metadata["file_uri"],
+            "file_name": file_name,
+            "height": metadata["height"],
+            "width": metadata["width"],
+        }
+    else:
+        body = {
+            "coco_url": "",
+            "file_name": f"dicom/{data_hash}/{frame}",
+            "height": unit["height"],
+            "width": unit["width"],
+        }
+    return _entry((data_hash, frame), body)
+
+
+def _entry(key: ImageKey, body: JsonDict) -> ImageEntry:
+    # Non-geometric data (and a missing size) still rasterise on a 1x1 canvas, as in CocoExporter.
+    return ImageEntry(key, body, max(1, body.get("width") or 0), max(1, body.get("height") or 0))
+
+
+def _row_frames(row: Mapping[str, Any]) -> Iterator[tuple[ImageKey, list[JsonDict]]]:
+    """Every (image, objects on it), in CocoExporter's annotation order."""
+    row_type = str(row["data_type"])
+    for unit in row["data_units"].values():
+        data_hash, data_type = unit["data_hash"], unit["data_type"]
+        if "video" in data_type or data_type == DICOM_MIME_TYPE or data_type in NIFTI_MIME_TYPES:
+            for frame, item in unit["labels"].items():
+                yield (data_hash, int(frame)), item.get("objects") or []
+        elif data_type in PDF_MIME_TYPES or data_type in TEXT_MIME_TYPES or row_type.upper() == "AUDIO":
+            continue
+        else:
+            yield (data_hash, 0), unit["labels"].get("objects") or []
+
+
+# How an annotation finds its dynamic attribute answers: (object_hash, frame, image_id) -> answers.
+DynamicLookup = Callable[[str, int, int], Mapping[str, Any] | None]
+
+
+class _Converter:
+    def __init__(self, ontology: Ontology, *, encord_compatible: bool) -> None:
+        self.ontology = ontology
+        self.compatible = encord_compatible
+
+    # -- classifications -------------------------------------------------------------------------
+    def answer(self, attr: _Attribute, answers: Any) -> dict[str, Any]:
+        if attr.kind == "radio":
+            return {attr.name: answers[0]["name"]}
+        if attr.kind == "checklist":
+            chosen = {a["name"] for a in answers}
+            return {label: label in chosen for label in attr.option_labels}
+        if attr.kind in ("text", "numeric"):
+            return {attr.name: answers}
+        return {}
+
+    def answers(self, entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for entry in entries:
+            attr = self.ontology.flat_attributes.get(entry["featureHash"])
+            if attr is None and not self.compatible:
+                attr = self.ontology.nested_attributes.get(entry["featureHash"])
+            if attr is not None:
+                out.update(self.answer(attr, entry["answers"]))
+        return out
+
+    def add_defaults(self, feature_hash: str, out: dict[str, Any], *, dynamic: bool) -> None:
+        for attr in self.ontology.object_attributes.get(feature_hash, ()):
+            if attr.dynamic != dynamic:
+                continue
+            if attr.kind == "checklist":
+                for label in attr.option_labels:
+                    out.setdefault(label, False)
+            else:
+                out.setdefault(attr.name, None)
+
+    def dynamic_map(self, object_actions: Mapping[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
+        out: dict[tuple[int, str], dict[str, Any]] = {}
+        for object_hash, payload in object_actions.items():
+            for action in payload["actions"]:
+                attr = self.ontology.flat_attributes.get(action["featureHash"])
+                if attr is None and not self.compatible:
+                    attr = self.ontology.nested_attributes.get(action["featureHash"])
+                if attr is None:
+                    continue
+                answered = self.answer(attr, action["answers"])
+                for start, end in action["range"]:
+                    for frame in range(start, end + 1):
+                        out.setdefault((frame, object_hash), {}).update(answered)
+        return out
+
+    def classifications(
+        self,
+        obj: Mapping[str, Any],
+        frame: int,
+        image_id: int,
+        object_answers: Mapping[str, Any],
+        dyn: DynamicLookup,
+    ) -> dict[str, Any]:
+        object_hash, feature_hash = obj["objectHash"], obj["featureHash"]
+        out = self.answers(object_answers[object_hash]["classifications"])
+        self.add_defaults(feature_hash, out, dynamic=False)
+        dynamic = dict(dyn(object_hash, frame, image_id) or {})
+        self.add_defaults(feature_hash, dynamic, dynamic=True)
+        out.update(dynamic)
+        return out
+
+    # -- shapes ----------------------------------------------------------------------------------
+    def annotation(
+        self,
+        obj: Mapping[str, Any],
+        image: ImageEntry,
+        image_id: int,
+        row: Mapping[str, Any],
+        dyn: DynamicLookup,
+    ) -> JsonDict | None:
+        shape = obj["shape"]
+        w, h = image.width, image.height
+        rotation: float | None = None
+        keypoints: list[float] | None = None
+        num_keypoints: int | None = None
+        is_crowd = 0
+        segmentation: Any
+        if shape in ("bounding_box", "rotatable_bounding_box"):
+            box = obj["boundingBox" if shape == "bounding_box" else "rotatableBoundingBox"]
+            x, y, bw, bh = box["x"] * w, box["y"] * h, box["w"] * w, box["h"] * h
+            area: float = bw * bh
+            segmentation = [_floats([x, y, x + bw, y, x + bw, y + bh, x, y + bh])]
+            bbox = [x, y, bw, bh]
+            if shape == "rotatable_bounding_box":
+                rotation = float(box["theta"])
+        elif shape == "polygon":
+            polygons = obj.get("polygons")
+            if polygons and (len(polygons) > 1 or len(polygons[0]) > 1):
+                is_crowd = 1
+                segmentation = _multipolygon_rle(polygons, w, h)
+                bbox, area = _rle_box_area(segmentation)
+            else:
+                points = _points(obj["polygon"], w, h)
+                segmentation = [_floats(c for p in points for c in p)]
+                area = polygon_area([points])
+                bbox = _bounds(points)
+        elif shape == "polyline":
+            points = _points(obj["polyline"], w, h)
+            flat = [c for p in points for c in p]
+            segmentation = [_floats(flat + [c for p in reversed(points) for c in p])]
+            area = 0.0
+            if len(points) == 2:
+                (x0, y0), (x1, y1) = points
+                bbox = [float(min(x0, x1)), float(min(y0, y1)), float(abs(x0 - x1)), float(abs(y0 - y1))]
+            else:
+                bbox = _bounds(points)
+        elif shape == "bitmask":
+            segmentation, bbox, area = _bitmask_rle(obj["bitmask"])
+            is_crowd = 1
+        elif shape == "point":
+            x, y = obj["point"]["0"]["x"] * w, obj["point"]["0"]["y"] * h
+            area = 0.0
+            segmentation = [[float(x), float(y)]]
+            keypoints = [float(x), float(y), 2.0]
+            num_keypoints = 1
+            bbox = [x, y, 0.0, 0.0]
+        elif shape == "skeleton":
+            keypoints = []
+            for point in obj["skeleton"].values():
+                keypoints += [float(point["x"] * w), float(point["y"] * h), float(self.visibility(point))]
+            num_keypoints = len(keypoints) // 3
+            xs, ys = keypoints[::3], keypoints[1::3]
+            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            area = 0.0
+            segmentation = []
+        else:
+            return None  # shapes COCO has no form for (cuboids, audio and text ranges, ...): skipped
+        category_id = self.ontology.category_ids.get(obj["featureHash"])
+        if category_id is None:
+            raise RowOntologyMismatchError(row.get("label_hash"), row.get("data_title"), obj["featureHash"])
+        frame = image.key[1]
+        classifications = self.classifications(obj, frame, image_id, row["object_answers"], dyn)
+        attributes: JsonDict = {"track_id": None, "encord_track_uuid": obj["objectHash"]}
+        if rotation is not None:
+            attributes["rotation"] = rotation
+        attributes["classifications"] = classifications
+        if obj.get("manualAnnotation") is not None:
+            attributes["manual_annotation"] = obj["manualAnnotation"]
+        return {
+            "area": float(area),
+            "bbox": [float(v) for v in bbox],
+            "category_id": category_id,
+            "image_id": image_id,
+            "iscrowd": is_crowd,
+            "segmentation": segmentation,
+            "keypoints": keypoints,
+            "num_keypoints": num_keypoints,
+            "id": None,
+            "attributes": attributes,
+        }
+
+    def visibility(self, point: Mapping[str, Any]) -> int:
+        flags = point if self.compatible else {str(point.get("visibility")): True, **point}
+        if flags.get("invisible") is True:
+            return 0
+        if flags.get("occluded") is True or flags.get("selfOccluded") is True:
+            return 1
+        return 2
+
+
+def _floats(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _points(coords: Any, w: int, h: int) -> list[tuple[float, float]]:
+    if isinstance(coords, list):
+        return [(p["x"] * w, p["y"] * h) for p in coords]
+    return [(coords[str(i)]["x"] * w, coords[str(i)]["y"] * h) for i in range(len(coords))]
+
+
+def _bounds(points: Sequence[tuple[float, float]]) -> list[float]:
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def _ring_area(ring: Sequence[tuple[float, float]]) -> float:
+    """GEOS' shoelace (the operation order shapely uses, so the float comes out bit for bit the same)."""
+    closed = list(ring)
+    if closed and closed[0] != closed[-1]:
+        closed.append(closed[0])
+    n = len(closed)
+    if n < 3:
+        return 0.0
+    x0 = closed[0][0]
+    total = 0.0
+    for i in range(1, n - 1):
+        total += (closed[i][0] - x0) * (closed[i - 1][1] - closed[i + 1][1])
+    return abs(total / 2.0)
+
+
+def polygon_area(rings: Sequence[Sequence[tuple[float, float]]]) -> float:
+    """A polygon's area: its shell minus its holes, as shapely computes it."""
+    if not rings:
+        return 0.0
+    area = _ring_area(rings[0])
+    for hole in rings[1:]:
+        area -= _ring_area(hole)
+    return area
+
+
+def _multipolygon_rle(polygons: Sequence[Sequence[Sequence[float]]], w: int, h: int) -> JsonDict:
+    """CocoExporter's mask of a polygon with holes or parts: the largest part first, each part's shell
+    painted and its holes cleared, on integer-truncated vertices."""
+    parts = []
+    for polygon in polygons:
+        rings = [[(ring[i] * w, ring[i + 1] * h) for i in range(0, len(ring) - 1, 2)] for ring in polygon]
+        parts.append(rings)
+    # Painted through a transposed view, so the buffer is already in the column-major order COCO encodes.
+    mask = np.zeros((w, h), dtype=np.uint8).T
+    for rings in sorted(parts, key=polygon_area, reverse=True):
+        for index, ring in enumerate(rings):
+            # np.int32 truncates toward zero, as the exporter's cast does.
+            fill_poly(mask, [(int(x), int(y)) for x, y in ring], 0 if index else 1)
+    rle = cocomask.encode(mask)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return dict(rle)
+
+
+def _rle_box_area(rle: JsonDict) -> tuple[list[float], float]:
+    encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return [float(v) for v in cocomask.toBbox(encoded)], float(cocomask.area(encoded))
+
+
+def _bitmask_rle(bitmask: Mapping[str, Any]) -> tuple[JsonDict, list[float], float]:
+    # Encord's RLE runs row-major; COCO's runs column-major: decode as the transpose and re-encode.
+    transposed = {"counts": bitmask["rleString"], "size": [bitmask["width"], bitmask["height"]]}
+    mask = np.asfortranarray(cocomask.decode(transposed).T)
+    rle = cocomask.encode(mask)
+    bbox = [float(v) for v in cocomask.toBbox(rle)]
+    area = float(cocomask.area(rle))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return dict(rle), bbox, area
+
+
+def row_annotations(
+    converter: _Converter,
+    row: Mapping[str, Any],
+    images: Mapping[ImageKey, ImageEntry],
+    image_id: Callable[[ImageKey], int],
+    dyn: DynamicLookup | None = None,
+) -> list[AnnotationEntry]:
+    """The COCO annotations of one row, in CocoExporter's order; ids are left for the caller to set.
+    `dyn` defaults to the row's own dynamic answers by frame (the corrected behaviour)."""
+    if dyn is None:
+        own = converter.dynamic_map(row.get("object_actions") or {})
+
+        def dyn(object_hash: str, frame: int, _image_id: int) -> Mapping[str, Any] | None:
+            return own.get((frame, object_hash))
+
+    out: list[AnnotationEntry] = []
+    for key, objects in _row_frames(row):
+        image = images.get(key)
+        if image is None:
+            continue
+        iid = image_id(key)
+        for obj in objects:
+            body = converter.annotation(obj, image, iid, row, dyn)
+            if body is not None:
+                out.append(AnnotationEntry(key, obj["objectHash"], body))
+    return out
+
+
+def make_converter(ontology: Mapping[str, Any] | Ontology, *, encord_compatible: bool) -> _Converter:
+    index = ontology if isinstance(ontology, Ontology) else Ontology.from_dict(ontology)
+    return _Converter(index, encord_compatible=encord_compatible)
+
+
+def info(description: str | None) -> JsonDict:
+    return {
+        "description": description,
+        "contributor": None,
+        "date_created": None,
+        "url": None,
+        "version": None,
+        "year": None,
+    }
+
+
+def convert(
+    rows: Sequence[Mapping[str, Any]], ontology: Mapping[str, Any], *, encord_compatible: bool = False
+) -> JsonDict:
+    """Convert label rows to one COCO dict; in compatible mode ids, order and values are CocoExporter's."""
+    converter = make_converter(ontology, encord_compatible=encord_compatible)
+    # Image ids: CocoExporter numbers images by the size of its (data_hash, frame) map, so two rows on the
+    # same data unit (two branches) share ids in a way only the compatible mode reproduces.
+    row_entries = [row_images(row) for row in rows]
+    images: list[JsonDict] = []
+    compat_ids: dict[ImageKey, int] = {}
+    own_ids: list[dict[ImageKey, int]] = []
+    by_id: dict[int, ImageEntry] = {}
+    for entries in row_entries:
+        mine: dict[ImageKey, int] = {}
+        for entry in entries:
+            new_id = len(compat_ids) if encord_compatible else len(images)
+            compat_ids[entry.key] = new_id
+            mine.setdefault(entry.key, new_id)
+            by_id[new_id] = entry
+            images.append({**_with_id(entry.body, new_id)})
+        own_ids.append(mine)
+
+    annotations: list[JsonDict] = []
+    track_ids: dict[str, int] = {}
+    # CocoExporter caches the dynamic answers of the first row it annotates and uses them for every row.
+    first_actions: list[dict[tuple[int, str], dict[str, Any]]] = []
+    current: list[Mapping[str, Any]] = []
+
+    def compat_dyn(object_hash: str, _frame: int, image_id: int) -> Mapping[str, Any] | None:
+        if not first_actions:
+            first_actions.append(converter.dynamic_map(current[-1].get("object_actions") or {}))
+        return first_actions[0].get((image_id, object_hash))
+
+    # Sizes come from the image that holds the id last, as CocoExporter's scan of its image list does.
+    compat_sized = {key: by_id[image_id] for key, image_id in compat_ids.items()}
+    for row, entries, mine in zip(rows, row_entries, own_ids, strict=True):
+        current.append(row)
+        ids = compat_ids if encord_compatible else mine
+        sized = compat_sized if encord_compatible else {e.key: e for e in entries}
+        dyn = compat_dyn if encord_compatible else None
+        for ann in row_annotations(converter, row, sized, ids.__getitem__, dyn):
+            ann.body["id"] = len(annotations)
+            ann.body["attributes"]["track_id"] = track_ids.setdefault(ann.object_hash, len(track_ids))
+            annotations.append(ann.body)
+    return {
+        "info": info(str(rows[0]["data_title"]) if rows else None),
+        "categories": converter.ontology.categories,
+        "images": images,
+        "annotations": annotations,
+    }
+
+
+def _with_id(body: JsonDict, image_id: int) -> JsonDict:
+    out = {"coco_url": body["coco_url"], "id": image_id}
+    out.update((k, v) for k, v in body.items() if k != "coco_url")
+    return out
