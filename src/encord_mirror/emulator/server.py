@@ -228,8 +228,10 @@ class Emulator:
         if self._server is not None:
             return self
         self._server = _Server((self.host, self.port), self)
+        server = self._server
+        # A short poll keeps stop() quick: the e2e suites start and stop one emulator per test.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="encord-emulator", daemon=True
+            target=lambda: server.serve_forever(poll_interval=0.02), name="encord-emulator", daemon=True
         )
         self._thread.start()
         return self

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import types
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from encord_mirror.emulator.keys import generate_keypair
+from encord_mirror.emulator.server import Emulator
 from encord_mirror.emulator.store import format_long
 
 STAGES: tuple[dict[str, str], ...] = (
@@ -289,3 +292,34 @@ def user_client(url: str, private_key_path: Path) -> Any:
     return EncordUserClient.create_with_ssh_private_key(
         private_key_path.read_text(encoding="ascii"), domain=url
     )
+
+
+@dataclass
+class EmulatorEnv:
+    """A started emulator over a `build_fixture` project, with an authorized key to reach it."""
+
+    emu: Emulator
+    fixture: Fixture
+    key_path: Path
+    public_key: str
+
+    @property
+    def project_hash(self) -> str:
+        return self.fixture.project_hash
+
+    def client(self) -> Any:
+        """A new `EncordUserClient` signing with the authorized key."""
+        return user_client(self.emu.url, self.key_path)
+
+    def project(self) -> Any:
+        """The SDK's `Project` for the fixture project (2 requests: project, ontology)."""
+        return self.client().get_project(self.fixture.project_hash)
+
+
+@contextmanager
+def emulator_env(directory: Path, *, extra_images: int = 0, **emulator_kwargs: Any) -> Iterator[EmulatorEnv]:
+    """Build a fixture under `directory/fixture`, a key under `directory/keys`, and run an Emulator on it."""
+    fixture = build_fixture(directory / "fixture", extra_images=extra_images)
+    key_path, public_key = generate_keypair(directory / "keys")
+    with Emulator(directory / "fixture", authorized_keys=[public_key], **emulator_kwargs) as emu:
+        yield EmulatorEnv(emu, fixture, key_path, public_key)
