@@ -145,6 +145,7 @@ class FakeSource:
     dropped: set[str] = field(default_factory=set)  # rows the bundle response leaves out
     failing: dict[str, str] = field(default_factory=dict)  # rows the source reports as failed
     load_error: Exception | None = None  # every load raises this (a 429 storm)
+    list_error: Exception | None = None  # every listing raises this (an outage)
     list_calls: list[RowQuery] = field(default_factory=list)
     load_calls: list[tuple[str, ...]] = field(default_factory=list)
     hidden_until: dict[str, datetime] = field(default_factory=dict)  # commits not yet visible to listings
@@ -193,6 +194,8 @@ class FakeSource:
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         with self._lock:
             self.list_calls.append(query)
+        if self.list_error is not None:
+            raise self.list_error
         assert project_hash == self.project_hash
         for value in (query.edited_after, query.edited_before):
             assert value is None or value.tzinfo is not None, "naive datetime sent to Encord"
@@ -261,10 +264,10 @@ class FakeSource:
 class RecordingQueue:
     """A WorkQueue that only records what the planner sends (no processing)."""
 
-    def __init__(self, refuse: set[str] | None = None) -> None:
+    def __init__(self, *, refuse_all: bool = False) -> None:
         self.batches: list[list[ChunkMessage]] = []
         self.finalize_requests: list[tuple[str, str]] = []
-        self.refuse = refuse or set()
+        self.refuse_all = refuse_all
 
     @property
     def chunks(self) -> list[ChunkMessage]:
@@ -272,7 +275,7 @@ class RecordingQueue:
 
     def send_chunks(self, chunks: Sequence[ChunkMessage]) -> SendReceipt:
         self.batches.append(list(chunks))
-        refused = {c.chunk_id: "refused" for c in chunks if c.chunk_id in self.refuse}
+        refused = {c.chunk_id: "throttled" for c in chunks if self.refuse_all}
         return SendReceipt(
             sent=tuple(c.chunk_id for c in chunks if c.chunk_id not in refused), failed=refused
         )

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import PROJECT, Clock, FakeSource
+from fakes import PROJECT, Clock, FakeSource, RecordingEvents, RecordingQueue, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
 from encord_mirror.app.local_sync import SyncSummary, run_local_sync
 from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +83,34 @@ class Mirror:
 @pytest.fixture
 def mirror(source: FakeSource, lake: LocalLake, state: SqliteStateStore, clock: Clock) -> Mirror:
     return Mirror(source, lake, state, clock)
+
+
+@pytest.fixture
+def queue() -> RecordingQueue:
+    return RecordingQueue()
+
+
+@pytest.fixture
+def snapshots() -> RecordingSnapshots:
+    return RecordingSnapshots()
+
+
+@pytest.fixture
+def events() -> RecordingEvents:
+    return RecordingEvents()
+
+
+@pytest.fixture
+def deps(
+    source: FakeSource,
+    lake: LocalLake,
+    state: SqliteStateStore,
+    queue: RecordingQueue,
+    events: RecordingEvents,
+    snapshots: RecordingSnapshots,
+    clock: Clock,
+) -> MirrorDeps:
+    """The domain's dependencies with a queue that only records (tests drive the worker by hand)."""
+    return MirrorDeps(
+        source=source, lake=lake, state=state, queue=queue, events=events, snapshots=snapshots, clock=clock
+    )

@@ -1,0 +1,238 @@
+"""The planner: lease, signpost, listing window, reconciliation diff, dedupe, filters and fan-out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from conftest import Mirror
+from fakes import ANNOTATE, PROJECT, REVIEW, Clock, FakeSource, RecordingQueue
+
+from encord_mirror.adapters.local import SqliteStateStore
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.models import BranchSelection, Gap, RowQuery
+from encord_mirror.domain.planner import plan
+
+CONFIG = MirrorConfig(projects=(PROJECT,))
+
+
+def test_first_run_is_a_full_listing_fanned_out_in_capped_chunks(
+    source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, state: SqliteStateStore
+) -> None:
+    # Given 250 rows and no watermark yet
+    source.add(250)
+    # When the planner runs with bundles of 100
+    result = plan(PROJECT, CONFIG, deps)
+    # Then it lists everything once (no date filter) and sends 3 chunks of at most 100 label hashes
+    assert result.full and result.status == "planned"
+    assert source.list_calls == [RowQuery(branches=CONFIG.branches)]
+    assert [len(c.label_hashes) for c in queue.chunks] == [100, 100, 50]
+    assert sorted(h for c in queue.chunks for h in c.label_hashes) == [f"label-{i:04d}" for i in range(250)]
+    # and the run, with its chunk ids, was recorded
+    run = state.get_run(PROJECT, result.run_id)
+    assert run is not None and run.chunk_ids == tuple(c.chunk_id for c in queue.chunks)
+    assert run.signpost == source.clock() and run.previous_watermark is None
+
+
+def test_run_ids_sort_by_time_and_chunk_ids_derive_from_them(
+    source: FakeSource, deps: MirrorDeps, queue: RecordingQueue
+) -> None:
+    source.add(3)
+    result = plan(PROJECT, MirrorConfig(projects=(PROJECT,), bundle_size=1), deps)
+    assert re.fullmatch(r"20261101T120000Z-[0-9a-f]{8}", result.run_id)
+    assert [c.chunk_id for c in queue.chunks] == [f"{result.run_id}-{i:05d}" for i in range(3)]
+
+
+def test_chunks_go_out_in_batches_of_ten(source: FakeSource, deps: MirrorDeps, queue: RecordingQueue) -> None:
+    source.add(25)
+    plan(PROJECT, MirrorConfig(projects=(PROJECT,), bundle_size=1), deps)
+    assert [len(b) for b in queue.batches] == [10, 10, 5]
+
+
+def test_bundle_size_caps_every_chunk(source: FakeSource, deps: MirrorDeps, queue: RecordingQueue) -> None:
+    source.add(2500)
+    plan(PROJECT, MirrorConfig(projects=(PROJECT,), bundle_size=1000), deps)
+    assert [len(c.label_hashes) for c in queue.chunks] == [1000, 1000, 500]
+
+
+def test_incremental_listing_runs_from_watermark_minus_overlap_to_the_signpost(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, clock: Clock
+) -> None:
+    # Given a first sync at T0
+    source.add(3)
+    mirror.sync()
+    watermark = mirror.state.get_watermark(PROJECT)
+    assert watermark == clock()
+    # When the next run starts five minutes later
+    clock.advance(300)
+    source.list_calls.clear()
+    result = plan(PROJECT, CONFIG, deps)
+    # Then it lists (watermark - 120 s, signpost], with timezone-aware UTC bounds
+    assert not result.full
+    (query,) = source.list_calls
+    assert query.edited_after == watermark - timedelta(seconds=120)
+    assert query.edited_before == clock() == result.signpost
+    assert query.edited_after.tzinfo is not None and query.edited_before.utcoffset() == timedelta(0)
+
+
+def test_relisting_the_overlap_is_free(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, clock: Clock
+) -> None:
+    # Given rows already in the lake, all inside the next run's overlap
+    source.add(5)
+    mirror.sync()
+    clock.advance(30)
+    # When the next run re-lists them unchanged
+    result = plan(PROJECT, CONFIG, deps)
+    # Then nothing is sent for initialisation
+    assert result.listed == 5 and result.to_sync == 0 and result.skipped == 5 and result.chunks == 0
+
+
+def test_every_nth_run_reconciles(mirror: Mirror, source: FakeSource, clock: Clock) -> None:
+    # Given reconciliation every 3rd run
+    source.add(2)
+    config = MirrorConfig(projects=(PROJECT,), reconcile_every=3)
+    modes = []
+    for _ in range(6):
+        clock.advance(60)
+        modes.append(mirror.sync(config).projects[0].full)
+    # Then runs 1 (no watermark), 3 and 6 list everything
+    assert modes == [True, False, True, False, False, True]
+
+
+def test_a_held_lease_skips_the_run_without_listing(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, queue: RecordingQueue, clock: Clock
+) -> None:
+    source.add(2)
+    assert state.acquire_lease(PROJECT, "another-run", clock(), 900)
+    result = plan(PROJECT, CONFIG, deps)
+    assert result.status == "lease_held"
+    assert source.list_calls == [] and queue.batches == []
+
+
+def test_a_run_with_nothing_to_do_asks_for_its_finalize_at_once(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, clock: Clock
+) -> None:
+    source.add(2)
+    mirror.sync()
+    clock.advance(60)
+    result = plan(PROJECT, CONFIG, deps)
+    assert result.chunks == 0 and queue.batches == []
+    assert queue.finalize_requests == [(PROJECT, result.run_id)]
+
+
+def test_dedupe_sends_one_version_of_a_row_listed_twice(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given a watermark, a row edited since, and an open gap on the same row (so two listings return it)
+    source.add(3)
+    state.set_watermark(PROJECT, clock())
+    clock.advance(10)
+    source.edit("label-0001")
+    state.add_gaps([Gap(PROJECT, "label-0001", None, "old-run", "boom")])
+    clock.advance(10)
+    # When the planner runs
+    result = plan(PROJECT, CONFIG, deps)
+    # Then the gap was listed by label hash, and the row goes out once
+    assert RowQuery(branches=CONFIG.branches, label_hashes=("label-0001",)) in source.list_calls
+    assert [h for c in queue.chunks for h in c.label_hashes].count("label-0001") == 1
+    assert result.listed == 4
+
+
+def test_open_gaps_are_retried_even_outside_the_listing_window(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given a gap on a row edited long before the watermark
+    source.add(2)
+    clock.advance(3600)
+    state.set_watermark(PROJECT, clock())
+    state.add_gaps([Gap(PROJECT, "label-0000", None, "old-run", "429")])
+    clock.advance(60)
+    # When an incremental run plans
+    plan(PROJECT, CONFIG, deps)
+    # Then the gap's row is sent again
+    assert [h for c in queue.chunks for h in c.label_hashes] == ["label-0000"]
+
+
+def test_a_gap_whose_row_was_deleted_becomes_a_removal(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, queue: RecordingQueue, clock: Clock
+) -> None:
+    source.add(1)
+    state.set_watermark(PROJECT, clock())
+    state.add_gaps([Gap(PROJECT, "label-gone", None, "old-run", "429")])
+    clock.advance(60)
+    plan(PROJECT, CONFIG, deps)
+    assert [c.removals for c in queue.chunks] == [("label-gone",)]
+
+
+def test_reconciliation_diffs_with_the_index(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given a synced project
+    source.add(6)
+    mirror.sync()
+    clock.advance(3600)
+    # And then: a stage move (no edit time change), a deletion, a new branch row, an unlabelled data unit
+    source.move("label-0001", REVIEW)
+    source.delete("label-0002")
+    source.add(1, branch="consensus-1", start=3)
+    source.add_unlabelled("data-0100")
+    # When a full run plans with every branch
+    config = MirrorConfig(projects=(PROJECT,), branches=BranchSelection("all"))
+    result = plan(PROJECT, config, deps, full=True)
+    # Then the move and the new branch are work, the deletion a removal, the unlabelled row only recorded
+    assert sorted(h for c in queue.chunks for h in c.label_hashes) == ["label-0001", "label-0003-consensus-1"]
+    assert [h for c in queue.chunks for h in c.removals] == ["label-0002"]
+    run = mirror.state.get_run(PROJECT, result.run_id)
+    assert run is not None and run.unlabelled == ("data-0100",) and result.unlabelled == 1
+
+
+def test_a_row_leaving_the_stage_filter_is_a_removal(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given only the Annotate stage is mirrored, and two rows are in the lake
+    config = MirrorConfig(projects=(PROJECT,), stage_include=(ANNOTATE.title,))
+    source.add(2)
+    mirror.sync(config)
+    clock.advance(60)
+    # When one row is edited and moves to Review
+    source.edit("label-0000")
+    source.move("label-0000", REVIEW)
+    clock.advance(1)
+    plan(PROJECT, config, deps)
+    # Then it is removed, not synced
+    assert [c.label_hashes for c in queue.chunks] == [()]
+    assert [c.removals for c in queue.chunks] == [("label-0000",)]
+
+
+def test_a_chunk_the_queue_refuses_becomes_gaps_and_still_finishes_the_run(
+    source: FakeSource, state: SqliteStateStore, deps: MirrorDeps, clock: Clock
+) -> None:
+    # Given a queue that refuses every chunk
+    source.add(2)
+    refusing = RecordingQueue(refuse_all=True)
+    # When the planner runs
+    result = plan(PROJECT, CONFIG, replace(deps, queue=refusing))
+    # Then it tried twice; the rows are open gaps, the chunk is recorded as failed and final,
+    # and the run still asks for its finalize (which will hold the watermark)
+    assert result.send_failed == 1 and len(refusing.batches) == 2
+    assert sorted(g.label_hash for g in state.list_gaps(PROJECT)) == ["label-0000", "label-0001"]
+    assert [o.status for r in state.chunk_results(PROJECT, result.run_id) for o in r.outcomes] == [
+        "failed"
+    ] * 2
+    assert refusing.finalize_requests == [(PROJECT, result.run_id)]
+
+
+def test_a_crash_while_planning_releases_the_lease(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given Encord is down
+    source.list_error = TimeoutError("encord down")
+    # When a run fails while listing
+    with pytest.raises(TimeoutError):
+        plan(PROJECT, CONFIG, deps)
+    # Then the next run can take the lease at once
+    assert state.acquire_lease(PROJECT, "next-run", clock(), 900)
