@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +340,34 @@ def test_cli_generate_rejects_a_non_positive_row_count(
     assert status == 2
     assert "rows must be at least 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_separate_processes_with_different_hash_seeds_write_identical_bytes(tmp_path: Path) -> None:
+    # Given two interpreters whose string hashing (and so set order) differs
+    outputs = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+
+        # When each runs the CLI with the same arguments
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "encord_mirror",
+                "emulator",
+                "generate",
+                "--out",
+                str(out),
+                "--rows",
+                "40",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        outputs.append(digest(out))
+
+    # Then the files are byte-identical
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) == 3

@@ -50,6 +50,7 @@ __all__ = [
     "GenerateError",
     "generate",
     "generate_main",
+    "iter_records",
     "label_row_metadata",
 ]
 
@@ -138,9 +139,6 @@ class _Template:
     n_classifications: int
     unit_count: int
     shift_bounds: list[tuple[float, float, float, float]]
-    width: int | None
-    height: int | None
-    shapes: frozenset[str]
 
 
 class _Tokens:
@@ -493,14 +491,14 @@ class _TemplateBuilder:
         )
         row = LabelRowV2(metadata, None, self.sdk_ontology)  # type: ignore[arg-type]
         row.from_labels_dict(self._empty_row(kind, unit_hashes))
-        shapes = self._add_labels(row, kind, variant)
+        self._add_labels(row, kind, variant)
         encoded: dict[str, Any] = row.to_encord_dict()
 
         check = LabelRowV2(metadata, None, self.sdk_ontology)  # type: ignore[arg-type]
         check.from_labels_dict(orjson.loads(orjson.dumps(encoded)))
         if check.to_encord_dict() != encoded:
             raise GenerateError(f"template {kind.kind}/{variant} does not survive an SDK round trip")
-        return self._tokenise(kind, encoded, shapes)
+        return self._tokenise(kind, encoded)
 
     def _empty_row(self, kind: _Kind, unit_hashes: list[str]) -> dict[str, Any]:
         t = self.t
@@ -547,14 +545,13 @@ class _TemplateBuilder:
             "last_edited_by": self.t("editor"),
         }
 
-    def _add_labels(self, row: Any, kind: _Kind, variant: int) -> set[str]:
+    def _add_labels(self, row: Any, kind: _Kind, variant: int) -> None:
         from encord.objects.classification_instance import ClassificationInstance
         from encord.objects.coordinates import AudioCoordinates, TextCoordinates
         from encord.objects.frames import Range
         from encord.objects.ontology_object_instance import ObjectInstance
 
         o, a, opt, r = self.ont.objects, self.ont.attrs, self.ont.options, self.rng
-        shapes: set[str] = set()
         n_obj = 0
         n_cls = 0
 
@@ -562,7 +559,6 @@ class _TemplateBuilder:
             nonlocal n_obj
             obj = ObjectInstance(o[name], object_hash=self.t(f"obj{n_obj}"))
             n_obj += 1
-            shapes.add(o[name].shape.value)
             return obj
 
         def new_classification(name: str, range_only: bool = False) -> Any:
@@ -716,9 +712,8 @@ class _TemplateBuilder:
         for _, obj in sorted(placed, key=lambda item: item[0]):
             row.add_object_instance(obj)
         self.n_objects, self.n_classifications = n_obj, n_cls
-        return shapes
 
-    def _tokenise(self, kind: _Kind, encoded: dict[str, Any], shapes: set[str]) -> _Template:
+    def _tokenise(self, kind: _Kind, encoded: dict[str, Any]) -> _Template:
         t = self.t
         encoded.update(
             branch_name=t("branch"),
@@ -796,7 +791,6 @@ class _TemplateBuilder:
             )
             for b in bounds
         ]
-        first = kind.units[0]
         return _Template(
             kind=kind.kind,
             data_type=kind.data_type,
@@ -806,9 +800,6 @@ class _TemplateBuilder:
             n_classifications=self.n_classifications,
             unit_count=len(kind.units),
             shift_bounds=shift_bounds,
-            width=first.width or None,
-            height=first.height or None,
-            shapes=frozenset(shapes),
         )
 
 
