@@ -1,0 +1,300 @@
+"""The worker: one chunk into the lake, newer-wins, idempotent under duplicated, reordered and
+redelivered delivery; failures reported per row and turned into gaps on the last attempt."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+
+import orjson
+from fakes import PROJECT, REVIEW, Clock, FakeSource, RecordingEvents, RecordingQueue, labels_dict
+
+from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.models import ChunkMessage, ChunkResult, Gap, RunRecord
+from encord_mirror.domain.rowdoc import build_document, encode_document
+from encord_mirror.domain.worker import process_chunk
+
+CONFIG = MirrorConfig(projects=(PROJECT,), max_attempts=3)
+ANNOTATE_KEY = "labels/project=proj-0001/branch=main/stage=annotate-5a5a0001/{}.json"
+REVIEW_KEY = "labels/project=proj-0001/branch=main/stage=review-5a5a0002/{}.json"
+
+
+def _run(state: SqliteStateStore, clock: Clock, run_id: str = "run-1", chunks: int = 1) -> RunRecord:
+    run = RunRecord(PROJECT, run_id, clock(), None, False, tuple(f"{run_id}-{i:05d}" for i in range(chunks)))
+    state.create_run(run)
+    return run
+
+
+def _chunk(
+    hashes: Sequence[str], removals: Sequence[str] = (), run_id: str = "run-1", i: int = 0
+) -> ChunkMessage:
+    return ChunkMessage(PROJECT, run_id, f"{run_id}-{i:05d}", tuple(hashes), tuple(removals))
+
+
+def _process(deps: MirrorDeps, msg: ChunkMessage, attempt: int = 1) -> ChunkResult:
+    return process_chunk(msg, CONFIG, deps, attempt=attempt, max_attempts=CONFIG.max_attempts)
+
+
+def _status(result: ChunkResult) -> dict[str, str]:
+    return {o.label_hash: o.status for o in result.outcomes}
+
+
+def _lake_bytes(lake: LocalLake) -> dict[str, bytes]:
+    return {k: lake.get(k).body for k in lake.list_keys("labels/")}  # type: ignore[union-attr]
+
+
+def test_a_row_is_written_to_its_partition_with_encord_keys_and_mirror_metadata(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a row in the Annotate stage
+    (h,) = source.add(1)
+    _run(state, clock)
+    # When its chunk is processed
+    result = _process(deps, _chunk([h]))
+    # Then the lake holds to_encord_dict() unchanged plus `mirror`, at the stage partition key
+    assert _status(result) == {h: "written"}
+    stored = lake.get(ANNOTATE_KEY.format(h))
+    assert stored is not None
+    document = orjson.loads(stored.body)
+    assert {k: v for k, v in document.items() if k != "mirror"} == labels_dict(
+        h, "data-0000", "main", clock(), 1
+    )
+    assert document["mirror"]["stage_title"] == "Annotate" and document["mirror"]["task_status"] == "ASSIGNED"
+    # and the index points at it with the object's etag
+    entry = state.get_index(PROJECT, h)
+    assert entry is not None and entry.key == ANNOTATE_KEY.format(h) and entry.etag == stored.etag
+
+
+def test_a_duplicated_chunk_leaves_the_lake_byte_identical(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a chunk already processed once
+    hashes = source.add(5)
+    _run(state, clock)
+    _process(deps, _chunk(hashes))
+    before = _lake_bytes(lake)
+    # When the same chunk is delivered again, later
+    clock.advance(600)
+    again = _process(deps, _chunk(hashes))
+    # Then nothing is rewritten: not even the sync time changes
+    assert set(_status(again).values()) == {"unchanged"}
+    assert _lake_bytes(lake) == before
+
+
+def test_unchanged_content_is_not_rewritten(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a synced row
+    (h,) = source.add(1)
+    _run(state, clock)
+    _process(deps, _chunk([h]))
+    path = lake.root / ANNOTATE_KEY.format(h)
+    inode = path.stat().st_ino
+    # When a later run syncs the same version again
+    clock.advance(60)
+    _run(state, clock, "run-2")
+    result = _process(deps, _chunk([h], run_id="run-2"))
+    # Then the file is the very same one (no write, no rename)
+    assert _status(result) == {h: "unchanged"} and path.stat().st_ino == inode
+
+
+def test_an_older_version_arriving_after_a_newer_one_is_ignored(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given version 1 of a row, then version 2 synced by a later run
+    (h,) = source.add(1)
+    _run(state, clock, "run-1")
+    v1 = source.row(h)
+    v1_labels = labels_dict(h, v1.data_hash, "main", v1.last_edited_at, 1)  # type: ignore[arg-type]
+    v1_edited = v1.last_edited_at
+    clock.advance(60)
+    source.edit(h)
+    _run(state, clock, "run-2")
+    _process(deps, _chunk([h], run_id="run-2"))
+    newer = _lake_bytes(lake)
+    # When run 1's chunk is delivered late and the source still served version 1 (a reordered delivery)
+    source.edit(h, at=v1_edited)
+    source.row(h).version = 1
+    late = _process(deps, _chunk([h], run_id="run-1"))
+    # Then the older version loses: the lake still holds version 2
+    assert _status(late) == {h: "stale"}
+    assert _lake_bytes(lake) == newer
+    assert orjson.loads(newer[ANNOTATE_KEY.format(h)])["data_units"] != v1_labels["data_units"]
+
+
+def test_a_stage_move_removes_the_old_copy_in_the_same_chunk(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a row synced in Annotate
+    (h,) = source.add(1)
+    _run(state, clock)
+    _process(deps, _chunk([h]))
+    # When it moves to Review (its edit time unchanged) and is synced again
+    source.move(h, REVIEW)
+    _run(state, clock, "run-2")
+    result = _process(deps, _chunk([h], run_id="run-2"))
+    # Then exactly one copy remains, in the Review partition
+    (outcome,) = result.outcomes
+    assert outcome.status == "moved" and outcome.old_key == ANNOTATE_KEY.format(h)
+    assert list(lake.list_keys("labels/")) == [REVIEW_KEY.format(h)]
+    assert state.get_index(PROJECT, h).key == REVIEW_KEY.format(h)  # type: ignore[union-attr]
+
+
+def test_a_poison_row_fails_alone(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a chunk whose second row is corrupt, and whose fourth the bundle response leaves out
+    hashes = source.add(5)
+    source.poison.add(hashes[1])
+    source.dropped.add(hashes[3])
+    _run(state, clock)
+    # When it is processed
+    result = _process(deps, _chunk(hashes))
+    # Then those two fail with their reason and the other three are written
+    statuses = _status(result)
+    assert [statuses[h] for h in hashes] == ["written", "failed", "written", "failed", "written"]
+    reasons = {o.label_hash: o.reason for o in result.outcomes}
+    assert "not serialisable" in (reasons[hashes[1]] or "")
+    assert "uninitialised" in (reasons[hashes[3]] or "")
+    assert len(list(lake.list_keys("labels/"))) == 3
+
+
+def test_failures_are_retried_then_become_gaps_on_the_last_attempt(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock, queue: RecordingQueue
+) -> None:
+    # Given a 429 storm: every load fails
+    hashes = source.add(2)
+    source.load_error = RuntimeError("429 Too Many Requests")
+    _run(state, clock)
+    # When the chunk is delivered for the first time
+    first = _process(deps, _chunk(hashes), attempt=1)
+    # Then it is not final (the queue will redeliver), and no gap or finalize yet
+    assert not first.final and state.list_gaps(PROJECT) == [] and queue.finalize_requests == []
+    # When the last attempt fails too
+    last = _process(deps, _chunk(hashes), attempt=3)
+    # Then it is final, its rows are gaps, and the run (all chunks final) asks for its finalize
+    assert last.final
+    assert [g.label_hash for g in state.list_gaps(PROJECT)] == hashes
+    assert "429" in state.list_gaps(PROJECT)[0].reason
+    assert queue.finalize_requests == [(PROJECT, "run-1")]
+
+
+def test_a_row_that_syncs_clears_its_gap(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    (h,) = source.add(1)
+    state.add_gaps([Gap(PROJECT, h, None, "run-0", "429")])
+    _run(state, clock)
+    _process(deps, _chunk([h]))
+    assert state.list_gaps(PROJECT) == []
+
+
+def test_a_row_deleted_in_encord_is_removed_from_the_current_view(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given two synced rows
+    a, b = source.add(2)
+    _run(state, clock)
+    _process(deps, _chunk([a, b]))
+    # When one is deleted in Encord and a chunk asks for it (load says gone) and one is an explicit removal
+    source.delete(a)
+    _run(state, clock, "run-2")
+    result = _process(deps, _chunk([a], removals=[b], run_id="run-2"))
+    # Then both are gone from the lake and the index
+    assert _status(result) == {a: "removed", b: "removed"}
+    assert list(lake.list_keys("labels/")) == []
+    assert state.get_index(PROJECT, a) is None and state.get_index(PROJECT, b) is None
+
+
+def test_a_late_removal_never_deletes_a_version_synced_after_its_run(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given run 1 planned a removal, but before it was delivered the row was edited and synced by run 2
+    (h,) = source.add(1)
+    _run(state, clock, "run-1")
+    clock.advance(60)
+    source.edit(h)
+    _run(state, clock, "run-2")
+    _process(deps, _chunk([h], run_id="run-2"))
+    # When run 1's removal arrives late
+    result = _process(deps, _chunk([], removals=[h], run_id="run-1"))
+    # Then the newer version stays
+    assert _status(result) == {h: "stale"}
+    assert list(lake.list_keys("labels/")) == [ANNOTATE_KEY.format(h)]
+
+
+def test_a_row_written_by_a_concurrent_duplicate_is_adopted_not_overwritten(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given another delivery already put this very version in the lake but has not updated the index yet
+    (h,) = source.add(1)
+    row = source.load_rows(PROJECT, [h], bundle_size=1).loaded[0]
+    document, _ = build_document(row, row.labels, synced_at=clock() - timedelta(seconds=5))
+    body = encode_document(document)
+    etag = lake.put(ANNOTATE_KEY.format(h), body, if_none_match=True)
+    _run(state, clock)
+    # When this delivery gets there
+    result = _process(deps, _chunk([h]))
+    # Then its create-only write loses, it sees the same content and keeps the object as it is
+    assert _status(result) == {h: "unchanged"}
+    assert lake.get(ANNOTATE_KEY.format(h)).body == body  # type: ignore[union-attr]
+    assert state.get_index(PROJECT, h).etag == etag  # type: ignore[union-attr]
+
+
+def test_concurrent_deliveries_of_one_chunk_leave_one_consistent_copy(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a chunk delivered four times at once (SQS at-least-once)
+    hashes = source.add(20)
+    _run(state, clock)
+    results: list[ChunkResult] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(_process(deps, _chunk(hashes)))) for _ in range(4)
+    ]
+    # When all deliveries run concurrently
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then no row failed, and each row has exactly one object, whose etag the index holds
+    assert all(o.status in ("written", "unchanged") for r in results for o in r.outcomes)
+    keys = list(lake.list_keys("labels/"))
+    assert keys == sorted(ANNOTATE_KEY.format(h) for h in hashes)
+    for h in hashes:
+        entry = state.get_index(PROJECT, h)
+        assert entry is not None and entry.etag == lake.get(entry.key).etag  # type: ignore[union-attr]
+
+
+def test_reordered_chunks_of_one_run_give_the_same_lake(
+    source: FakeSource, lake: LocalLake, clock: Clock
+) -> None:
+    # Given two runs: one processes chunks in order, the other in reverse, twice each
+    hashes = source.add(6)
+    lakes = []
+    for order in ([0, 1, 2], [2, 1, 0, 2, 0]):
+        other_lake = LocalLake(lake.root.parent / f"lake-{len(order)}")
+        other_state = SqliteStateStore(lake.root.parent / f"state-{len(order)}.db")
+        d = MirrorDeps(source, other_lake, other_state, RecordingQueue(), RecordingEvents(), None, clock)
+        _run(other_state, clock, chunks=3)
+        for i in order:
+            process_chunk(
+                _chunk(hashes[2 * i : 2 * i + 2], i=i), CONFIG, d, attempt=1, max_attempts=CONFIG.max_attempts
+            )
+        lakes.append(_lake_bytes(other_lake))
+        other_state.close()
+    # Then both lakes are byte-identical
+    assert lakes[0] == lakes[1] and len(lakes[0]) == 6
+
+
+def test_the_last_final_chunk_asks_for_the_runs_finalize_once_per_delivery(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock, queue: RecordingQueue
+) -> None:
+    hashes = source.add(4)
+    _run(state, clock, chunks=2)
+    _process(deps, _chunk(hashes[:2], i=0))
+    assert queue.finalize_requests == []
+    _process(deps, _chunk(hashes[2:], i=1))
+    assert queue.finalize_requests == [(PROJECT, "run-1")]
