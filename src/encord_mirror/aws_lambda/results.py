@@ -1,0 +1,92 @@
+"""How the handlers map domain results to Lambda answers: JSON-able summaries, metrics, and the
+errors that make the Powertools BatchProcessor report a record as failed (so SQS redelivers it)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from encord_mirror.aws_lambda.observability import metrics
+from encord_mirror.domain.finalizer import FinalizeResult
+from encord_mirror.domain.models import ChunkResult
+from encord_mirror.domain.planner import PlanResult
+
+
+class ChunkIncompleteError(Exception):
+    """Some rows of a chunk failed: the record is reported failed so the queue redelivers it (or, after
+    the last attempt, moves it to the DLQ; its rows are gaps by then)."""
+
+    def __init__(self, chunk_id: str, failed: dict[str, str], *, attempt: int, final: bool) -> None:
+        sample = "; ".join(f"{h}: {why}" for h, why in list(failed.items())[:3])
+        then = "gaps recorded, to the DLQ" if final else "will be redelivered"
+        super().__init__(
+            f"chunk {chunk_id}: {len(failed)} row(s) failed on attempt {attempt} ({then}): {sample}"
+        )
+        self.chunk_id = chunk_id
+        self.failed = failed
+        self.attempt = attempt
+        self.final = final
+
+
+class PlanningFailedError(Exception):
+    """The schedule's run failed for some projects (the others were planned); `errors` per project."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("planning failed for " + "; ".join(f"{p}: {why}" for p, why in errors.items()))
+        self.errors = errors
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def plan_summary(result: PlanResult) -> dict[str, Any]:
+    metrics.add_metric(name="RowsToSync", unit=MetricUnit.Count, value=result.to_sync)
+    metrics.add_metric(name="ChunksSent", unit=MetricUnit.Count, value=result.chunks - result.send_failed)
+    if result.status == "lease_held":
+        metrics.add_metric(name="LeaseHeld", unit=MetricUnit.Count, value=1)
+    return {
+        "project_hash": result.project_hash,
+        "run_id": result.run_id,
+        "status": result.status,
+        "full": result.full,
+        "signpost": _iso(result.signpost),
+        "to_sync": result.to_sync,
+        "removals": result.removals,
+        "skipped": result.skipped,
+        "unlabelled": result.unlabelled,
+        "chunks": result.chunks,
+        "send_failed": result.send_failed,
+    }
+
+
+def chunk_summary(result: ChunkResult, *, attempt: int) -> dict[str, Any]:
+    """The chunk's counts; raises ChunkIncompleteError when a row failed."""
+    counts = Counter(o.status for o in result.outcomes)
+    for status, count in counts.items():
+        metrics.add_metric(name=f"Rows{status.capitalize()}", unit=MetricUnit.Count, value=count)
+    failed = {o.label_hash: o.reason or "failed" for o in result.outcomes if o.status == "failed"}
+    if failed:
+        raise ChunkIncompleteError(result.chunk_id, failed, attempt=attempt, final=result.final)
+    return {"run_id": result.run_id, "chunk_id": result.chunk_id, "counts": dict(counts)}
+
+
+def finalize_summary(result: FinalizeResult) -> dict[str, Any]:
+    if result.status == "finalized":
+        metrics.add_metric(name="RunsFinalized", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="GapsOpen", unit=MetricUnit.Count, value=result.gaps_open)
+    return {
+        "project_hash": result.project_hash,
+        "run_id": result.run_id,
+        "status": result.status,
+        "watermark_before": _iso(result.watermark_before),
+        "watermark_after": _iso(result.watermark_after),
+        "counts": result.counts,
+        "gaps_open": result.gaps_open,
+        "manifest_key": result.manifest_key,
+        "snapshots": [s.snapshot_id for s in result.snapshots],
+        "errors": list(result.errors),
+    }

@@ -1,0 +1,149 @@
+"""Builds what a handler needs from the settings: the AWS adapters over cached boto3 clients (one
+per container) and the Encord label source from the key in Secrets Manager.
+
+The key is read through Powertools `parameters.get_secret(..., max_age=...)` once per invocation,
+outside the per-record loop: a warm container sees a rotated key within `SECRET_MAX_AGE_SECONDS`, and
+the SDK client is rebuilt only when the key text changed. The key is never logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import orjson
+from aws_lambda_powertools.utilities import parameters
+from botocore.config import Config
+
+from encord_mirror.adapters.aws import DynamoStateStore, EventBridgeSink, S3ObjectStore, SqsWorkQueue
+from encord_mirror.adapters.encord_source import EncordLabelSource
+from encord_mirror.aws_lambda.settings import Settings, load_settings
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.ports import ObjectStore, SnapshotBuilder
+
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a handler passes into the domain: the configuration and the adapters."""
+
+    config: MirrorConfig
+    deps: MirrorDeps
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@functools.cache
+def aws_client(service: str) -> Any:
+    """One boto3 client per service and container (the endpoint follows AWS_ENDPOINT_URL if set)."""
+    return boto3.client(service, config=_BOTO_CONFIG)
+
+
+def _private_key(secret: str) -> str:
+    """The secret is the key's text, or a JSON object holding it under `private_key`."""
+    if secret.lstrip().startswith("{"):
+        try:
+            value = orjson.loads(secret)
+        except orjson.JSONDecodeError:
+            return secret
+        if isinstance(value, dict) and isinstance(value.get("private_key"), str):
+            return str(value["private_key"])
+    return secret
+
+
+class _SourceCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._digest: str | None = None
+        self._source: EncordLabelSource | None = None
+
+    def get(self, settings: Settings) -> EncordLabelSource:
+        secret = parameters.get_secret(
+            settings.ENCORD_KEY_SECRET_ARN, max_age=settings.SECRET_MAX_AGE_SECONDS
+        )
+        key = _private_key(secret if isinstance(secret, str) else bytes(secret).decode())
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        with self._lock:
+            if self._source is None or digest != self._digest:
+                self._source = EncordLabelSource.from_private_key(
+                    key,
+                    domain=settings.ENCORD_DOMAIN,
+                    key_origin=f"the secret {settings.ENCORD_KEY_SECRET_ARN}",
+                )
+                self._digest = digest
+            return self._source
+
+    def clear(self) -> None:
+        with self._lock:
+            self._digest, self._source = None, None
+
+
+_sources = _SourceCache()
+
+
+def snapshot_builder(lake: ObjectStore) -> SnapshotBuilder | None:
+    """The COCO snapshot step (None when the converter is not part of this build)."""
+    try:
+        module = importlib.import_module("encord_mirror.coco.snapshot")
+    except ModuleNotFoundError as exc:
+        if exc.name == "encord_mirror.coco.snapshot":
+            return None
+        raise
+    builder: SnapshotBuilder = module.CocoSnapshotBuilder(lake, encord_compatible=False)
+    return builder
+
+
+@dataclass(frozen=True, slots=True)
+class _Adapters:
+    lake: S3ObjectStore
+    state: DynamoStateStore
+    queue: SqsWorkQueue
+    events: EventBridgeSink
+    snapshots: SnapshotBuilder | None
+
+
+@functools.cache
+def _aws_adapters(settings: Settings) -> _Adapters:
+    lake = S3ObjectStore(settings.LAKE_BUCKET, settings.LAKE_PREFIX, aws_client("s3"))
+    return _Adapters(
+        lake=lake,
+        state=DynamoStateStore(settings.STATE_TABLE, aws_client("dynamodb")),
+        queue=SqsWorkQueue(settings.WORK_QUEUE_URL, settings.FINALIZE_QUEUE_URL, aws_client("sqs")),
+        events=EventBridgeSink(settings.EVENT_BUS_NAME, aws_client("events")),
+        snapshots=snapshot_builder(lake),
+    )
+
+
+def runtime(settings: Settings | None = None) -> Runtime:
+    """The runtime for this invocation: cached adapters, the current Encord key."""
+    settings = settings or load_settings()
+    adapters = _aws_adapters(settings)
+    deps = MirrorDeps(
+        source=_sources.get(settings),
+        lake=adapters.lake,
+        state=adapters.state,
+        queue=adapters.queue,
+        events=adapters.events,
+        snapshots=adapters.snapshots,
+        clock=utc_now,
+    )
+    return Runtime(config=settings.mirror_config(), deps=deps)
+
+
+def reset_caches() -> None:
+    """Forget settings, clients, adapters and the cached secret (tests; a new environment)."""
+    load_settings.cache_clear()
+    aws_client.cache_clear()
+    _aws_adapters.cache_clear()
+    _sources.clear()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
