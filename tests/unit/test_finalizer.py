@@ -1,0 +1,274 @@
+"""The finalizer: exactly once per run; watermark held by gaps; snapshots for touched partitions;
+the run manifest written last and create-only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import Mirror
+from fakes import PROJECT, REVIEW, Clock, FakeSource, RecordingEvents, RecordingSnapshots
+
+from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.app.local_sync import run_local_sync
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.finalizer import finalize, partition_of
+from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.models import (
+    ChunkResult,
+    Gap,
+    Partition,
+    PartitionChanges,
+    ProjectInfo,
+    RowOutcome,
+    RunRecord,
+    SendReceipt,
+    SnapshotEvent,
+)
+
+CONFIG = MirrorConfig(projects=(PROJECT,))
+OLD = "labels/project=proj-0001/branch=main/stage=annotate-5a5a0001/l2.json"
+NEW = "labels/project=proj-0001/branch=main/stage=review-5a5a0002/l2.json"
+BRANCH = "labels/project=proj-0001/branch=consensus%2F1/stage=annotate-5a5a0001/l3.json"
+
+
+def _ran(
+    state: SqliteStateStore, clock: Clock, *outcomes: RowOutcome, prev: datetime | None = None
+) -> RunRecord:
+    """A run of one chunk, recorded as finished with these outcomes."""
+    run = RunRecord(PROJECT, "run-1", clock(), prev, False, ("run-1-00000",), ("data-unlabelled",), clock())
+    state.create_run(run)
+    state.record_chunk(PROJECT, ChunkResult("run-1", "run-1-00000", outcomes, final=True))
+    return run
+
+
+def _manifest(lake: LocalLake) -> dict[str, object]:
+    stored = lake.get(run_manifest_key(PROJECT, "run-1"))
+    assert stored is not None
+    parsed: dict[str, object] = orjson.loads(stored.body)
+    return parsed
+
+
+def test_finalize_runs_exactly_once(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock, snapshots: RecordingSnapshots
+) -> None:
+    # Given a finished run
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW, last_edited_at=clock(), sha256="s1"))
+    # When the finalizer is called twice (a redelivered finalize request)
+    first = finalize(PROJECT, "run-1", CONFIG, deps)
+    clock.advance(60)
+    second = finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then only the first does anything
+    assert first.status == "finalized" and second.status == "already_finalized"
+    assert len(snapshots.calls) == 1
+    assert list(lake.list_keys("runs/")) == [run_manifest_key(PROJECT, "run-1")]
+    assert state.get_watermark(PROJECT) == first.watermark_after
+
+
+def test_a_clean_run_commits_its_signpost_and_releases_the_lease(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    state.acquire_lease(PROJECT, "run-1", clock(), 900)
+    run = _ran(state, clock, prev=clock() - timedelta(hours=1))
+    clock.advance(30)
+    result = finalize(PROJECT, "run-1", CONFIG, deps)
+    assert result.watermark_after == run.signpost == state.get_watermark(PROJECT)
+    assert state.acquire_lease(PROJECT, "run-2", clock(), 900)
+
+
+def test_an_open_gap_holds_the_watermark(deps: MirrorDeps, state: SqliteStateStore, clock: Clock) -> None:
+    # Given a previous mark, and a row that failed for good with a version edited after it
+    previous = clock() - timedelta(hours=1)
+    state.set_watermark(PROJECT, previous)
+    failed_at = clock() - timedelta(minutes=10)
+    state.add_gaps([Gap(PROJECT, "l9", failed_at, "run-1", "429")])
+    _ran(state, clock, RowOutcome("l9", "failed", last_edited_at=failed_at, reason="429"), prev=previous)
+    # When the run finalizes
+    result = finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then the mark stops at the gap, not at the signpost
+    assert result.watermark_after == failed_at == state.get_watermark(PROJECT)
+    assert result.gaps_open == 1
+
+
+def test_a_gap_of_unknown_version_keeps_the_previous_watermark(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    previous = clock() - timedelta(hours=1)
+    state.set_watermark(PROJECT, previous)
+    state.add_gaps([Gap(PROJECT, "l9", None, "run-1", "load failed")])
+    _ran(state, clock, prev=previous)
+    assert finalize(PROJECT, "run-1", CONFIG, deps).watermark_after == previous
+    assert state.get_watermark(PROJECT) == previous
+
+
+def test_touched_partitions_go_to_the_snapshot_step_and_their_events_are_published(
+    deps: MirrorDeps,
+    state: SqliteStateStore,
+    clock: Clock,
+    snapshots: RecordingSnapshots,
+    events: RecordingEvents,
+) -> None:
+    # Given a run that wrote l1, moved l2 from Annotate to Review, removed l3 from a branch partition
+    _ran(
+        state,
+        clock,
+        RowOutcome("l1", "written", key=NEW.replace("l2", "l1")),
+        RowOutcome("l2", "moved", key=NEW, old_key=OLD),
+        RowOutcome("l3", "removed", old_key=BRANCH),
+        RowOutcome("l4", "unchanged", key=NEW.replace("l2", "l4")),
+    )
+    # When it finalizes
+    result = finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then each touched partition is refreshed once with what went in and out of it
+    changes = {c.partition: (c.upserted, c.removed) for c, _ in snapshots.calls}
+    assert changes == {
+        Partition(PROJECT, "main", "review-5a5a0002"): (("l1", "l2"), ()),
+        Partition(PROJECT, "main", "annotate-5a5a0001"): ((), ("l2",)),
+        Partition(PROJECT, "consensus/1", "annotate-5a5a0001"): ((), ("l3",)),
+    }
+    # and the snapshots' events are published
+    assert [e.snapshot_id for e in events.published] == [e.snapshot_id for e in result.snapshots]
+    assert len(result.snapshots) == 3
+
+
+def test_a_failing_snapshot_is_recorded_and_does_not_hold_the_run(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
+) -> None:
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+    result = finalize(PROJECT, "run-1", CONFIG, replace(deps, snapshots=RecordingSnapshots(fail=True)))
+    assert result.status == "finalized" and state.get_watermark(PROJECT) == result.watermark_after
+    assert "snapshot store unavailable" in result.errors[0]
+    assert _manifest(lake)["errors"] == list(result.errors)
+
+
+def test_the_manifest_has_counts_rows_and_unlabelled(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
+) -> None:
+    _ran(
+        state,
+        clock,
+        RowOutcome("l1", "written", key=NEW.replace("l2", "l1"), last_edited_at=clock(), sha256="abc"),
+        RowOutcome("l2", "moved", key=NEW, old_key=OLD, last_edited_at=clock(), sha256="def"),
+        RowOutcome("l9", "failed", reason="corrupt"),
+    )
+    finalize(PROJECT, "run-1", CONFIG, deps)
+    manifest = _manifest(lake)
+    assert manifest["counts"] == {
+        "written": 1,
+        "moved": 1,
+        "failed": 1,
+        "unchanged": 0,
+        "removed": 0,
+        "stale": 0,
+    }
+    assert manifest["unlabelled"] == ["data-unlabelled"]
+    assert manifest["mode"] == "incremental" and manifest["signpost"] == clock().isoformat()
+    rows = manifest["rows"]
+    assert isinstance(rows, list)
+    assert rows[0] == {
+        "label_hash": "l1",
+        "status": "written",
+        "key": NEW.replace("l2", "l1"),
+        "old_key": None,
+        "last_edited_at": clock().isoformat(),
+        "sha256": "abc",
+        "reason": None,
+    }
+
+
+def test_the_manifest_is_written_last(state: SqliteStateStore, clock: Clock, tmp_path: Path) -> None:
+    # Given adapters that log every effect in order
+    log: list[str] = []
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+
+    class LoggingLake(LocalLake):
+        def put(self, key: str, body: bytes, **kw: object) -> str:
+            log.append(f"put {key.split('/')[0]} {kw}")
+            return super().put(key, body, **kw)  # type: ignore[arg-type]
+
+    class LoggingState(SqliteStateStore):
+        def set_watermark(self, project_hash: str, value: datetime) -> None:
+            log.append("watermark")
+            super().set_watermark(project_hash, value)
+
+    class LoggingSnapshots(RecordingSnapshots):
+        def refresh(
+            self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
+        ) -> SnapshotEvent | None:
+            log.append("snapshot")
+            return super().refresh(project, changes, run_id=run_id, now=now)
+
+    class LoggingEvents(RecordingEvents):
+        def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
+            log.append("events")
+            return super().publish(events)
+
+    logging_state = LoggingState(state.path)
+    deps = MirrorDeps(
+        FakeSource(clock=clock),
+        LoggingLake(tmp_path / "lake"),
+        logging_state,
+        None,  # type: ignore[arg-type]  # the finalizer never sends work
+        LoggingEvents(),
+        LoggingSnapshots(),
+        clock,
+    )
+    # When the run finalizes
+    finalize(PROJECT, "run-1", CONFIG, deps)
+    logging_state.close()
+    # Then the manifest is the last effect, and create-only
+    assert log == ["watermark", "snapshot", "events", "put runs {'if_none_match': True}"]
+
+
+def test_an_existing_manifest_is_never_overwritten(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
+) -> None:
+    # Given an object already at the run's manifest key
+    _ran(state, clock)
+    lake.put(run_manifest_key(PROJECT, "run-1"), b'{"first": true}')
+    # When the finalizer runs
+    finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then the first manifest stays as it was
+    assert _manifest(lake) == {"first": True}
+
+
+def test_an_unknown_run_is_reported_not_claimed(deps: MirrorDeps, state: SqliteStateStore) -> None:
+    assert finalize(PROJECT, "nope", CONFIG, deps).status == "unknown_run"
+    assert state.claim_finalize(PROJECT, "nope")
+
+
+@pytest.mark.parametrize(
+    ("key", "partition"),
+    [
+        (NEW, Partition(PROJECT, "main", "review-5a5a0002")),
+        (BRANCH, Partition(PROJECT, "consensus/1", "annotate-5a5a0001")),
+    ],
+)
+def test_partition_of_a_label_key(key: str, partition: Partition) -> None:
+    assert partition_of(key) == partition
+
+
+def test_a_sync_hands_its_changes_to_the_snapshot_step(
+    mirror: Mirror, source: FakeSource, clock: Clock, lake: LocalLake
+) -> None:
+    # Given a synced project, and a snapshot step
+    source.add(3)
+    snapshots = RecordingSnapshots()
+    run_local_sync(CONFIG, source, lake, mirror.state, snapshots=snapshots, clock=clock)
+    clock.advance(60)
+    # When one row moves to Review and a full sync runs
+    source.move("label-0001", REVIEW)
+    summary = run_local_sync(CONFIG, source, lake, mirror.state, snapshots=snapshots, full=True, clock=clock)
+    # Then the second run refreshed the two partitions it touched, and their events are in the lake
+    second = [c for c, run_id in snapshots.calls if run_id == summary.projects[0].run_id]
+    assert {c.partition.stage: (c.upserted, c.removed) for c in second} == {
+        "review-5a5a0002": (("label-0001",), ()),
+        "annotate-5a5a0001": ((), ("label-0001",)),
+    }
+    events = lake.get("events/events.jsonl")
+    assert events is not None and len(events.body.splitlines()) == 3  # 1 from the first sync, 2 now
