@@ -161,8 +161,8 @@ def test_small_fixture_covers_every_data_type_shape_and_attribute_kind(
         "text",
     }
     assert {"list", "str", "float"} <= answer_kinds  # radio/checklist options, text, numeric
-    nested = {a["name"] for a in answers} & {"Features", "Axles", "Intensity"}
-    assert nested  # answers to attributes nested under radio options
+    nested = {a["name"] for a in answers} & {"Features", "Axles", "Company", "Intensity"}
+    assert nested == {"Features", "Axles", "Company", "Intensity"}  # checklist, radio, text under options
     assert any(len(p) > 1 for p in polygons)  # several parts
     assert any(len(part) > 1 for p in polygons for part in p)  # a hole
     assert {a["name"] for a in actions} == {"Occluded", "Activity"}
@@ -195,6 +195,10 @@ def test_consensus_branches_sit_beside_main_with_their_own_label_hashes(
         assert len({r["row"]["label_hash"] for r in rows}) == len(rows)
         assert len({(r["stage"], r["task_status"]) for r in rows}) == 1
     assert len({r["row"]["label_hash"] for r in records}) == len(records)
+    shape_mixes = [
+        {frozenset(o["shape"] for o in frame_objects(r["row"])) for r in rows} for rows in shared.values()
+    ]
+    assert any(len(mixes) > 1 for mixes in shape_mixes)  # annotators disagree on some units
 
 
 def test_rows_sit_in_the_workflow_stages_with_matching_task_statuses(

@@ -132,6 +132,7 @@ class _Slot:
 @dataclass
 class _Template:
     kind: str
+    layout: _Kind  # templates with the same layout fit the same data unit (consensus rows pick among them)
     data_type: str  # lower case, as in the row
     parts: list[str]
     slots: list[_Slot]
@@ -199,6 +200,9 @@ def _build_ontology(fh: Callable[[str], str]) -> _Ontology:
     opt["tow_bar"] = a["car.features"].add_option("Tow bar", feature_node_hash=fh("tow_bar"))
     a["truck.axles"] = opt["truck"].add_nested_attribute(
         RadioAttribute, "Axles", feature_node_hash=fh("axles")
+    )
+    a["truck.company"] = opt["truck"].add_nested_attribute(
+        TextAttribute, "Company", feature_node_hash=fh("company")
     )
     opt["two"] = a["truck.axles"].add_option("Two", feature_node_hash=fh("two"))
     opt["three_plus"] = a["truck.axles"].add_option("Three or more", feature_node_hash=fh("three_plus"))
@@ -580,6 +584,7 @@ class _TemplateBuilder:
             else:
                 obj.set_answer(opt["truck"], attribute=a["vehicle.type"])
                 obj.set_answer(r.choice([opt["two"], opt["three_plus"]]), attribute=a["truck.axles"])
+                obj.set_answer(r.choice(("Acme Haulage", "Northwind Freight")), attribute=a["truck.company"])
             obj.set_answer([opt["scratch"], opt["dent"]][: r.randint(1, 2)], attribute=a["vehicle.damage"])
             obj.set_answer(self.t("plate"), attribute=a["vehicle.plate"])
             obj.set_answer(round(r.uniform(0, 120), 1), attribute=a["vehicle.speed"])
@@ -793,6 +798,7 @@ class _TemplateBuilder:
         ]
         return _Template(
             kind=kind.kind,
+            layout=kind,
             data_type=kind.data_type,
             parts=parts,
             slots=slot_list,
@@ -1001,8 +1007,10 @@ class _Project:
         )
         weights = {kind: w for kind, _, w in DATA_KINDS}
         by_kind: dict[str, list[_Template]] = {}
+        by_layout: dict[_Kind, list[_Template]] = {}
         for template in templates:
             by_kind.setdefault(template.kind, []).append(template)
+            by_layout.setdefault(template.layout, []).append(template)
         kinds = list(by_kind)
         kind_weights = [weights[k] for k in kinds]
         written = 0
@@ -1028,7 +1036,9 @@ class _Project:
                     for branch in ("consensus-1", "consensus-2")[: r.randint(1, 2)]:
                         if written >= rows:
                             break
-                        written += self._emit(rows_file, template, unit, branch, stage, task_status, tick)
+                        # Another annotator may draw another shape mix on the same media.
+                        other = r.choice(by_layout[template.layout])
+                        written += self._emit(rows_file, other, unit, branch, stage, task_status, tick)
 
     def _emit(
         self,
