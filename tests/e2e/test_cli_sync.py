@@ -1,0 +1,386 @@
+"""`encord-mirror sync` end to end: the CLI, the real SDK, the emulator on loopback and a local lake.
+
+After every scenario the lake's current view must equal the emulator's state (`assert_lake_matches`), and
+the request log must hold no write: the mirror is read-only toward Encord.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.cli import main
+from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.models import BranchSelection
+from encord_mirror.emulator.keys import generate_keypair
+from encord_mirror.emulator.server import Emulator
+from encord_mirror.emulator.testing import CONSENSUS_BRANCH, Fixture, build_fixture, clone_row, user_client
+from encord_mirror.emulator.verify import assert_lake_matches, lake_differences
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+ALL = BranchSelection("all")
+MAIN = BranchSelection()
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Mirror:
+    emu: Emulator
+    fixture: Fixture
+    key_path: Path
+    lake_dir: Path
+
+    @property
+    def project(self) -> str:
+        return self.fixture.project_hash
+
+    def sync(self, *extra: str) -> Run:
+        argv = [
+            "sync",
+            "--project",
+            self.project,
+            "--lake",
+            str(self.lake_dir),
+            "--ssh-key",
+            str(self.key_path),
+        ]
+        argv += ["--encord-domain", self.emu.url, *extra]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        return Run(code, out.getvalue(), err.getvalue())
+
+    @property
+    def lake(self) -> LocalLake:
+        return LocalLake(self.lake_dir)
+
+    def state(self) -> SqliteStateStore:
+        return SqliteStateStore(self.lake_dir / ".mirror-state.sqlite")
+
+    def truth(self) -> list[dict[str, Any]]:
+        return self.emu.state(self.project)
+
+    def assert_in_step(self, branches: BranchSelection = MAIN) -> None:
+        assert_lake_matches(self.lake, self.truth(), self.project, branches)
+        assert self.emu.writes() == [], "the mirror must never write to Encord"
+
+    def initialised(self) -> int:
+        """Label rows initialised since the log was last cleared (uids over every labelrow GET)."""
+        log = self.emu.request_log()
+        return sum(e["uids"] for e in log if e["query_type"] == "labelrow" and e["query_method"] == "GET")
+
+    def main_hashes(self) -> list[str]:
+        return [row.label_hash for row in self.fixture.main_rows()]
+
+    def manifest(self, run: Run) -> dict[str, Any]:
+        run_ids = [line.split(" run ")[1].split(":")[0] for line in run.err.splitlines() if " run " in line]
+        body = self.lake.get(run_manifest_key(self.project, run_ids[-1]))
+        assert body is not None
+        loaded: dict[str, Any] = orjson.loads(body.body)
+        return loaded
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    fixture = build_fixture(tmp_path / "fixture", extra_images=24)
+    key_path, public_line = generate_keypair(tmp_path / "keys")
+    with Emulator(tmp_path / "fixture", authorized_keys=[public_line]) as emu:
+        yield Mirror(emu, fixture, key_path, tmp_path / "lake")
+
+
+def _first_sync(mirror: Mirror, *extra: str) -> Run:
+    run = mirror.sync(*extra)
+    assert run.code == 0, run.out + run.err
+    mirror.emu.clear_log()
+    return run
+
+
+def test_first_sync_mirrors_every_main_row_into_its_stage_partition(mirror: Mirror) -> None:
+    # Given a project with rows in three stages, a consensus branch and an unlabelled data unit
+    # When the first sync runs
+    run = mirror.sync()
+
+    # Then it exits 0 with a summary, and the lake equals Encord's main branch, one object per row
+    assert run.code == 0, run.out + run.err
+    assert "OK: in step" in run.out and "written" in run.out
+    assert "full run" in run.err, "progress goes to stderr"
+    mirror.assert_in_step()
+    stages = {key.split("/")[3] for key in mirror.lake.list_keys("labels/")}
+    assert stages == {"stage=annotate-1-5a5a0000", "stage=review-1-5a5a0000", "stage=complete-5a5a0000"}
+
+
+def test_second_run_with_nothing_changed_initialises_no_row(mirror: Mirror) -> None:
+    # Given a lake in step
+    _first_sync(mirror)
+    before = {key: mirror.lake.get(key) for key in mirror.lake.list_keys("labels/")}
+
+    # When sync runs again with nothing changed in Encord
+    run = mirror.sync()
+
+    # Then it exits 0, initialises no row, and leaves every object byte-identical
+    assert run.code == 0, run.out + run.err
+    assert mirror.initialised() == 0
+    assert {key: mirror.lake.get(key) for key in mirror.lake.list_keys("labels/")} == before
+    mirror.assert_in_step()
+
+
+def test_edits_saved_through_the_sdk_are_mirrored_by_the_next_sync(mirror: Mirror) -> None:
+    # Given a lake in step, then two rows edited and saved through the SDK (as an annotator would)
+    _first_sync(mirror)
+    project = user_client(mirror.emu.url, mirror.key_path).get_project(mirror.project)
+    edited = mirror.main_hashes()[:2]
+    for row in project.list_label_rows_v2(label_hashes=edited):
+        row.initialise_labels()
+        for instance in row.get_object_instances():
+            row.remove_object(instance)
+        row.save()
+    mirror.emu.clear_log()
+
+    # When sync runs (at once: no built-in delay)
+    run = mirror.sync()
+
+    # Then exactly the edited rows were initialised, and the lake has their new content
+    assert run.code == 0, run.out + run.err
+    assert mirror.initialised() == 2
+    mirror.assert_in_step()
+
+
+def test_a_stage_move_moves_the_object_to_its_new_partition_and_removes_the_old_copy(mirror: Mirror) -> None:
+    # Given a lake in step, then a data unit moved from "Annotate 1" to "Complete" (labels untouched)
+    _first_sync(mirror)
+    moved = mirror.fixture.by_title("img1.jpg")
+    old_keys = [k for k in mirror.lake.list_keys("labels/") if moved.label_hash in k]
+    mirror.emu.move_stage(mirror.project, moved.data_hash, "Complete")
+
+    # When a reconciling sync runs
+    run = mirror.sync("--full")
+
+    # Then the object lives in the Complete partition only
+    assert run.code == 0, run.out + run.err
+    mirror.assert_in_step()
+    new_keys = [k for k in mirror.lake.list_keys("labels/") if moved.label_hash in k]
+    assert len(old_keys) == 1 and len(new_keys) == 1
+    assert "stage=annotate-1" in old_keys[0] and "stage=complete" in new_keys[0]
+
+
+def test_deleted_rows_and_data_units_leave_the_current_view(mirror: Mirror) -> None:
+    # Given a lake in step, then one label row and one whole data unit deleted in Encord
+    _first_sync(mirror)
+    row_gone = mirror.fixture.by_title("img2.jpg")
+    unit_gone = mirror.fixture.by_title("vid1.mp4")
+    mirror.emu.delete_row(mirror.project, row_gone.label_hash)
+    mirror.emu.delete_data_unit(mirror.project, unit_gone.data_hash)
+
+    # When a reconciling sync runs
+    run = mirror.sync("--full")
+
+    # Then both objects are gone from the lake, and the run says so
+    assert run.code == 0, run.out + run.err
+    mirror.assert_in_step()
+    keys = list(mirror.lake.list_keys("labels/"))
+    assert not any(row_gone.label_hash in k or unit_gone.label_hash in k for k in keys)
+    assert mirror.manifest(run)["counts"]["removed"] == 2
+
+
+def test_all_branches_mirrors_consensus_branches_including_a_new_one(mirror: Mirror) -> None:
+    # Given a lake in step on every branch
+    _first_sync(mirror, "--all-branches")
+    mirror.assert_in_step(ALL)
+    assert any(f"branch={CONSENSUS_BRANCH}/" in k for k in mirror.lake.list_keys("labels/"))
+
+    # When a second consensus branch appears on a data unit and a reconciling sync runs
+    base = mirror.fixture.by_title("img2.jpg")
+    extra = clone_row(
+        base.row, data_title="img2.jpg", edited=datetime(2025, 9, 1, tzinfo=UTC), branch="consensus-2"
+    )
+    extra["data_hash"] = base.data_hash
+    extra["data_units"] = {base.data_hash: next(iter(copy.deepcopy(base.row["data_units"]).values()))}
+    mirror.emu.add_row(mirror.project, extra, stamp=False)
+    run = mirror.sync("--all-branches", "--full")
+
+    # Then the new branch's row is mirrored in its own partition, even with an old edit time
+    assert run.code == 0, run.out + run.err
+    mirror.assert_in_step(ALL)
+    assert any("branch=consensus-2/" in k for k in mirror.lake.list_keys("labels/"))
+
+
+def test_unlabelled_rows_are_recorded_in_the_manifest_and_never_initialised(mirror: Mirror) -> None:
+    # Given a data unit without a label row on main
+    unlabelled = mirror.emu.unlabelled(mirror.project)
+    assert unlabelled
+
+    # When the first sync runs
+    run = mirror.sync()
+
+    # Then the manifest lists it, nothing created a label row, and the lake holds no object for it
+    assert run.code == 0, run.out + run.err
+    assert set(mirror.manifest(run)["unlabelled"]) == set(unlabelled)
+    assert mirror.emu.writes() == []
+    mirror.assert_in_step()
+
+
+def test_a_429_storm_within_the_sdks_retries_still_syncs_everything(mirror: Mirror) -> None:
+    # Given Encord answering 429 to the first bundle twice (Retry-After: 1)
+    mirror.emu.inject_fault("status", status=429, retry_after=1, count=2, query_type="labelrow")
+
+    # When the first sync runs
+    run = mirror.sync()
+
+    # Then the SDK's retries absorb it
+    assert run.code == 0, run.out + run.err
+    mirror.assert_in_step()
+
+
+def test_a_429_storm_past_every_retry_leaves_a_gap_that_the_next_run_closes(mirror: Mirror) -> None:
+    # Given a lake in step, an edit, then a 429 on every request of every redelivery of the chunk
+    _first_sync(mirror)
+    state = mirror.state()
+    watermark = state.get_watermark(mirror.project)
+    edited = mirror.fixture.by_title("img2.jpg")
+    mirror.emu.edit_row(mirror.project, edited.label_hash, _without_objects(edited.row))
+    mirror.emu.inject_fault("status", status=429, retry_after=1, count=12, query_type="labelrow")
+
+    # When sync runs
+    run = mirror.sync("--bundle-size", "10")
+
+    # Then it exits 1, names the gap, and the watermark holds
+    assert run.code == 1, run.out + run.err
+    assert "RateLimitExceededError" in run.out and "NOT IN STEP" in run.out
+    assert state.get_watermark(mirror.project) == watermark
+    assert lake_differences(mirror.lake, mirror.truth(), mirror.project)
+
+    # And once Encord recovers, the next run closes the gap
+    again = mirror.sync()
+    assert again.code == 0, again.out + again.err
+    mirror.assert_in_step()
+
+
+def test_rows_dropped_from_a_bundle_response_are_gaps_not_skips(mirror: Mirror) -> None:
+    # Given every bundle answer of the first sync leaving out one row (the SDK would not notice)
+    mirror.emu.inject_fault("omit_rows", query_type="labelrow", query_method="GET", omit=1, count=3)
+
+    # When the first sync runs
+    run = mirror.sync()
+
+    # Then the dropped row is a gap (exit 1), the rest is written
+    assert run.code == 1, run.out + run.err
+    assert "left the row out" in run.out
+    missing = lake_differences(mirror.lake, mirror.truth(), mirror.project)
+    assert len(missing) == 1 and missing[0].startswith("missing:")
+
+    # And the next run fetches it
+    again = mirror.sync()
+    assert again.code == 0, again.out + again.err
+    mirror.assert_in_step()
+
+
+def test_a_poison_row_is_a_gap_that_holds_the_watermark_until_it_is_fixed(mirror: Mirror) -> None:
+    # Given a lake in step, then one row corrupted in Encord and another edited normally
+    _first_sync(mirror)
+    state = mirror.state()
+    watermark = state.get_watermark(mirror.project)
+    poison = mirror.fixture.by_title("img1.jpg")
+    healthy = mirror.fixture.by_title("img2.jpg")
+    mirror.emu.edit_row(mirror.project, poison.label_hash, _corrupt(poison.row))
+    mirror.emu.edit_row(mirror.project, healthy.label_hash, _without_objects(healthy.row))
+
+    # When sync runs
+    run = mirror.sync()
+
+    # Then it exits 1 naming the poison row, the healthy edit is written anyway, and the watermark holds
+    assert run.code == 1, run.out + run.err
+    assert f"gap: {poison.label_hash}: corrupt label row" in run.out
+    differences = lake_differences(mirror.lake, mirror.truth(), mirror.project)
+    assert differences and all(poison.label_hash in d for d in differences)
+    assert state.get_watermark(mirror.project) == watermark
+
+    # And once the row is fixed in Encord, the next run closes the gap and moves the watermark
+    mirror.emu.edit_row(mirror.project, poison.label_hash, poison.row)
+    again = mirror.sync()
+    assert again.code == 0, again.out + again.err
+    mirror.assert_in_step()
+    after = state.get_watermark(mirror.project)
+    assert after is not None and watermark is not None and after > watermark
+
+
+def test_a_key_encord_does_not_know_exits_2_naming_the_key_file(mirror: Mirror, tmp_path: Path) -> None:
+    # Given a valid key that is not registered
+    stranger, _ = generate_keypair(tmp_path / "stranger")
+    mirror.key_path = stranger
+
+    # When sync runs
+    run = mirror.sync()
+
+    # Then it is a configuration error naming the key file, with no traceback
+    assert run.code == 2
+    assert str(stranger) in run.err and "Traceback" not in run.err
+
+
+def test_a_bundle_size_above_encords_cap_exits_2_naming_the_setting(mirror: Mirror) -> None:
+    # When sync runs with --bundle-size 5000
+    run = mirror.sync("--bundle-size", "5000")
+
+    # Then it fails before any Encord request, naming the setting
+    assert run.code == 2
+    assert "bundle_size" in run.err and "--bundle-size" in run.err
+    assert mirror.emu.request_log() == []
+
+
+def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path) -> None:
+    # When the demo runs on a small generated project
+    done = subprocess.run(
+        [sys.executable, "-m", "encord_mirror", "demo", "--rows", "40", "--lake", str(tmp_path / "lake")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+
+    # Then it exits 0, shows both syncs and where to look, without a traceback
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "second sync" in done.stdout.lower() and "labels/project=" in done.stdout
+    assert any((tmp_path / "lake" / "labels").rglob("*.json"))
+
+
+def _without_objects(row: dict[str, Any]) -> dict[str, Any]:
+    edited = copy.deepcopy(row)
+    edited["object_answers"] = {}
+    for unit in edited["data_units"].values():
+        labels = unit.get("labels") or {}
+        if "objects" in labels:
+            labels["objects"] = []
+        else:
+            unit["labels"] = {}
+    return edited
+
+
+def _corrupt(row: dict[str, Any]) -> dict[str, Any]:
+    broken = copy.deepcopy(row)
+    for unit in broken["data_units"].values():
+        labels = unit.get("labels") or {}
+        frames = [labels] if "objects" in labels else list(labels.values())
+        for frame in frames:
+            for obj in frame.get("objects", []):
+                obj["featureHash"] = "ffffffff"
+                obj.pop("shape", None)
+    return broken
