@@ -1,0 +1,1 @@
+"""`make bench`: side-by-side measurements against baselines (never timed assertions in tests)."""
