@@ -6,7 +6,7 @@ they cannot drift. `FakeSource` is a tiny Encord: rows with branches, stages, ed
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -146,6 +146,7 @@ class FakeSource:
     failing: dict[str, str] = field(default_factory=dict)  # rows the source reports as failed
     load_error: Exception | None = None  # every load raises this (a 429 storm)
     list_error: Exception | None = None  # every listing raises this (an outage)
+    on_load: Callable[[], None] | None = None  # runs as a bundle starts: "meanwhile, in Encord..."
     list_calls: list[RowQuery] = field(default_factory=list)
     load_calls: list[tuple[str, ...]] = field(default_factory=list)
     hidden_until: dict[str, datetime] = field(default_factory=dict)  # commits not yet visible to listings
@@ -236,6 +237,8 @@ class FakeSource:
         assert len(label_hashes) <= bundle_size
         with self._lock:
             self.load_calls.append(tuple(label_hashes))
+        if self.on_load is not None:
+            self.on_load()
         if self.load_error is not None:
             raise self.load_error
         live = {r.label_hash: r for r in self.rows.values() if r.label_hash}

@@ -298,3 +298,20 @@ def test_the_last_final_chunk_asks_for_the_runs_finalize_once_per_delivery(
     assert queue.finalize_requests == []
     _process(deps, _chunk(hashes[2:], i=1))
     assert queue.finalize_requests == [(PROJECT, "run-1")]
+
+
+def test_a_redelivery_reports_what_the_earlier_attempt_wrote(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a chunk whose first attempt wrote two rows and failed one
+    hashes = source.add(3)
+    source.failing[hashes[2]] = "left uninitialised"
+    _run(state, clock)
+    _process(deps, _chunk(hashes), attempt=1)
+    # When the redelivery finds the two rows already there and the third now loads
+    del source.failing[hashes[2]]
+    again = _process(deps, _chunk(hashes), attempt=2)
+    # Then the run's record still says the chunk wrote all three (not "unchanged")
+    assert _status(again) == dict.fromkeys(hashes, "written")
+    (recorded,) = state.chunk_results(PROJECT, "run-1")
+    assert recorded.final and {o.status for o in recorded.outcomes} == {"written"}

@@ -62,9 +62,13 @@ def process_chunk(
     if msg.removals:
         outcomes.extend(_remove_rows(msg, deps))
 
+    state = deps.state
+    if attempt > 1:
+        outcomes = _keep_earlier_effects(
+            outcomes, state.chunk_results(msg.project_hash, msg.run_id), msg.chunk_id
+        )
     failed = [o for o in outcomes if o.status == "failed"]
     final = not failed or attempt >= max_attempts
-    state = deps.state
     if final and failed:
         state.add_gaps(
             [
@@ -80,6 +84,18 @@ def process_chunk(
     if final and progress.complete:
         deps.queue.request_finalize(msg.project_hash, msg.run_id)
     return result
+
+
+def _keep_earlier_effects(
+    outcomes: list[RowOutcome], recorded: list[ChunkResult], chunk_id: str
+) -> list[RowOutcome]:
+    """A redelivery finds the rows an earlier attempt already wrote "unchanged"; the run's counts and
+    manifest should still say what this chunk did to them, so the earlier effect is kept."""
+    earlier = next((r for r in recorded if r.chunk_id == chunk_id), None)
+    if earlier is None:
+        return outcomes
+    effects = {o.label_hash: o for o in earlier.outcomes if o.status in ("written", "moved", "removed")}
+    return [effects.get(o.label_hash, o) if o.status == "unchanged" else o for o in outcomes]
 
 
 def _sync_rows(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: datetime) -> list[RowOutcome]:
