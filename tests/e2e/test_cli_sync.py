@@ -11,7 +11,8 @@ import copy
 import io
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from encord_mirror.adapters.aws.s3 import S3ObjectStore
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
 from encord_mirror.cli import main
 from encord_mirror.domain.lake import run_manifest_key
@@ -47,7 +49,7 @@ class Mirror:
     emu: Emulator
     fixture: Fixture
     key_path: Path
-    lake_dir: Path
+    dest: str  # --lake: a directory, or s3://bucket/prefix
 
     @property
     def project(self) -> str:
@@ -59,7 +61,7 @@ class Mirror:
             "--project",
             self.project,
             "--lake",
-            str(self.lake_dir),
+            self.dest,
             "--ssh-key",
             str(self.key_path),
         ]
@@ -71,10 +73,10 @@ class Mirror:
 
     @property
     def lake(self) -> LocalLake:
-        return LocalLake(self.lake_dir)
+        return LocalLake(Path(self.dest))
 
     def state(self) -> SqliteStateStore:
-        return SqliteStateStore(self.lake_dir / ".mirror-state.sqlite")
+        return SqliteStateStore(Path(self.dest) / ".mirror-state.sqlite")
 
     def truth(self) -> list[dict[str, Any]]:
         return self.emu.state(self.project)
@@ -104,7 +106,7 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
     fixture = build_fixture(tmp_path / "fixture", extra_images=24)
     key_path, public_line = generate_keypair(tmp_path / "keys")
     with Emulator(tmp_path / "fixture", authorized_keys=[public_line]) as emu:
-        yield Mirror(emu, fixture, key_path, tmp_path / "lake")
+        yield Mirror(emu, fixture, key_path, str(tmp_path / "lake"))
 
 
 def _first_sync(mirror: Mirror, *extra: str) -> Run:
@@ -143,8 +145,11 @@ def test_second_run_with_nothing_changed_initialises_no_row(mirror: Mirror) -> N
     mirror.assert_in_step()
 
 
-def test_edits_saved_through_the_sdk_are_mirrored_by_the_next_sync(mirror: Mirror) -> None:
-    # Given a lake in step, then two rows edited and saved through the SDK (as an annotator would)
+@pytest.mark.parametrize("date_mode", ["strict", "inclusive"])
+def test_edits_saved_through_the_sdk_are_mirrored_by_the_next_sync(mirror: Mirror, date_mode: str) -> None:
+    # Given Encord comparing edit dates strictly or inclusively, a lake in step, then two rows edited and
+    # saved through the SDK (as an annotator would)
+    mirror.emu.set_date_mode(date_mode)  # type: ignore[arg-type]
     _first_sync(mirror)
     project = user_client(mirror.emu.url, mirror.key_path).get_project(mirror.project)
     edited = mirror.main_hashes()[:2]
@@ -320,6 +325,59 @@ def test_a_poison_row_is_a_gap_that_holds_the_watermark_until_it_is_fixed(mirror
     mirror.assert_in_step()
     after = state.get_watermark(mirror.project)
     assert after is not None and watermark is not None and after > watermark
+
+
+def test_an_s3_lake_is_synced_through_boto3_with_state_in_the_user_cache(
+    mirror: Mirror,
+    aws_endpoint: str,
+    aws_client: Callable[[str], Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given a bucket on a local S3 (moto), reached through boto3's usual environment
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    aws_client("s3").create_bucket(Bucket=bucket)
+    for name, value in {
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    mirror.dest = f"s3://{bucket}/mirror/v1"
+
+    # When sync runs twice against s3://bucket/prefix
+    first = mirror.sync()
+    mirror.emu.clear_log()
+    second = mirror.sync()
+
+    # Then the prefix holds the lake, the state sits in the user's cache, and run 2 initialised nothing
+    assert first.code == 0 and second.code == 0, first.out + first.err + second.out + second.err
+    lake = S3ObjectStore(bucket, "mirror/v1", aws_client("s3"))
+    assert_lake_matches(lake, mirror.truth(), mirror.project)
+    assert mirror.initialised() == 0
+    assert list((tmp_path / "cache" / "encord-mirror").glob(f"{bucket}-*.sqlite"))
+    assert mirror.emu.writes() == []
+
+
+def test_several_projects_sync_in_one_run_each_into_its_own_prefix(tmp_path: Path) -> None:
+    # Given two projects served by one Encord
+    first = build_fixture(tmp_path / "fixture", extra_images=3)
+    second = build_fixture(tmp_path / "fixture", extra_images=5)
+    key_path, public_line = generate_keypair(tmp_path / "keys")
+    with Emulator(tmp_path / "fixture", authorized_keys=[public_line]) as emu:
+        mirror = Mirror(emu, first, key_path, str(tmp_path / "lake"))
+
+        # When one sync names both
+        run = mirror.sync("--project", second.project_hash)
+
+        # Then each project's rows are mirrored under its own prefix, and the summary has a line for each
+        assert run.code == 0, run.out + run.err
+        for fixture in (first, second):
+            assert_lake_matches(mirror.lake, emu.state(fixture.project_hash), fixture.project_hash)
+            assert fixture.project_hash in run.out
+        assert emu.writes() == []
 
 
 def test_a_key_encord_does_not_know_exits_2_naming_the_key_file(mirror: Mirror, tmp_path: Path) -> None:

@@ -1,0 +1,110 @@
+"""`encord-mirror sync` wiring that needs no server: flags to config, lake and state paths, the summary."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.app.local_sync import ProjectSummary, SyncSummary
+from encord_mirror.app.sync_command import (
+    LakeTarget,
+    config_from_args,
+    default_state_path,
+    format_summary,
+    open_target,
+    parse_s3_uri,
+)
+from encord_mirror.cli import CliError
+from encord_mirror.domain.models import BranchSelection, Gap
+
+
+def _args(**overrides: object) -> argparse.Namespace:
+    values: dict[str, object] = {
+        "project": ["p1"],
+        "bundle_size": 100,
+        "branch": None,
+        "all_branches": False,
+    }
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_branch_flags_select_main_a_named_branch_or_all() -> None:
+    # When / Then
+    assert config_from_args(_args()).branches == BranchSelection()
+    assert config_from_args(_args(branch="consensus-1")).branches == BranchSelection("named", "consensus-1")
+    assert config_from_args(_args(all_branches=True)).branches == BranchSelection("all")
+
+
+def test_a_bundle_size_above_the_cap_is_a_usage_error_naming_setting_and_flag() -> None:
+    # When / Then
+    with pytest.raises(CliError, match=r"bundle_size.*--bundle-size"):
+        config_from_args(_args(bundle_size=1001))
+
+
+def test_a_project_named_twice_is_a_usage_error_naming_the_flag() -> None:
+    with pytest.raises(CliError, match=r"projects.*--project"):
+        config_from_args(_args(project=["p1", "p1"]))
+
+
+def test_state_defaults_beside_a_directory_lake_and_in_the_user_cache_for_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a cache directory
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    # When the default state paths are derived
+    local = default_state_path(str(tmp_path / "lake"))
+    s3_a = default_state_path("s3://bucket/prefix/a")
+    s3_b = default_state_path("s3://bucket/prefix/b")
+
+    # Then a directory lake keeps its state inside (a dot name: never listed as a lake object) and each S3
+    # prefix gets its own file in the cache
+    assert local == tmp_path / "lake" / ".mirror-state.sqlite"
+    assert s3_a.parent == tmp_path / "cache" / "encord-mirror" and s3_a.name.startswith("bucket-")
+    assert s3_a != s3_b
+
+
+def test_s3_uris_need_a_bucket() -> None:
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    assert parse_s3_uri("s3://bucket/a/b/") == ("bucket", "a/b")
+    with pytest.raises(CliError, match="--lake"):
+        parse_s3_uri("s3:///prefix")
+
+
+def test_a_lake_path_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    # Given a file where the lake directory should be
+    (tmp_path / "file").write_text("x")
+
+    # When / Then
+    with pytest.raises(CliError, match="not a directory"):
+        open_target(str(tmp_path / "file"), None)
+
+
+def test_the_summary_names_each_gap_with_its_reason_and_says_what_to_do(tmp_path: Path) -> None:
+    # Given a run that left one gap
+    lake = LocalLake(tmp_path / "lake")
+    state = SqliteStateStore(tmp_path / "state.sqlite")
+    state.add_gaps([Gap("p1", "row-1", None, "run-1", "corrupt label row: KeyError: 'data_units'")])
+    mark = datetime(2026, 1, 1, tzinfo=UTC)
+    summary = SyncSummary(
+        (
+            ProjectSummary(
+                "p1", "run-1", "synced", listed=3, written=2, failed=1, gaps_open=1, watermark_after=mark
+            ),
+        )
+    )
+    target = LakeTarget(lake, str(lake.root), tmp_path / "state.sqlite")
+
+    # When the summary is formatted
+    text = format_summary(summary, target, state)
+
+    # Then the table, the gap and the advice are there, and it does not claim to be in step
+    assert "p1" in text and "written" in text
+    assert "gap: row-1: corrupt label row" in text
+    assert "NOT IN STEP" in text and "OK:" not in text
+    assert "2026-01-01T00:00:00+00:00" in text
