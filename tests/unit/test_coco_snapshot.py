@@ -1,0 +1,332 @@
+"""COCO snapshots: create-only files, CAS on latest.json, incremental refresh, stable ids, idempotent retries,
+the announce threshold; on the in-memory fake and on the local directory lake."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from coco_fixtures import MemoryLake, as_port, fixture
+from pycocotools.coco import COCO
+
+from encord_mirror.coco.snapshot import CocoSnapshotBuilder, SnapshotConflictError
+from encord_mirror.domain.lake import label_key, latest_key
+from encord_mirror.domain.models import Partition, PartitionChanges, ProjectInfo
+from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
+
+PROJECT = "p-0001"
+ANNOTATE, REVIEW = "annotate-1a2b3c4d", "review-5e6f7a8b"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _project(ontology_hash: str = "ont-1") -> ProjectInfo:
+    return ProjectInfo(PROJECT, "Project", ontology_hash, fixture().ontology(), ())
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    """n distinct rows: the fixture's four, then copies of them under new label and data hashes."""
+    base = fixture().rows()
+    out = []
+    for i in range(n):
+        row = orjson.loads(orjson.dumps(base[i % len(base)]))
+        if i >= len(base):
+            old = row["data_hash"]
+            row["label_hash"], row["data_hash"] = f"{row['label_hash']}-{i}", f"{old}-{i}"
+            row["data_units"] = {f"{old}-{i}": {**row["data_units"][old], "data_hash": f"{old}-{i}"}}
+        out.append(row)
+    return out
+
+
+def _write(lake: ObjectStore, row: dict[str, Any], stage: str = ANNOTATE) -> str:
+    doc = {**row, "mirror": {"stage_uuid": "u", "stage_title": stage, "task_status": "QUEUED", "sha256": "x"}}
+    lake.put(label_key(PROJECT, "main", stage, row["label_hash"]), orjson.dumps(doc))
+    return str(row["label_hash"])
+
+
+def _changes(upserted: list[str] = [], removed: list[str] = [], stage: str = ANNOTATE) -> PartitionChanges:  # noqa: B006
+    return PartitionChanges(Partition(PROJECT, "main", stage), tuple(upserted), tuple(removed))
+
+
+def _snapshot(lake: ObjectStore, stage: str = ANNOTATE) -> tuple[dict[str, Any], dict[str, Any]]:
+    latest = orjson.loads(lake.get(latest_key(PROJECT, "main", stage)).body)  # type: ignore[union-attr]
+    manifest = orjson.loads(lake.get(latest["manifest"]).body)  # type: ignore[union-attr]
+    coco = orjson.loads(lake.get(latest["coco"]).body)  # type: ignore[union-attr]
+    return coco, manifest
+
+
+def _move_box(row: dict[str, Any]) -> None:
+    """An edit: the street image's box moves."""
+    for unit in row["data_units"].values():
+        for obj in unit["labels"].get("objects", []):
+            if obj["shape"] == "bounding_box":
+                obj["boundingBox"]["x"] = 0.25
+
+
+@pytest.fixture(params=["memory", "local directory"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "memory":
+        return as_port(MemoryLake())
+    from encord_mirror.adapters.local import LocalLake
+
+    return LocalLake(tmp_path / "lake")
+
+
+def test_first_snapshot_holds_every_row_and_pycocotools_reads_it(lake: ObjectStore) -> None:
+    # Given four rows in a partition that has no snapshot yet
+    rows = _rows(4)
+    hashes = [_write(lake, r) for r in rows]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    # When the run refreshes the partition
+    event = builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    # Then latest.json points at a snapshot with every row, and the event says where it is
+    coco, manifest = _snapshot(lake)
+    assert event is not None and event.snapshot_id == "20261123T120000Z-aaaa"
+    assert manifest["counts"] == {
+        "rows": 4,
+        "images": len(coco["images"]),
+        "annotations": len(coco["annotations"]),
+    }
+    assert manifest["changes"]["added"] == sorted(hashes) and manifest["previous_snapshot_id"] is None
+    assert event.detail["coco_uri"] == lake.uri(manifest["coco"]["key"])
+    assert event.detail["counts"] == manifest["counts"]
+    coco_body = lake.get(manifest["coco"]["key"]).body  # type: ignore[union-attr]
+    assert manifest["coco"]["sha256"] == hashlib.sha256(coco_body).hexdigest()
+    for h in hashes:
+        stored = lake.get(label_key(PROJECT, "main", ANNOTATE, h))
+        assert manifest["rows"][h]["sha256"] == hashlib.sha256(stored.body).hexdigest()  # type: ignore[union-attr]
+        assert manifest["rows"][h]["last_edited_at"]
+    # and pycocotools loads it, with a mask for every annotation that has an area
+    api = COCO()
+    api.dataset = coco
+    api.createIndex()
+    with_area = [a for a in coco["annotations"] if a["area"] > 0]
+    assert len(with_area) >= 5
+    for ann in with_area:
+        mask = api.annToMask(ann)
+        image = api.imgs[ann["image_id"]]
+        assert mask.shape == (image["height"], image["width"])
+        assert np.count_nonzero(mask) > 0 or ann["area"] < 1  # the sub-pixel polygon rasterises to nothing
+
+
+def test_refresh_reads_only_the_changed_rows_and_keeps_ids() -> None:
+    # Given a partition of 40 rows with a snapshot
+    lake = MemoryLake()
+    rows = _rows(40)
+    hashes = [_write(lake, r) for r in rows]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    before, _ = _snapshot(lake)
+    # When one row is edited, one removed and one added, and the next run refreshes
+    edited, gone = rows[4], rows[9]
+    _move_box(edited)
+    _write(lake, edited)
+    lake.delete(label_key(PROJECT, "main", ANNOTATE, gone["label_hash"]))
+    new = _rows(41)[40]
+    _write(lake, new)
+    lake.gets.clear()
+    event = builder.refresh(
+        _project(),
+        _changes([edited["label_hash"], new["label_hash"]], [gone["label_hash"]]),
+        run_id="20261123T121500Z-bbbb",
+        now=NOW,
+    )
+    # Then only those three rows were read from labels/, never the other 38
+    label_reads = sorted(k for k in lake.gets if k.startswith("labels/"))
+    assert label_reads == sorted(
+        label_key(PROJECT, "main", ANNOTATE, r["label_hash"]) for r in (edited, gone, new)
+    )
+    after, manifest = _snapshot(lake)
+    assert manifest["changes"]["added"] == [new["label_hash"]]
+    assert manifest["changes"]["changed"] == [edited["label_hash"]]
+    assert manifest["changes"]["removed"] == [gone["label_hash"]]
+    assert manifest["changes"]["annotations_changed"] == 1 and manifest["previous_snapshot_id"].endswith(
+        "aaaa"
+    )
+    assert event is not None and event.detail["changes"]["annotations_changed"] == 1
+    # and every untouched annotation kept its id, its image id and its body
+    old = {a["id"]: a for a in before["annotations"]}
+    new_by_id = {a["id"]: a for a in after["annotations"]}
+    kept = [i for i in old if i in new_by_id]
+    assert len(kept) == len(old) - sum(
+        1 for a in before["annotations"] if a["image_id"] in _image_ids(before, gone)
+    )
+    changed = [i for i in kept if old[i] != new_by_id[i]]
+    assert len(changed) == 1 and new_by_id[changed[0]]["bbox"][0] == 10.0
+    assert len({a["id"] for a in after["annotations"]}) == len(after["annotations"])
+    assert len({i["id"] for i in after["images"]}) == len(after["images"])
+
+
+def _image_ids(coco: dict[str, Any], row: dict[str, Any]) -> set[int]:
+    units = set(row["data_units"])
+    return {i["id"] for i in coco["images"] if any(u in i["file_name"] for u in units)}
+
+
+def test_stage_move_leaves_one_snapshot_and_enters_the_other_in_the_same_run() -> None:
+    # Given a row in the annotate partition's snapshot
+    lake = MemoryLake()
+    rows = _rows(4)
+    hashes = [_write(lake, r) for r in rows]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=True)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    # When the worker moves it to review and the finalizer refreshes both partitions of the run
+    moved = rows[0]["label_hash"]
+    lake.delete(label_key(PROJECT, "main", ANNOTATE, moved))
+    _write(lake, rows[0], REVIEW)
+    run = "20261123T121500Z-bbbb"
+    left = builder.refresh(_project(), _changes(removed=[moved]), run_id=run, now=NOW)
+    entered = builder.refresh(_project(), _changes([moved], stage=REVIEW), run_id=run, now=NOW)
+    # Then the row is in the review snapshot only
+    annotate, annotate_manifest = _snapshot(lake, ANNOTATE)
+    review, review_manifest = _snapshot(lake, REVIEW)
+    assert moved not in annotate_manifest["rows"] and list(review_manifest["rows"]) == [moved]
+    assert annotate_manifest["changes"]["removed"] == [moved] and review_manifest["changes"]["added"] == [
+        moved
+    ]
+    assert not any("d-row-street" in i["file_name"] for i in annotate["images"])
+    assert any("d-row-street" in i["file_name"] for i in review["images"])
+    assert left is not None and entered is not None and left.stage == ANNOTATE and entered.stage == REVIEW
+
+
+def test_a_retried_finalizer_gets_the_same_event_and_writes_nothing() -> None:
+    # Given a committed snapshot
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(4)]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    first = builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    puts = len(lake.puts)
+    # When the finalizer is retried for the same run (later, so with another clock)
+    again = builder.refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=datetime.now(UTC)
+    )
+    # Then it announces the very same snapshot (one event id), and nothing is written
+    assert again == first
+    assert len(lake.puts) == puts
+
+
+class _FailingLatest(MemoryLake):
+    """Crashes the first time latest.json is written, like a finalizer killed mid-way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    def put(self, key: str, body: bytes, **kwargs: Any) -> str:
+        if self.armed and key.endswith("latest.json"):
+            self.armed = False
+            raise TimeoutError("killed")
+        return super().put(key, body, **kwargs)
+
+
+def test_a_finalizer_killed_before_moving_latest_finishes_on_retry() -> None:
+    # Given a refresh that wrote the snapshot files but died before latest.json
+    lake = _FailingLatest()
+    hashes = [_write(lake, r) for r in _rows(4)]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    with pytest.raises(TimeoutError):
+        builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    assert lake.get(latest_key(PROJECT, "main", ANNOTATE)) is None
+    # When the finalizer is retried
+    event = builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    # Then latest.json points at that one snapshot, and there is no second one
+    assert event is not None
+    _, manifest = _snapshot(lake)
+    assert manifest["snapshot_id"] == event.snapshot_id
+    assert len({k.split("/snapshots/")[1].split("/")[0] for k in lake.objects if "/snapshots/" in k}) == 1
+
+
+class _RacingLake(MemoryLake):
+    """Moves latest.json behind the builder's back just before it swaps it."""
+
+    def __init__(self, race: Callable[[MemoryLake], None]) -> None:
+        super().__init__()
+        self.race: Callable[[MemoryLake], None] | None = race
+
+    def put(self, key: str, body: bytes, **kwargs: Any) -> str:
+        if self.race is not None and key.endswith("latest.json") and kwargs.get("if_match"):
+            race, self.race = self.race, None
+            race(self)
+        return super().put(key, body, **kwargs)
+
+
+def test_latest_moves_only_by_compare_and_swap() -> None:
+    # Given a partition with a snapshot, and another writer that moves latest.json during the next refresh
+    def race(lake: MemoryLake) -> None:
+        lake.put(latest_key(PROJECT, "main", ANNOTATE), b'{"snapshot_id": "someone-else"}')
+
+    lake = _RacingLake(race)
+    rows = _rows(4)
+    hashes = [_write(lake, r) for r in rows]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    _move_box(rows[0])
+    _write(lake, rows[0])
+    # When the refresh tries to swap latest.json, then it refuses to overwrite the other writer's pointer
+    with pytest.raises(SnapshotConflictError):
+        builder.refresh(_project(), _changes([hashes[0]]), run_id="20261123T121500Z-bbbb", now=NOW)
+    assert orjson.loads(lake.get(latest_key(PROJECT, "main", ANNOTATE)).body)["snapshot_id"] == "someone-else"  # type: ignore[union-attr]
+
+
+def test_snapshot_files_are_create_only() -> None:
+    # Given a committed snapshot
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(2)]
+    CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    _, manifest = _snapshot(lake)
+    # When anyone writes its coco.json again create-only, then the lake refuses
+    with pytest.raises(PreconditionFailedError):
+        lake.put(manifest["coco"]["key"], b"{}", if_none_match=True)
+
+
+def test_threshold_silences_small_snapshots_but_still_commits_them() -> None:
+    # Given a builder that announces only snapshots with at least 3 added or changed annotations
+    lake = MemoryLake()
+    rows = _rows(4)
+    hashes = [_write(lake, r) for r in rows]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False, announce_min_annotations=3)
+    first = builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    # When one annotation changes in the next run
+    _move_box(rows[0])
+    _write(lake, rows[0])
+    second = builder.refresh(_project(), _changes([hashes[0]]), run_id="20261123T121500Z-bbbb", now=NOW)
+    # Then the first (many annotations) is announced, the second is committed but not announced
+    assert first is not None and first.detail["changes"]["annotations_added"] >= 3
+    assert second is None
+    _, manifest = _snapshot(lake)
+    assert manifest["snapshot_id"] == "20261123T121500Z-bbbb"
+
+
+def test_a_rewrite_with_the_same_content_makes_no_snapshot() -> None:
+    # Given a committed snapshot
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(3)]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    # When a run touches a row whose lake object did not change
+    event = builder.refresh(_project(), _changes([hashes[1]]), run_id="20261123T121500Z-bbbb", now=NOW)
+    # Then there is no new snapshot and no event
+    assert event is None
+    assert _snapshot(lake)[1]["snapshot_id"] == "20261123T120000Z-aaaa"
+
+
+def test_an_ontology_change_rebuilds_the_partition_from_all_rows() -> None:
+    # Given a committed snapshot of 6 rows
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(6)]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW)
+    # When the project's ontology hash changes and one row is touched
+    lake.gets.clear()
+    event = builder.refresh(_project("ont-2"), _changes([hashes[0]]), run_id="20261123T121500Z-bbbb", now=NOW)
+    # Then every row was read again and the manifest records the new ontology
+    assert len([k for k in lake.gets if k.startswith("labels/")]) == 6
+    _, manifest = _snapshot(lake)
+    assert manifest["ontology_hash"] == "ont-2" and manifest["incremental"] is False
+    assert event is not None
