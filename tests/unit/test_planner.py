@@ -75,7 +75,8 @@ def test_incremental_listing_runs_from_watermark_minus_overlap_to_the_signpost(
     (query,) = source.list_calls
     assert query.edited_after == watermark - timedelta(seconds=120)
     assert query.edited_before == clock() == result.signpost
-    assert query.edited_after.tzinfo is not None and query.edited_before.utcoffset() == timedelta(0)
+    assert query.edited_after is not None and query.edited_after.tzinfo is not None
+    assert query.edited_before is not None and query.edited_before.utcoffset() == timedelta(0)
 
 
 def test_relisting_the_overlap_is_free(
