@@ -380,6 +380,31 @@ def test_several_projects_sync_in_one_run_each_into_its_own_prefix(tmp_path: Pat
         assert emu.writes() == []
 
 
+def test_a_listing_that_fails_past_every_retry_stops_the_run_cleanly_and_the_next_run_recovers(
+    mirror: Mirror,
+) -> None:
+    # Given a lake in step, an edit, then Encord answering 503 to every attempt at listing rows
+    _first_sync(mirror)
+    state = mirror.state()
+    watermark = state.get_watermark(mirror.project)
+    edited = mirror.fixture.by_title("img2.jpg")
+    mirror.emu.edit_row(mirror.project, edited.label_hash, _without_objects(edited.row))
+    mirror.emu.inject_fault("status", status=503, retry_after=1, count=4, query_type="labelrowmetadata")
+
+    # When sync runs
+    run = mirror.sync()
+
+    # Then it stops with a message (exit 1, no traceback) and the watermark did not move
+    assert run.code == 1, run.out + run.err
+    assert "sync stopped" in run.err and "Traceback" not in run.err
+    assert state.get_watermark(mirror.project) == watermark
+
+    # And the next run is not blocked by the failed run's lease, and catches up
+    again = mirror.sync()
+    assert again.code == 0, again.out + again.err
+    mirror.assert_in_step()
+
+
 def test_a_key_encord_does_not_know_exits_2_naming_the_key_file(mirror: Mirror, tmp_path: Path) -> None:
     # Given a valid key that is not registered
     stranger, _ = generate_keypair(tmp_path / "stranger")

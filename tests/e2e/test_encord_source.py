@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa as rsa_key
 
 from encord_mirror.adapters.encord_source import (
     EncordAuthError,
@@ -283,6 +285,11 @@ def test_missing_or_invalid_key_files_fail_at_start_without_echoing_the_key(tmp_
         EncordLabelSource.from_key_file(garbage, domain="http://127.0.0.1:9")
     assert str(garbage) in str(caught.value)
     assert "c2VjcmV0" not in str(caught.value)
+    rsa = rsa_key.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    with pytest.raises(EncordCredentialsError, match="not an Ed25519"):
+        EncordLabelSource.from_private_key(rsa.decode(), key_origin="an RSA key")
     with pytest.raises(EncordCredentialsError, match="empty"):
         EncordLabelSource.from_private_key("  ", key_origin="secret encord/key")
 

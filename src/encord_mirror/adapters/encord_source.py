@@ -14,11 +14,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from encord.configs import ENCORD_DOMAIN
 from encord.exceptions import (
     AuthenticationError,
     AuthorisationError,
     EncordException,
+    RequestException,
     ResourceNotFoundError,
     SshKeyNotFound,
 )
@@ -91,6 +93,15 @@ def describe_sdk_error(exc: BaseException) -> str:
     """A short, key-free text for an SDK exception (the SDK's `str()` appends a long request context)."""
     message = exc.message if isinstance(exc, EncordException) else str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _key_problem(exc: BaseException) -> str:
+    text = str(exc)
+    if "password" in text.lower() or "encrypted" in text.lower():
+        return "the key is password-protected; the mirror needs an unencrypted key"
+    if "Ed25519" in text or isinstance(exc, UnsupportedAlgorithm):
+        return "not an Ed25519 private key (Encord accepts Ed25519 keys only)"
+    return "not an OpenSSH private key"
 
 
 def _aware_utc(value: datetime | None, name: str) -> datetime | None:
@@ -173,10 +184,9 @@ class EncordLabelSource:
             client = EncordUserClient.create_with_ssh_private_key(
                 ssh_private_key=private_key, domain=resolved, requests_settings=requests_settings
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             # The SDK's own message quotes the key's text: never pass it on.
-            problem = "not an Ed25519 private key" if "Ed25519" in str(exc) else "not an OpenSSH private key"
-            raise EncordCredentialsError(key_origin, problem) from None
+            raise EncordCredentialsError(key_origin, _key_problem(exc)) from None
         return cls(lambda: client, domain=resolved, key_origin=key_origin)
 
     @classmethod
@@ -324,6 +334,9 @@ class EncordLabelSource:
             raise EncordAuthError(self._key_origin, self._domain, describe_sdk_error(exc)) from None
         except (AuthorisationError, ResourceNotFoundError) as exc:
             raise EncordProjectAccessError(project_hash, self._domain, describe_sdk_error(exc)) from None
+        except RequestException as exc:
+            detail = f"cannot reach Encord at {self._domain} ({describe_sdk_error(exc)})"
+            raise EncordApiError(project_hash, "project lookup", detail) from None
         except EncordException as exc:
             raise EncordApiError(project_hash, "project lookup", describe_sdk_error(exc)) from None
         with self._lock:
