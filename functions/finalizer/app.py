@@ -26,7 +26,7 @@ def _finalize(record: FinalizeRecord, runtime: wiring.Runtime) -> dict[str, Any]
     return summary
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, runtime: wiring.Runtime | None = None

@@ -42,7 +42,7 @@ def _scheduled(runtime: wiring.Runtime) -> dict[str, Any]:
     return {"runs": runs}
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, runtime: wiring.Runtime | None = None

@@ -32,7 +32,7 @@ def _chunk(record: ChunkRecord, runtime: wiring.Runtime) -> dict[str, Any]:
     return summary
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, runtime: wiring.Runtime | None = None
