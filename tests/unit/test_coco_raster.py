@@ -80,3 +80,18 @@ def test_bresenham_closed_form_equals_the_error_loop() -> None:
                     err -= 2 * minor
             # Then the closed form gives the same minor-axis steps
             assert _minor_steps(major, minor, major + 1).tolist() == expected
+
+
+def test_converter_and_snapshots_import_neither_encord_nor_opencv_nor_shapely() -> None:
+    import subprocess
+    import sys
+
+    # Given a fresh interpreter, like a Lambda cold start
+    code = (
+        "import sys, encord_mirror.coco.convert, encord_mirror.coco.snapshot;"
+        "print(sorted(m for m in ('encord', 'cv2', 'shapely') if m in sys.modules))"
+    )
+    # When the converter and the snapshot builder are imported
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # Then none of the heavy packages came with them
+    assert out.strip() == "[]"
