@@ -1,0 +1,249 @@
+"""template.yaml tested as code: the properties the mirror's correctness and safety rest on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from encord_mirror.aws_lambda.settings import Settings
+from encord_mirror.build_layer import LAMBDA_PYTHON
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+# Wildcards the template may hold, and why: a Deny on every S3 action for non-TLS requests is the
+# point of that statement (it grants nothing).
+ALLOWED_WILDCARDS = {("LakeBucketPolicy", "DenyInsecureTransport")}
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """PyYAML that reads CloudFormation's short tags (!Ref, !GetAtt, !Sub, ...) as {"Fn::X": value}."""
+
+
+def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    return loaded
+
+
+def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _function_timeout(template: dict[str, Any], name: str) -> int:
+    props = template["Resources"][name]["Properties"]
+    return int(props.get("Timeout", template["Globals"]["Function"].get("Timeout", 3)))
+
+
+def _sqs_events(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (fn, event["Properties"])
+        for fn, resource in _resources(template, "AWS::Serverless::Function").items()
+        for event in resource["Properties"].get("Events", {}).values()
+        if event["Type"] == "SQS"
+    ]
+
+
+def test_every_sqs_event_source_reports_batch_item_failures(template: dict[str, Any]) -> None:
+    # Given the functions' SQS event sources / Then each reports partial batch failures
+    events = _sqs_events(template)
+    assert len(events) == 3
+    for function, props in events:
+        assert props.get("FunctionResponseTypes") == ["ReportBatchItemFailures"], function
+
+
+def test_every_consumed_queue_has_a_dead_letter_queue(template: dict[str, Any]) -> None:
+    # Given the queues the functions consume / Then each redrives to a DLQ defined in the template
+    queues = _resources(template, "AWS::SQS::Queue")
+    for _, props in _sqs_events(template):
+        queue = props["Queue"]["Fn::GetAtt"][0]
+        redrive = queues[queue]["Properties"].get("RedrivePolicy")
+        assert redrive is not None, queue
+        assert redrive["deadLetterTargetArn"]["Fn::GetAtt"][0] in queues
+        assert redrive["maxReceiveCount"]
+
+
+def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(template: dict[str, Any]) -> None:
+    queues = _resources(template, "AWS::SQS::Queue")
+    for function, resource in _resources(template, "AWS::Serverless::Function").items():
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] != "SQS":
+                continue
+            queue = event["Properties"]["Queue"]["Fn::GetAtt"][0]
+            visibility = int(queues[queue]["Properties"]["VisibilityTimeout"])
+            assert visibility >= 6 * _function_timeout(template, function), (queue, function)
+
+
+def test_every_queue_is_encrypted(template: dict[str, Any]) -> None:
+    for name, queue in _resources(template, "AWS::SQS::Queue").items():
+        assert queue["Properties"].get("SqsManagedSseEnabled") is True, name
+
+
+def test_worker_attempts_equal_the_work_queue_receive_count(template: dict[str, Any]) -> None:
+    # The worker records gaps on its last attempt: that must be the delivery after which SQS dead-letters.
+    receive_count = template["Resources"]["WorkQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["MAX_ATTEMPTS"] == receive_count
+
+
+def test_worker_concurrency_is_capped_by_a_parameter(template: dict[str, Any]) -> None:
+    [(_, props)] = [(f, p) for f, p in _sqs_events(template) if f == "WorkerFunction"]
+    assert props["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "WorkerMaxConcurrency"}
+    assert "WorkerMaxConcurrency" in template["Parameters"]
+
+
+def _statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for name, resource in template["Resources"].items():
+        props = resource.get("Properties", {})
+        for policy in props.get("Policies", []):
+            if isinstance(policy, dict) and "Statement" in policy:
+                found.extend((name, s) for s in policy["Statement"])
+        document = props.get("PolicyDocument")
+        if document:
+            found.extend((name, s) for s in document["Statement"])
+    return found
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    return []
+
+
+def test_iam_has_no_wildcard_actions_or_resources(template: dict[str, Any]) -> None:
+    statements = _statements(template)
+    assert len(statements) >= 10
+    for owner, statement in statements:
+        if (owner, statement.get("Sid")) in ALLOWED_WILDCARDS:
+            assert statement["Effect"] == "Deny"
+            continue
+        actions = _strings(statement["Action"])
+        assert all("*" not in a for a in actions), (owner, statement)
+        resources = _strings(statement["Resource"])
+        assert resources and all(r != "*" and not r.endswith(":*") for r in resources), (owner, statement)
+
+
+def test_functions_use_no_managed_policies_or_policy_templates(template: dict[str, Any]) -> None:
+    # Only explicit statements, so the test above sees every permission the template grants.
+    for name, resource in _resources(template, "AWS::Serverless::Function").items():
+        for policy in resource["Properties"].get("Policies", []):
+            assert isinstance(policy, dict) and set(policy) == {"Statement"}, name
+
+
+def test_encord_key_is_readable_only_from_its_secret(template: dict[str, Any]) -> None:
+    grants = [s for _, s in _statements(template) if "secretsmanager:GetSecretValue" in _strings(s["Action"])]
+    assert len(grants) == 3
+    assert all(s["Resource"] == {"Ref": "EncordKeySecretArn"} for s in grants)
+
+
+def test_lake_bucket_is_versioned_encrypted_private_and_owner_enforced(template: dict[str, Any]) -> None:
+    props = template["Resources"]["LakeBucket"]["Properties"]
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    [rule] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms", "aws:kms:dsse"}
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+
+
+def test_lake_bucket_denies_requests_without_tls(template: dict[str, Any]) -> None:
+    policy = template["Resources"]["LakeBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "LakeBucket"}
+    deny = [
+        s
+        for s in policy["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert len(deny) == 1
+    resources = deny[0]["Resource"]
+    assert {"Fn::GetAtt": ["LakeBucket", "Arn"]} in resources
+    assert {"Fn::Sub": "${LakeBucket.Arn}/*"} in resources
+
+
+def test_state_table_is_on_demand_encrypted_recoverable_with_ttl(template: dict[str, Any]) -> None:
+    props = template["Resources"]["StateTable"]["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+
+
+def test_every_dead_letter_queue_has_a_depth_alarm(template: dict[str, Any]) -> None:
+    dlqs = {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in _resources(template, "AWS::SQS::Queue").values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    alarmed = {
+        a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for a in _resources(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["Namespace"] == "AWS/SQS"
+        and a["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        and a["Properties"]["Threshold"] == 0
+        and a["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+    }
+    assert dlqs and dlqs == alarmed
+
+
+def test_watermark_lag_alarm_watches_the_metric_the_finalizer_emits(template: dict[str, Any]) -> None:
+    from encord_mirror.aws_lambda.observability import WATERMARK_LAG_METRIC
+
+    alarm = template["Resources"]["WatermarkLagAlarm"]["Properties"]
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert alarm["MetricName"] == WATERMARK_LAG_METRIC
+    assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
+    # Powertools adds the service as the metric's one default dimension.
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    assert alarm["Threshold"] == {"Ref": "WatermarkLagAlarmSeconds"}
+
+
+def test_environment_variables_equal_the_settings_fields(template: dict[str, Any]) -> None:
+    variables = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    for name, resource in _resources(template, "AWS::Serverless::Function").items():
+        variables |= set(resource["Properties"].get("Environment", {}).get("Variables", {}))
+        assert resource["Properties"]["Handler"] == "app.lambda_handler", name
+    assert variables == set(Settings.model_fields)
+
+
+def test_runtime_matches_the_platform_the_layer_is_built_for(template: dict[str, Any]) -> None:
+    function = template["Globals"]["Function"]
+    assert function["Runtime"] == f"python{LAMBDA_PYTHON}"
+    assert function["Architectures"] == ["x86_64"]
+    layer = template["Resources"]["DepsLayer"]["Properties"]
+    assert layer["CompatibleRuntimes"] == [function["Runtime"]]
+    assert function["Layers"] == [{"Ref": "DepsLayer"}]
+
+
+def test_handlers_and_sample_events_exist_for_every_function(template: dict[str, Any]) -> None:
+    root = TEMPLATE.parent
+    for resource in _resources(template, "AWS::Serverless::Function").values():
+        assert (root / resource["Properties"]["CodeUri"] / "app.py").is_file()
+    for event in ("schedule", "sync_request", "worker_sqs", "finalize"):
+        assert (root / "events" / f"{event}.json").is_file()
