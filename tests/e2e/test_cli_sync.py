@@ -255,6 +255,20 @@ def test_a_429_storm_within_the_sdks_retries_still_syncs_everything(mirror: Mirr
     mirror.assert_in_step()
 
 
+def test_a_sustained_rate_limit_slows_the_sync_but_loses_nothing(mirror: Mirror) -> None:
+    # Given Encord admitting 4 requests a second (429 + Retry-After: 1 beyond that) and 4 workers
+    mirror.emu.set_rate_limit(4.0, burst=2, retry_after=1)
+
+    # When the first sync runs in chunks of 5 rows
+    run = mirror.sync("--bundle-size", "5", "--workers", "4")
+
+    # Then Encord did refuse requests, and the lake is complete anyway
+    assert run.code == 0, run.out + run.err
+    assert any(e["status"] == 429 for e in mirror.emu.request_log())
+    mirror.emu.set_rate_limit(None)
+    mirror.assert_in_step()
+
+
 def test_a_429_storm_past_every_retry_leaves_a_gap_that_the_next_run_closes(mirror: Mirror) -> None:
     # Given a lake in step, an edit, then a 429 on every request of every redelivery of the chunk
     _first_sync(mirror)
