@@ -272,3 +272,35 @@ def test_a_sync_hands_its_changes_to_the_snapshot_step(
     }
     events = lake.get("events/events.jsonl")
     assert events is not None and len(events.body.splitlines()) == 3  # 1 from the first sync, 2 now
+
+
+def test_snapshots_are_skipped_with_a_reason_when_project_info_fails(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock, source: FakeSource
+) -> None:
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+
+    def encord_down(project_hash: str) -> ProjectInfo:
+        raise TimeoutError("encord down")
+
+    source.project_info = encord_down  # type: ignore[method-assign]
+    result = finalize(PROJECT, "run-1", CONFIG, deps)
+    assert result.status == "finalized" and "encord down" in result.errors[0]
+    assert _manifest(lake)["errors"] == list(result.errors)
+
+
+def test_a_finalizer_that_fails_still_frees_the_project(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock, events: RecordingEvents
+) -> None:
+    # Given a run holding the lease, and an event sink that breaks
+    state.acquire_lease(PROJECT, "run-1", clock(), 900)
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+
+    def bus_down(published: Sequence[SnapshotEvent]) -> SendReceipt:
+        raise ConnectionError("bus down")
+
+    events.publish = bus_down  # type: ignore[method-assign]
+    # When the finalizer fails
+    with pytest.raises(ConnectionError):
+        finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then the next run can start at once
+    assert state.acquire_lease(PROJECT, "run-2", clock(), 900)

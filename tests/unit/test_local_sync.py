@@ -10,14 +10,22 @@ from datetime import timedelta
 import orjson
 import pytest
 from conftest import Mirror
-from fakes import PROJECT, REVIEW, FakeSource
+from fakes import PROJECT, REVIEW, FakeSource, RecordingSnapshots
 
-from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
 from encord_mirror.app.local_sync import run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.lake import label_key, run_manifest_key, stage_value
-from encord_mirror.domain.models import BranchSelection, LoadResult, ProjectInfo, RowMeta, RowQuery
-from encord_mirror.domain.ports import LabelSource
+from encord_mirror.domain.models import (
+    BranchSelection,
+    LoadResult,
+    ProjectInfo,
+    RowMeta,
+    RowQuery,
+    SendReceipt,
+    SnapshotEvent,
+)
+from encord_mirror.domain.ports import EventSink, LabelSource
 
 
 def assert_lake_matches(mirror: Mirror, source: FakeSource, *, branches: Sequence[str] = ("main",)) -> None:
@@ -308,3 +316,29 @@ def test_a_project_whose_lease_is_held_is_skipped(mirror: Mirror, source: FakeSo
     summary = mirror.sync()
     assert summary.projects[0].status == "lease_held" and not summary.ok
     assert mirror.label_keys() == []
+
+
+def test_a_sync_whose_finalize_fails_raises_and_frees_the_project(mirror: Mirror, source: FakeSource) -> None:
+    # Given an event sink that breaks while the first run finalizes
+    source.add(2)
+
+    class BrokenEvents:
+        def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
+            raise ConnectionError("bus down")
+
+    broken: EventSink = BrokenEvents()
+    with pytest.raises(LocalQueueError, match="bus down"):
+        run_local_sync(
+            MirrorConfig(projects=(PROJECT,)),
+            source,
+            mirror.lake,
+            mirror.state,
+            snapshots=RecordingSnapshots(),
+            events=broken,
+            clock=mirror.clock,
+        )
+    # Then the next sync is not locked out, and brings the lake in step
+    mirror.clock.advance(10)
+    summary = mirror.sync()
+    assert summary.ok
+    assert_lake_matches(mirror, source)

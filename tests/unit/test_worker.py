@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import orjson
+import pytest
 from fakes import PROJECT, REVIEW, Clock, FakeSource, RecordingEvents, RecordingQueue, labels_dict
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
@@ -315,3 +316,54 @@ def test_a_redelivery_reports_what_the_earlier_attempt_wrote(
     assert _status(again) == dict.fromkeys(hashes, "written")
     (recorded,) = state.chunk_results(PROJECT, "run-1")
     assert recorded.final and {o.status for o in recorded.outcomes} == {"written"}
+
+
+class Killed(BaseException):
+    """The worker process dies here (a Lambda timeout, a SIGKILL): nothing after it runs."""
+
+
+class DiesOnce:
+    """Wraps a method so that its first call kills the worker."""
+
+    def __init__(self, target: object, name: str) -> None:
+        self.original = getattr(target, name)
+        self.calls = 0
+        setattr(target, name, self)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        if self.calls == 1:
+            raise Killed
+        return self.original(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("target", "method"),
+    [("lake", "delete"), ("state", "put_index")],
+    ids=["after-writing-the-new-copy", "after-removing-the-old-copy"],
+)
+def test_a_worker_killed_mid_move_leaves_one_copy_after_redelivery(
+    source: FakeSource,
+    deps: MirrorDeps,
+    lake: LocalLake,
+    state: SqliteStateStore,
+    clock: Clock,
+    target: str,
+    method: str,
+) -> None:
+    # Given a row synced in Annotate that then moves to Review
+    (h,) = source.add(1)
+    _run(state, clock)
+    _process(deps, _chunk([h]))
+    source.move(h, REVIEW)
+    _run(state, clock, "run-2")
+    # When the worker dies in the middle of the move
+    DiesOnce(lake if target == "lake" else state, method)
+    with pytest.raises(Killed):
+        _process(deps, _chunk([h], run_id="run-2"))
+    # And the queue redelivers the chunk
+    result = _process(deps, _chunk([h], run_id="run-2"), attempt=2)
+    # Then the move completes: one copy, in Review, and the index points at it
+    assert _status(result) == {h: "moved"}
+    assert list(lake.list_keys("labels/")) == [REVIEW_KEY.format(h)]
+    assert state.get_index(PROJECT, h).key == REVIEW_KEY.format(h)  # type: ignore[union-attr]

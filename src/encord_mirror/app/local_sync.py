@@ -102,7 +102,7 @@ def run_local_sync(
         try:
             summaries.append(_sync_project(project_hash, config, deps, queue, full, say))
         finally:
-            queue.close()
+            queue.close(cancel=True)  # after a drain nothing is pending; after an error, drop what is
     return SyncSummary(tuple(summaries))
 
 
@@ -141,7 +141,14 @@ def _sync_project(
         f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "
         f"{result.removals} to remove, {result.chunks} chunks"
     )
-    queue.drain()
+    try:
+        queue.drain()
+    except BaseException:
+        # Interrupted (Ctrl-C) or a finalizer failed: nothing in this process will finish the run. The
+        # watermark did not move, so free the project and let the next sync repeat the work.
+        queue.close(cancel=True)
+        deps.state.release_lease(project_hash, result.run_id)
+        raise
     closing = next((f for f in finished if f.status == "finalized"), None)
     if closing is None:
         # Nothing in this process will finish the run: let the next sync start at once (from the old mark).

@@ -56,6 +56,16 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
     if not state.claim_finalize(project_hash, run_id):
         return FinalizeResult(project_hash, run_id, "already_finalized")
 
+    try:
+        return _close_run(project_hash, run, deps)
+    finally:
+        # However the closing ends, the project is free for its next run: the watermark never passed
+        # anything unsynced, so the next run is safe whether this one wrote its manifest or not.
+        state.release_lease(project_hash, run_id)
+
+
+def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeResult:
+    state, run_id = deps.state, run.run_id
     now = require_utc(deps.clock(), "clock")
     outcomes = _latest_outcomes(state.chunk_results(project_hash, run_id), run)
     gaps = state.list_gaps(project_hash)
@@ -77,10 +87,9 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
         {"snapshot_id": s.snapshot_id, "branch": s.branch, "stage": s.stage} for s in snapshots
     ]
     manifest["errors"] = errors
-    # Already there means an earlier attempt of this very finalizer wrote it: manifests are immutable.
+    # Create-only: manifests are immutable, and whatever already holds this (unique) run's key stays.
     with contextlib.suppress(PreconditionFailedError):
         deps.lake.put(manifest_key, orjson.dumps(manifest, option=orjson.OPT_INDENT_2), if_none_match=True)
-    state.release_lease(project_hash, run_id)
     return FinalizeResult(
         project_hash=project_hash,
         run_id=run_id,
@@ -130,9 +139,12 @@ def _refresh_snapshots(
     changes = touched_partitions(outcomes)
     if deps.snapshots is None or not changes:
         return [], []
-    project = deps.source.project_info(project_hash)
     events: list[SnapshotEvent] = []
     errors: list[str] = []
+    try:
+        project = deps.source.project_info(project_hash)
+    except Exception as exc:
+        return [], [f"snapshots skipped: project info: {type(exc).__name__}: {exc}"]
     for change in changes:
         try:
             event = deps.snapshots.refresh(project, change, run_id=run_id, now=now)

@@ -152,6 +152,11 @@ def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datet
         if write.status == "stale":
             return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
         assert write.etag is not None
+        # The old copy goes before the index moves on: a worker killed between the two leaves an index
+        # that still points at the old key, so the redelivery redoes the move instead of skipping it.
+        old_key = entry.key if entry is not None and entry.key != key else None
+        if entry is not None and old_key is not None:
+            _delete_if_unchanged(deps, old_key, entry.etag)
         new_entry = IndexEntry(
             project_hash=project,
             label_hash=label_hash,
@@ -168,9 +173,7 @@ def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datet
             # A newer version reached the index first; if it lives elsewhere, our copy must not linger.
             _drop_orphan(deps, project, label_hash, key, write.etag)
             return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
-        old_key = entry.key if entry is not None and entry.key != key else None
         if old_key is not None:
-            deps.lake.delete(old_key)
             return RowOutcome(
                 label_hash, "moved", key=key, old_key=old_key, last_edited_at=meta.last_edited_at, sha256=sha
             )
@@ -219,8 +222,13 @@ def _conditional_put(
 
 def _drop_orphan(deps: MirrorDeps, project: str, label_hash: str, key: str, etag: str) -> None:
     winner = deps.state.get_index(project, label_hash)
-    if winner is not None and winner.key == key:
-        return
+    if winner is None or winner.key != key:
+        _delete_if_unchanged(deps, key, etag)
+
+
+def _delete_if_unchanged(deps: MirrorDeps, key: str, etag: str) -> None:
+    """Delete `key` only if it still holds the version we know: a newer copy written there meanwhile stays.
+    (The port has no conditional delete; the window between the read and the delete is small.)"""
     current = deps.lake.get(key)
     if current is not None and current.etag == etag:
         deps.lake.delete(key)

@@ -80,13 +80,20 @@ class LocalWorkQueue:
         if errors:
             raise LocalQueueError(errors)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the pool; `cancel` drops deliveries not started yet (an interrupted sync), and waits only
+        for the running ones."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
 
     def _submit(self, fn: Callable[..., None], *args: object) -> None:
         with self._cond:
             self._outstanding += 1
-        self._pool.submit(self._run, fn, *args)
+        try:
+            self._pool.submit(self._run, fn, *args)
+        except RuntimeError:  # the pool was closed (a cancelled sync): nothing more will run
+            with self._cond:
+                self._outstanding -= 1
+                self._cond.notify_all()
 
     def _run(self, fn: Callable[..., None], *args: object) -> None:
         try:
