@@ -307,10 +307,13 @@ class RecordingSnapshots:
 
 
 class RecordingEvents:
-    def __init__(self) -> None:
+    def __init__(self, fail: bool = False) -> None:
         self.published: list[SnapshotEvent] = []
+        self.fail = fail
 
     def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
+        if self.fail:
+            raise ConnectionError("event bus down")
         self.published.extend(events)
         return SendReceipt(sent=tuple(e.snapshot_id for e in events), failed={})
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import orjson
 import pytest
 from conftest import Mirror
-from fakes import PROJECT, REVIEW, FakeSource, RecordingSnapshots
+from fakes import PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
 from encord_mirror.app.local_sync import run_local_sync
@@ -22,10 +22,8 @@ from encord_mirror.domain.models import (
     ProjectInfo,
     RowMeta,
     RowQuery,
-    SendReceipt,
-    SnapshotEvent,
 )
-from encord_mirror.domain.ports import EventSink, LabelSource
+from encord_mirror.domain.ports import LabelSource
 
 
 def assert_lake_matches(mirror: Mirror, source: FakeSource, *, branches: Sequence[str] = ("main",)) -> None:
@@ -321,20 +319,14 @@ def test_a_project_whose_lease_is_held_is_skipped(mirror: Mirror, source: FakeSo
 def test_a_sync_whose_finalize_fails_raises_and_frees_the_project(mirror: Mirror, source: FakeSource) -> None:
     # Given an event sink that breaks while the first run finalizes
     source.add(2)
-
-    class BrokenEvents:
-        def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
-            raise ConnectionError("bus down")
-
-    broken: EventSink = BrokenEvents()
-    with pytest.raises(LocalQueueError, match="bus down"):
+    with pytest.raises(LocalQueueError, match="event bus down"):
         run_local_sync(
             MirrorConfig(projects=(PROJECT,)),
             source,
             mirror.lake,
             mirror.state,
             snapshots=RecordingSnapshots(),
-            events=broken,
+            events=RecordingEvents(fail=True),
             clock=mirror.clock,
         )
     # Then the next sync is not locked out, and brings the lake in step
