@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pycocotools import mask as cocomask
 
 from encord_mirror.coco.raster import fill_poly
@@ -454,15 +455,46 @@ def _multipolygon_rle(polygons: Sequence[Sequence[Sequence[float]]], w: int, h: 
     for polygon in polygons:
         rings = [[(ring[i] * w, ring[i + 1] * h) for i in range(0, len(ring) - 1, 2)] for ring in polygon]
         parts.append(rings)
-    # Painted through a transposed view, so the buffer is already in the column-major order COCO encodes.
-    mask = np.zeros((w, h), dtype=np.uint8).T
-    for rings in sorted(parts, key=polygon_area, reverse=True):
-        for index, ring in enumerate(rings):
-            # np.int32 truncates toward zero, as the exporter's cast does.
-            fill_poly(mask, [(int(x), int(y)) for x, y in ring], 0 if index else 1)
-    rle = cocomask.encode(mask)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return dict(rle)
+    # np.int32 truncates toward zero, as the exporter's cast does.
+    int_parts = [
+        [[(int(x), int(y)) for x, y in ring] for ring in rings]
+        for rings in sorted(parts, key=polygon_area, reverse=True)
+    ]
+    xs = [p[0] for rings in int_parts for ring in rings for p in ring]
+    ys = [p[1] for rings in int_parts for ring in rings for p in ring]
+    x0, x1 = max(0, min(xs, default=0)), min(w - 1, max(xs, default=-1))
+    y0, y1 = max(0, min(ys, default=0)), min(h - 1, max(ys, default=-1))
+    if x0 > x1 or y0 > y1:
+        return _band_rle(np.zeros((0, h), dtype=np.uint8), 0, h, w)
+    # Only the vertices' box (clipped to the image) can be painted: paint that box of whole columns. Clipping
+    # is unchanged by the shift, because the box meets the image border wherever a vertex lies beyond it.
+    columns = np.zeros((x1 - x0 + 1, h), dtype=np.uint8)
+    canvas = columns.T[y0 : y1 + 1]
+    for int_rings in int_parts:
+        for index, int_ring in enumerate(int_rings):
+            fill_poly(canvas, [(x - x0, y - y0) for x, y in int_ring], 0 if index else 1)
+    return _band_rle(columns, x0, h, w)
+
+
+def _band_rle(columns: npt.NDArray[np.uint8], first: int, h: int, w: int) -> JsonDict:
+    """The COCO RLE of an (h, w) mask that is empty outside `columns` (whole columns from `first` on, one
+    array row per image column): the same string `cocomask.encode` gives for the full mask."""
+    flat = columns.ravel()
+    lead, trail = first * h, (w - first - columns.shape[0]) * h
+    if flat.size == 0:
+        runs = [h * w]
+    else:
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
+        if flat[0]:
+            runs.insert(0, 0)
+        runs[0] += lead
+        if not flat[-1]:
+            runs[-1] += trail
+        elif trail:
+            runs.append(trail)
+    rle = cocomask.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
 
 
 def _rle_box_area(rle: JsonDict) -> tuple[list[float], float]:
@@ -471,14 +503,18 @@ def _rle_box_area(rle: JsonDict) -> tuple[list[float], float]:
 
 
 def _bitmask_rle(bitmask: Mapping[str, Any]) -> tuple[JsonDict, list[float], float]:
-    # Encord's RLE runs row-major; COCO's runs column-major: decode as the transpose and re-encode.
-    transposed = {"counts": bitmask["rleString"], "size": [bitmask["width"], bitmask["height"]]}
-    mask = np.asfortranarray(cocomask.decode(transposed).T)
-    rle = cocomask.encode(mask)
-    bbox = [float(v) for v in cocomask.toBbox(rle)]
-    area = float(cocomask.area(rle))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return dict(rle), bbox, area
+    # Encord's RLE runs row-major, COCO's column-major: decoding it as the transposed size gives the image
+    # row by row; only the band of columns that hold pixels is transposed.
+    width, height = bitmask["width"], bitmask["height"]
+    image = cocomask.decode({"counts": bitmask["rleString"], "size": [width, height]}).T
+    used = np.flatnonzero(image.any(axis=0))
+    if used.size:
+        first, last = int(used[0]), int(used[-1])
+        rle = _band_rle(np.ascontiguousarray(image[:, first : last + 1].T), first, height, width)
+    else:
+        rle = _band_rle(np.zeros((0, height), dtype=np.uint8), 0, height, width)
+    bbox, area = _rle_box_area(rle)
+    return rle, bbox, area
 
 
 def row_annotations(
