@@ -3,6 +3,7 @@ template.yaml creates, made per test under unique names. conftest.py wraps these
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -33,6 +34,7 @@ class _Linearized:
 
 class LinearizedMotoServer(ThreadedMotoServer):  # type: ignore[misc]
     def _server_entry(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns failures
         app = _Linearized(DomainDispatcherApplication(create_backend_app))
         self._server = make_server(
             self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
