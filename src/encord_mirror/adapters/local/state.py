@@ -65,6 +65,7 @@ class SqliteStateStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
 
     def _db(self) -> sqlite3.Connection:
@@ -80,14 +81,17 @@ class SqliteStateStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        # Threads of this process queue on a lock: SQLite's own busy handler would make them sleep and
+        # retry for milliseconds. BEGIN IMMEDIATE still excludes writers in other processes.
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _one(self, sql: str, args: Sequence[Any]) -> Any:
         row = self._db().execute(sql, args).fetchone()
