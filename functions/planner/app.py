@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from encord_mirror.aws_lambda import wiring
 from encord_mirror.aws_lambda.models import ScheduleEvent, SyncRequestRecord
-from encord_mirror.aws_lambda.observability import logger, metrics
+from encord_mirror.aws_lambda.observability import logger, metrics, report_watermark_lag
 from encord_mirror.aws_lambda.results import PlanningFailedError, plan_summary
 from encord_mirror.domain.planner import plan
 
@@ -37,6 +37,8 @@ def _scheduled(runtime: wiring.Runtime) -> dict[str, Any]:
             logger.exception("planning failed", extra={"project_hash": project_hash})
             errors[project_hash] = f"{type(exc).__name__}: {exc}"
     logger.info("scheduled run planned", extra={"runs": runs})
+    # Every tick reports the lag, so the alarm sees data even while no run reaches its finalizer.
+    report_watermark_lag(runtime.deps.state, runtime.config.projects, runtime.deps.clock())
     if errors:
         raise PlanningFailedError(errors)
     return {"runs": runs}

@@ -457,3 +457,19 @@ def test_a_poison_row_goes_to_the_dlq_as_a_gap_that_holds_the_watermark(deployme
     assert state.list_gaps(deployment.project) == []
     after = state.get_watermark(deployment.project)
     assert after is not None and watermark is not None and after > watermark
+
+
+def test_a_row_dropped_from_a_bundle_is_retried_by_redelivery_not_skipped(deployment: Deployment) -> None:
+    # Given Encord's first bundle answer leaving one row out (the SDK does not notice)
+    deployment.emu.inject_fault("omit_rows", query_type="labelrow", query_method="GET", omit=1, count=1)
+
+    # When the first sync runs through the queues
+    deployment.schedule()
+    deployment.drain()
+
+    # Then that chunk's record was reported failed and redelivered, and the run finished complete:
+    # lake in step, no gap, nothing dead-lettered
+    assert deployment.work.invocations > 1
+    deployment.assert_in_step()
+    assert deployment.state.list_gaps(deployment.project) == []
+    assert deployment.manifests()[-1]["counts"]["failed"] == 0
