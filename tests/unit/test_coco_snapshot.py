@@ -330,3 +330,57 @@ def test_an_ontology_change_rebuilds_the_partition_from_all_rows() -> None:
     _, manifest = _snapshot(lake)
     assert manifest["ontology_hash"] == "ont-2" and manifest["incremental"] is False
     assert event is not None
+
+
+def _normalised(coco: dict[str, Any]) -> tuple[Any, ...]:
+    """A snapshot's content without its ids: images by file name, annotations by (image, track)."""
+    names = {i["id"]: i["file_name"] for i in coco["images"]}
+    images = sorted(
+        ({k: v for k, v in i.items() if k != "id"} for i in coco["images"]), key=lambda i: i["file_name"]
+    )
+    annotations = []
+    for a in coco["annotations"]:
+        body = {k: v for k, v in a.items() if k not in ("id", "image_id")}
+        body["attributes"] = {k: v for k, v in a["attributes"].items() if k != "track_id"}
+        annotations.append((names[a["image_id"]], a["attributes"]["encord_track_uuid"], orjson.dumps(body)))
+    return coco["info"], coco["categories"], images, sorted(annotations)
+
+
+def test_an_incremental_snapshot_has_the_content_of_a_full_rebuild() -> None:
+    # Given a partition refreshed three times: 12 rows, then edits, removals and additions
+    lake = MemoryLake()
+    rows = _rows(15)
+    for r in rows[:12]:
+        _write(lake, r)
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(
+        _project(), _changes([r["label_hash"] for r in rows[:12]]), run_id="20261123T120000Z-a", now=NOW
+    )
+    _move_box(rows[0])
+    _write(lake, rows[0])
+    lake.delete(label_key(PROJECT, "main", ANNOTATE, rows[3]["label_hash"]))
+    _write(lake, rows[12])
+    builder.refresh(
+        _project(),
+        _changes([rows[0]["label_hash"], rows[12]["label_hash"]], [rows[3]["label_hash"]]),
+        run_id="20261123T121500Z-b",
+        now=NOW,
+    )
+    for r in rows[13:]:
+        _write(lake, r)
+    builder.refresh(
+        _project(), _changes([r["label_hash"] for r in rows[13:]]), run_id="20261123T123000Z-c", now=NOW
+    )
+    incremental, _ = _snapshot(lake)
+    # When a fresh lake holding the same rows builds its first snapshot
+    fresh = MemoryLake()
+    live = [r for i, r in enumerate(rows) if i != 3]
+    for r in live:
+        _write(fresh, r)
+    CocoSnapshotBuilder(fresh, encord_compatible=False).refresh(
+        _project(), _changes([r["label_hash"] for r in live]), run_id="20261123T130000Z-d", now=NOW
+    )
+    full, _ = _snapshot(fresh)
+    # Then both hold the same images and annotations, only numbered differently
+    assert _normalised(incremental) == _normalised(full)
+    assert len(incremental["annotations"]) == len(full["annotations"]) > 0

@@ -2,28 +2,31 @@
 
 ```
 coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/coco.json      the COCO file (create-only)
-coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/index.json     ids per row (create-only)
+coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/rows.tsv       the compacted form (create-only)
 coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/manifest.json  the audit record (create-only)
 coco/project=<p>/branch=<b>/stage=<s>/latest.json                            the newest one (compare-and-swap)
 ```
 
 The snapshot id is the run id (`<YYYYmmddTHHMMSSZ>-<hex>`: it sorts by run start), so a retried finalizer
 finds its own snapshot and returns the same event instead of writing a second one. A refresh reads
-`latest.json`, the previous snapshot's coco.json and index.json, and only the changed rows; it reads every
+`latest.json`, the previous snapshot's manifest and rows.tsv, and only the changed rows; it reads every
 row of the partition only for the partition's first snapshot and after the ontology changed.
 
 Ids are stable: a row keeps its image ids per (data_hash, frame), its annotation ids per (data_hash, frame,
 object_hash) and its track ids per object_hash across refreshes; new ones are numbered on from counters kept
-in index.json. In compatible mode a snapshot reproduces CocoExporter's per-row output; its one cross-row quirk
-(dynamic answers read from the first row, by image id) is not reproduced, since it would tie every row's
-attributes to the other rows: dynamic answers come from each row's own frames.
+in rows.tsv. rows.tsv holds each row's ids and its COCO images and annotations as JSON bytes, so a refresh
+copies unchanged rows into the new coco.json without parsing them.
+
+In compatible mode a snapshot reproduces CocoExporter's per-row output; its one cross-row quirk (dynamic
+answers read from the first row, by image id) is not reproduced, since it would tie every row's attributes
+to the other rows: dynamic answers come from each row's own frames.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +48,7 @@ from encord_mirror.domain.models import JsonDict, Partition, PartitionChanges, P
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
 DETAIL_TYPE = "encord-mirror.snapshot.committed"
-INDEX_VERSION = 1
+ROWS_FILE = "rows.tsv"
 
 
 class SnapshotConflictError(RuntimeError):
@@ -64,11 +67,39 @@ class _RowState:
 
 
 @dataclass(slots=True)
-class _RowOut:
-    images: list[JsonDict]
-    annotations: list[JsonDict]
-    state: _RowState
-    record: JsonDict  # the manifest's entry for the row
+class _Fragment:
+    """One row's share of a snapshot, kept as JSON bytes: unchanged rows are copied, never parsed."""
+
+    state_json: bytes  # the row's _RowState
+    images: bytes  # its COCO images: JSON objects joined by commas
+    annotations_json: bytes  # its COCO annotations, likewise
+    record: JsonDict = field(default_factory=dict)  # its manifest entry, when converted in this refresh
+
+    def state(self) -> _RowState:
+        return _RowState(**orjson.loads(self.state_json))
+
+    def annotations(self) -> list[JsonDict]:
+        parsed: list[JsonDict] = orjson.loads(b"[" + self.annotations_json + b"]")
+        return parsed
+
+
+def _read_fragments(body: bytes) -> tuple[dict[str, int], dict[str, _Fragment]]:
+    """rows.tsv: a `#next` line with the id counters, then `label_hash TAB state TAB images TAB annotations`
+    per row (orjson escapes tabs and newlines inside strings, so they only ever separate fields)."""
+    header, *lines = body.split(b"\n")
+    counters: dict[str, int] = orjson.loads(header.split(b"\t", 1)[1])
+    rows: dict[str, _Fragment] = {}
+    for line in lines:
+        if line:
+            label_hash, state, images, annotations = line.split(b"\t", 3)
+            rows[label_hash.decode()] = _Fragment(state, images, annotations)
+    return counters, rows
+
+
+def _write_fragments(counters: dict[str, int], rows: list[tuple[str, _Fragment]]) -> bytes:
+    lines = [b"#next\t" + orjson.dumps(counters)]
+    lines += [b"\t".join((h.encode(), f.state_json, f.images, f.annotations_json)) for h, f in rows]
+    return b"\n".join(lines) + b"\n"
 
 
 def _ikey(key: ImageKey) -> str:
@@ -106,7 +137,7 @@ class CocoSnapshotBuilder:
         latest_k = latest_key(part.project_hash, part.branch, part.stage)
         latest_obj = self._lake.get(latest_k)
         latest = orjson.loads(latest_obj.body) if latest_obj else None
-        mine = self._read_json(snapshot_key(part.project_hash, part.branch, part.stage, sid, "manifest.json"))
+        mine = self._read_json(self._key(part, sid, "manifest.json"))
         if latest is not None and latest["snapshot_id"] >= sid:
             # A retry of this run (or of an older one, after a newer run committed): never rebuild.
             return self._event(part, mine) if mine is not None else None
@@ -117,62 +148,43 @@ class CocoSnapshotBuilder:
 
         converter = self._converter(project)
         ohash = ontology_hash(project)
-        prev_manifest = prev_coco = prev_index = None
+        prev_manifest: JsonDict | None = None
+        prev_rows: dict[str, _Fragment] | None = None
+        counters = {"image": 0, "annotation": 0, "track": 0}
         if latest is not None:
             prev_id = latest["snapshot_id"]
-            prev_manifest = self._read_json(
-                snapshot_key(part.project_hash, part.branch, part.stage, prev_id, "manifest.json")
-            )
+            prev_manifest = self._read_json(self._key(part, prev_id, "manifest.json"))
             if prev_manifest is not None and prev_manifest.get("ontology_hash") == ohash:
-                prev_coco = self._read_json(
-                    snapshot_key(part.project_hash, part.branch, part.stage, prev_id, "coco.json")
-                )
-                prev_index = self._read_json(
-                    snapshot_key(part.project_hash, part.branch, part.stage, prev_id, "index.json")
-                )
-        incremental = prev_coco is not None and prev_index is not None and prev_manifest is not None
-
-        counters = {"image": 0, "annotation": 0, "track": 0}
-        old_states: dict[str, _RowState] = {}
-        old_images: dict[str, list[JsonDict]] = {}
-        old_annotations: dict[str, list[JsonDict]] = {}
-        old_records: dict[str, JsonDict] = {}
+                stored_rows = self._lake.get(self._key(part, prev_id, ROWS_FILE))
+                if stored_rows is not None:
+                    counters, prev_rows = _read_fragments(stored_rows.body)
+        incremental = prev_rows is not None and prev_manifest is not None
+        old_rows: dict[str, _Fragment] = prev_rows or {}
+        old_records: dict[str, JsonDict] = dict(prev_manifest["rows"]) if prev_manifest else {}
         if incremental:
-            assert prev_coco is not None and prev_index is not None and prev_manifest is not None
-            counters = dict(prev_index["next"])
-            old_states = {h: _RowState(**s) for h, s in prev_index["rows"].items()}
-            old_records = dict(prev_manifest["rows"])
-            image_owner = {i: h for h, s in old_states.items() for i in s.images.values()}
-            for h in old_states:
-                old_images[h], old_annotations[h] = [], []
-            for image in prev_coco["images"]:
-                old_images[image_owner[image["id"]]].append(image)
-            for ann in prev_coco["annotations"]:
-                old_annotations[image_owner[ann["image_id"]]].append(ann)
             touched = sorted(set(changes.upserted) | set(changes.removed))
         else:
-            # No usable previous snapshot: the first one of the partition, or the ontology changed.
+            # No usable previous snapshot: the first one of the partition, or the ontology changed (the ids
+            # restart then, but the manifest still compares rows with the previous snapshot's).
             prefix = partition_prefix("labels", part.project_hash, part.branch, part.stage)
-            touched = sorted(
+            listed = (
                 k[len(prefix) : -len(".json")] for k in self._lake.list_keys(prefix) if k.endswith(".json")
             )
-            touched = sorted(set(touched) | set(changes.removed))
-            if prev_manifest is not None:
-                old_records = dict(prev_manifest["rows"])  # ids restart, but the audit trail still compares
+            touched = sorted(set(listed) | set(changes.removed))
 
-        rows_out: dict[str, _RowOut] = {}
+        rows_out: dict[str, _Fragment] = {}
         gone: set[str] = set()
         for label_hash in touched:
             stored = self._lake.get(label_key(part.project_hash, part.branch, part.stage, label_hash))
             if stored is None:
                 gone.add(label_hash)
                 continue
-            row = orjson.loads(stored.body)
+            old = old_rows.get(label_hash)
             rows_out[label_hash] = self._convert_row(
-                converter, row, stored.body, old_states.get(label_hash), counters
+                converter, orjson.loads(stored.body), stored.body, old.state() if old else None, counters
             )
 
-        # What changed since the previous snapshot, by row and by annotation.
+        # What changed since the previous snapshot, by row and by annotation (only touched rows are parsed).
         added = sorted(h for h in rows_out if h not in old_records)
         changed = sorted(
             h
@@ -182,56 +194,38 @@ class CocoSnapshotBuilder:
         removed = sorted(h for h in gone if h in old_records)
         if incremental and not (added or changed or removed):
             return None
-        old_by_id = {a["id"]: a for h in (set(rows_out) | gone) for a in old_annotations.get(h, [])}
-        new_ids = {a["id"] for r in rows_out.values() for a in r.annotations}
-        ann_added = sum(1 for r in rows_out.values() for a in r.annotations if a["id"] not in old_by_id)
-        ann_changed = sum(
-            1
-            for r in rows_out.values()
-            for a in r.annotations
-            if a["id"] in old_by_id and old_by_id[a["id"]] != a
-        )
+        old_by_id = {a["id"]: a for h in touched if h in old_rows for a in old_rows[h].annotations()}
+        new_anns = [a for h in rows_out for a in rows_out[h].annotations()]
+        new_ids = {a["id"] for a in new_anns}
+        ann_added = sum(1 for a in new_anns if a["id"] not in old_by_id)
+        ann_changed = sum(1 for a in new_anns if a["id"] in old_by_id and old_by_id[a["id"]] != a)
         ann_removed = sum(1 for i in old_by_id if i not in new_ids)
 
-        # Assemble: unchanged rows as they were, changed rows anew, in label-hash order.
-        states: dict[str, _RowState] = {}
-        records: dict[str, JsonDict] = {}
-        images: list[JsonDict] = []
-        annotations: list[JsonDict] = []
-        for h in sorted((set(old_states) - gone - set(rows_out)) | set(rows_out)):
-            if h in rows_out:
-                out = rows_out[h]
-                states[h], records[h] = out.state, out.record
-                images += out.images
-                annotations += out.annotations
-            else:
-                states[h], records[h] = old_states[h], old_records[h]
-                images += old_images[h]
-                annotations += old_annotations[h]
-        first_title = next((records[h].get("data_title") for h in records), None)
-        coco = {
-            "info": info(None if first_title is None else str(first_title)),
-            "categories": converter.ontology.categories,
-            "images": images,
-            "annotations": annotations,
-        }
-        coco_body = orjson.dumps(coco)
-        index_body = orjson.dumps(
-            {
-                "version": INDEX_VERSION,
-                "next": counters,
-                "rows": {
-                    h: {"images": s.images, "annotations": s.annotations, "tracks": s.tracks}
-                    for h, s in states.items()
-                },
-            }
+        # Assemble from bytes: unchanged rows are copied, never parsed; rows in label-hash order.
+        fragments = {h: f for h, f in old_rows.items() if h not in gone and h not in rows_out}
+        fragments.update(rows_out)
+        order = sorted(fragments)
+        records = {h: fragments[h].record if h in rows_out else old_records[h] for h in order}
+        first_title = next((records[h].get("data_title") for h in order), None)
+        coco_body = b"".join(
+            [
+                b'{"info":',
+                orjson.dumps(info(None if first_title is None else str(first_title))),
+                b',"categories":',
+                orjson.dumps(converter.ontology.categories),
+                b',"images":[',
+                b",".join(fragments[h].images for h in order if fragments[h].images),
+                b'],"annotations":[',
+                b",".join(fragments[h].annotations_json for h in order if fragments[h].annotations_json),
+                b"]}",
+            ]
         )
-        keys = {
-            name: snapshot_key(part.project_hash, part.branch, part.stage, sid, name)
-            for name in ("coco.json", "index.json", "manifest.json")
-        }
+        rows_body = _write_fragments(counters, [(h, fragments[h]) for h in order])
+        n_images = sum(int(records[h]["images"]) for h in order)
+        n_annotations = sum(int(records[h]["annotations"]) for h in order)
+        keys = {name: self._key(part, sid, name) for name in ("coco.json", ROWS_FILE, "manifest.json")}
         self._put_once(keys["coco.json"], coco_body)
-        self._put_once(keys["index.json"], index_body)
+        self._put_once(keys[ROWS_FILE], rows_body)
         manifest: JsonDict = {
             "snapshot_id": sid,
             "run_id": run_id,
@@ -243,7 +237,7 @@ class CocoSnapshotBuilder:
             "ontology_hash": ohash,
             "encord_compatible": self._compatible,
             "incremental": incremental,
-            "counts": {"rows": len(records), "images": len(images), "annotations": len(annotations)},
+            "counts": {"rows": len(records), "images": n_images, "annotations": n_annotations},
             "changes": {
                 "added": added,
                 "changed": changed,
@@ -286,7 +280,7 @@ class CocoSnapshotBuilder:
         body: bytes,
         old: _RowState | None,
         counters: dict[str, int],
-    ) -> _RowOut:
+    ) -> _Fragment:
         old = old or _RowState({}, {}, {})
         state = _RowState({}, {}, {})
 
@@ -337,7 +331,13 @@ class CocoSnapshotBuilder:
             "images": len(images),
             "annotations": len(annotations),
         }
-        return _RowOut(images, annotations, state, record)
+        state_json = orjson.dumps(
+            {"images": state.images, "annotations": state.annotations, "tracks": state.tracks}
+        )
+        return _Fragment(state_json, orjson.dumps(images)[1:-1], orjson.dumps(annotations)[1:-1], record)
+
+    def _key(self, part: Partition, snapshot_id: str, name: str) -> str:
+        return snapshot_key(part.project_hash, part.branch, part.stage, snapshot_id, name)
 
     def _read_json(self, key: str) -> Any:
         stored = self._lake.get(key)
