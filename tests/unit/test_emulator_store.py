@@ -106,7 +106,7 @@ def test_save_keeps_the_servers_identity_and_stamps_the_time(fixture: Fixture) -
     record = store.save_row(fixture.project_hash, img1.label_hash, forged, now)
 
     # Then hash, branch and creation time are the server's, and last_edited_at is now in UTC
-    saved = record.as_dict()
+    saved = store.row_dict(record)
     assert (saved["label_hash"], saved["branch_name"]) == (img1.label_hash, "main")
     assert saved["created_at"] == img1.row["created_at"]
     assert saved["last_edited_at"] == "Mon, 01 Dec 2025 07:00:00 UTC"
@@ -155,3 +155,60 @@ def test_rate_limiter_allows_a_burst_then_refuses() -> None:
     # When three requests arrive
     # Then the third is refused
     assert [limiter.admit() for _ in range(3)] == [True, True, False]
+
+
+def test_the_fast_line_scan_indexes_exactly_what_a_full_parse_does(tmp_path: Path) -> None:
+    # Given fixture lines of every data type the generator writes, plus the testing fixture's
+    from encord_mirror.emulator.generate import generate
+    from encord_mirror.emulator.store import _index_row, _scan_line
+
+    generate(tmp_path / "generated", 60, seed=7)
+    build_fixture(tmp_path / "built")
+    lines = [line for path in tmp_path.rglob("rows.jsonl") for line in path.read_bytes().splitlines() if line]
+
+    # When each line is indexed both ways
+    for line in lines:
+        scanned = _scan_line(line)
+        entry = orjson.loads(line)
+        full = _index_row(entry["row"], entry["stage"], entry["task_status"])
+
+        # Then the scan succeeded, found the same fields, and its byte span is exactly the row
+        assert scanned is not None
+        indexed, start, end = scanned
+        assert orjson.loads(line[start:end]) == entry["row"]
+        assert {k: full.top[k] for k in indexed.top} == indexed.top
+        assert {k: full.unit.get(k) for k in indexed.unit} == indexed.unit
+        assert (indexed.units, indexed.fps, indexed.duration, indexed.label_status) == (
+            full.units,
+            full.fps,
+            full.duration,
+            full.label_status,
+        )
+        assert (indexed.stage, indexed.task_status) == (full.stage, full.task_status)
+    assert len(lines) > 60
+
+
+def test_a_line_in_another_shape_is_parsed_whole_and_served_the_same(
+    fixture: Fixture, tmp_path: Path
+) -> None:
+    # Given the fixture rewritten with sorted keys and spaces (not the canonical shape)
+    import json
+
+    project_dir = tmp_path / fixture.project_hash
+    project_dir.mkdir()
+    (project_dir / "project.json").write_bytes(
+        (fixture.data_dir / fixture.project_hash / "project.json").read_bytes()
+    )
+    lines = [
+        json.dumps({"task_status": r.task_status, "stage": r.stage, "row": r.row}, sort_keys=True)
+        for r in fixture.rows
+    ]
+    (project_dir / "rows.jsonl").write_text("\n".join(lines) + "\n")
+
+    # When it is loaded and its rows read back
+    store = Store(load_fixture_dir(tmp_path))
+    records = [store.row(fixture.project_hash, r.label_hash) for r in fixture.rows]
+
+    # Then every row is served exactly as written, from memory
+    assert [orjson.loads(raw) for raw in store.row_bytes(records)] == [r.row for r in fixture.rows]
+    assert all(record.raw is not None for record in records)

@@ -535,14 +535,14 @@ class Emulator:
                         records = [store.row(project_hash, label_hash) for label_hash in uids]
                         if omit:
                             records = records[: max(0, len(records) - omit)]
-                        return _raw_rows(record.raw for record in records)
+                        return _raw_rows(store.row_bytes(records))
                     if operation[1] == "PUT":
                         branch = payload.get("branch_name") or MAIN_BRANCH
                         now = self.clock.now()
                         created = [
                             store.create_row(project_hash, data_hash, branch, now) for data_hash in uids
                         ]
-                        return _raw_rows(record.raw for record in created)
+                        return _raw_rows(store.row_bytes(created))
                     return self._save(store, project_hash, uids, payload)
             except StoreError as exc:
                 return _envelope_error(exc.code, str(exc))
@@ -772,7 +772,7 @@ class Emulator:
         return {"ok": True}
 
 
-def _raw_rows(raws: Any) -> Reply:
+def _raw_rows(raws: list[bytes]) -> Reply:
     # Rows are kept as their JSON bytes, so a 1000-row bundle is spliced, not re-serialised.
     body = b'{"status":200,"response":[' + b",".join(raws) + b"]}"
     return Reply(200, body, {"Content-Type": "application/json"})

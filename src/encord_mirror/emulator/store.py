@@ -14,7 +14,9 @@ Fixture format (written by `generate.py`, `testing.py` and others)::
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -74,6 +76,16 @@ class ConflictError(StoreError):
 
 class InvalidArgumentsError(StoreError):
     """A request's arguments are inconsistent (e.g. `include_all_label_branches` with `branch_name`)."""
+
+
+class FixtureChangedError(StoreError):
+    """A fixture file changed on disk after loading; its rows can only be served again after a reload."""
+
+    code = "UNKNOWN_ERROR"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} changed on disk since it was loaded; reload (POST /__emulator/reload)")
+        self.path = path
 
 
 class InvalidDateError(StoreError):
@@ -138,22 +150,33 @@ def like_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
 
 
+@dataclass(frozen=True, slots=True)
+class FixtureFile:
+    """A rows.jsonl that loaded rows are served from: read per request, so 100k rows cost no heap."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
 @dataclass(slots=True)
 class RowRecord:
-    """One label row (one data unit on one branch), kept as the JSON bytes it is served as."""
+    """One label row (one data unit on one branch) and where its served JSON bytes are.
+
+    Rows created or changed since loading hold their bytes in `raw`; fixture rows point into their file.
+    """
 
     label_hash: str
     branch: str
     data_hash: str
-    raw: bytes
     created_at: str | None
     last_edited_at: str | None
     edited: datetime | None
     label_status: str
-
-    def as_dict(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = orjson.loads(self.raw)
-        return loaded
+    raw: bytes | None = None
+    file: FixtureFile | None = None
+    offset: int = 0
+    length: int = 0
 
 
 @dataclass(slots=True)
@@ -176,6 +199,7 @@ class DataUnit:
     file_type: str | None = None
     is_shadow_data: bool = False
     branches: dict[str, RowRecord] = field(default_factory=dict)
+    ids: tuple[str, str] | None = None  # (task uuid, backing item uuid), derived on first listing
 
 
 @dataclass(slots=True)
@@ -188,12 +212,16 @@ class Project:
     stages: list[dict[str, Any]]
     data_units: dict[str, DataUnit] = field(default_factory=dict)
     rows: dict[str, RowRecord] = field(default_factory=dict)  # by label_hash
+    stage_map: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stage_map = {stage["title"]: stage for stage in self.stages}
 
     def stage_by_title(self, title: str) -> dict[str, Any]:
-        for stage in self.stages:
-            if stage["title"] == title:
-                return stage
-        raise NotFoundError("workflow stage", title)
+        try:
+            return self.stage_map[title]
+        except KeyError:
+            raise NotFoundError("workflow stage", title) from None
 
     def branch_names(self) -> list[str]:
         names = {record.branch for record in self.rows.values()}
@@ -258,66 +286,153 @@ class MetadataQuery:
         )
 
 
-def _row_record(row: dict[str, Any], where: Path, line: int) -> RowRecord:
+_REQUIRED_TOP = ("label_hash", "branch_name", "data_hash", "data_title", "data_type", "dataset_hash")
+
+
+@dataclass(slots=True)
+class _Indexed:
+    """The fields of a fixture line the emulator indexes: the row's top-level scalars, its first data unit's
+    scalars, its number of data units, fps and duration, plus the line's stage and task status."""
+
+    top: dict[str, Any]
+    unit: dict[str, Any]
+    units: int
+    fps: float | None
+    duration: float | None
+    label_status: str
+    stage: Any
+    task_status: Any
+
+
+def _number_after(line: bytes, key: bytes, start: int, end: int) -> Any:
+    at = line.rfind(key, start, end)
+    if at < 0:
+        return None
+    value_start = stop = at + len(key)
+    while stop < end and line[stop] not in b",}":
+        stop += 1
+    return orjson.loads(line[value_start:stop])
+
+
+def _scan_line(line: bytes) -> tuple[_Indexed, int, int] | None:
+    """Index a canonical line without parsing its labels (parsing whole rows makes 100k rows take ~15 s).
+
+    Canonical: `{"row":{...},"stage":...,"task_status":...}` with the row in `to_encord_dict()` key order, as
+    orjson writes it. Returns the fields and the row's byte span in the line, or None for any other shape (the
+    caller then parses the line whole). Unescaped `,"key":` sequences only occur as real keys in JSON.
+    """
+    start = len(b'{"row":')
+    if not line.startswith(b'{"row":{'):
+        return None
+    end = line.rfind(b',"stage":')
+    answers = line.find(b',"object_answers":', start, end)
+    status_at = line.rfind(b',"label_status":"', answers, end)
+    units_at = line.find(b',"data_units":{', answers, end)
+    if min(end, answers, status_at, units_at) < 0:
+        return None
+    unit_open = line.find(b'":{', units_at + len(b',"data_units":{'), end)
+    labels_at = line.find(b',"labels":', unit_open, end)
+    if min(unit_open, labels_at) < 0:
+        return None
     try:
-        label_hash = row["label_hash"]
-        branch = row["branch_name"]
-        data_hash = row["data_hash"]
-    except KeyError as exc:
-        raise FixtureError(where, f"row lacks {exc.args[0]!r}", line) from exc
+        trailer = orjson.loads(b"{" + line[end + 1 :])
+        top = orjson.loads(line[start:answers] + b"}")
+        unit = orjson.loads(line[unit_open + 2 : labels_at] + b"}")
+        status_start = status_at + len(b',"label_status":"')
+        label_status = line[status_start : line.index(b'"', status_start)].decode("ascii")
+        fps = _number_after(line, b'"data_fps":', units_at, end)
+        duration = _number_after(line, b'"data_duration":', units_at, end)
+    except (orjson.JSONDecodeError, ValueError):
+        return None
+    if not isinstance(trailer, dict) or set(trailer) != {"stage", "task_status"}:
+        return None
+    if not isinstance(top, dict) or not isinstance(unit, dict) or "data_type" not in unit:
+        return None
+    if any(key not in top for key in _REQUIRED_TOP):
+        return None
+    units = line.count(b'"data_sequence":', units_at, end)
+    indexed = _Indexed(
+        top, unit, units, fps, duration, label_status, trailer["stage"], trailer["task_status"]
+    )
+    return indexed, start, end
+
+
+def _index_row(row: dict[str, Any], stage: Any = None, task_status: Any = None) -> _Indexed:
+    units = list((row.get("data_units") or {}).values())
+    first: dict[str, Any] = units[0] if units and isinstance(units[0], dict) else {}
+    top = {key: value for key, value in row.items() if not isinstance(value, dict | list)}
+    return _Indexed(
+        top=top,
+        unit={key: value for key, value in first.items() if key != "labels"},
+        units=len(units),
+        fps=first.get("data_fps"),
+        duration=first.get("data_duration"),
+        label_status=str(row.get("label_status") or "LABEL_IN_PROGRESS"),
+        stage=stage,
+        task_status=task_status,
+    )
+
+
+def _record(indexed: _Indexed, where: Path, line: int) -> RowRecord:
+    top = indexed.top
+    label_hash, branch, data_hash = top.get("label_hash"), top.get("branch_name"), top.get("data_hash")
     if not label_hash or not branch or not data_hash:
         raise FixtureError(where, "row needs label_hash, branch_name and data_hash", line)
-    edited_text = row.get("last_edited_at")
+    edited_text = top.get("last_edited_at")
     try:
         edited = parse_timestamp(edited_text) if edited_text else None
     except InvalidDateError as exc:
         raise FixtureError(where, str(exc), line) from exc
     return RowRecord(
-        label_hash=label_hash,
-        branch=branch,
-        data_hash=data_hash,
-        raw=orjson.dumps(row),
-        created_at=row.get("created_at"),
+        label_hash=str(label_hash),
+        branch=str(branch),
+        data_hash=str(data_hash),
+        created_at=top.get("created_at"),
         last_edited_at=edited_text,
         edited=edited,
-        label_status=str(row.get("label_status") or "LABEL_IN_PROGRESS"),
+        label_status=indexed.label_status,
     )
 
 
-def _frames(
-    data_type: str, units: Sequence[dict[str, Any]], fps: float | None, duration: float | None
-) -> int:
+def _record_from_row(row: dict[str, Any], where: Path = Path("<store>"), line: int = 0) -> RowRecord:
+    record = _record(_index_row(row), where, line)
+    record.raw = orjson.dumps(row)
+    return record
+
+
+def _frames(data_type: str, units: int, fps: float | None, duration: float | None) -> int:
     if data_type == "IMG_GROUP":
-        return max(1, len(units))
+        return max(1, units)
     if data_type == "VIDEO" and fps and duration:
         exact = fps * duration
         return round(exact) if abs(exact - round(exact)) < 1e-6 else math.ceil(exact)
     return 1
 
 
-def _data_unit_from_row(row: dict[str, Any], stage: str, task_status: str) -> DataUnit:
-    data_type = str(row.get("data_type", "")).upper()
-    units = list((row.get("data_units") or {}).values())
-    first: dict[str, Any] = units[0] if units else {}
-    fps = first.get("data_fps")
-    duration = first.get("data_duration")
+def _data_unit(indexed: _Indexed, stage: str, task_status: str) -> DataUnit:
+    top, first = indexed.top, indexed.unit
+    data_type = str(top.get("data_type", "")).upper()
     return DataUnit(
-        data_hash=row["data_hash"],
-        data_title=row.get("data_title", ""),
+        data_hash=str(top["data_hash"]),
+        data_title=str(top.get("data_title", "")),
         data_type=data_type,
-        dataset_hash=row.get("dataset_hash", ""),
-        dataset_title=row.get("dataset_title", ""),
+        dataset_hash=str(top.get("dataset_hash", "")),
+        dataset_title=str(top.get("dataset_title", "")),
         stage=stage,
         task_status=task_status,
         width=first.get("width"),
         height=first.get("height"),
-        fps=fps,
-        duration=duration,
-        number_of_frames=_frames(data_type, units, fps, duration),
+        fps=indexed.fps,
+        duration=indexed.duration,
+        number_of_frames=_frames(data_type, indexed.units, indexed.fps, indexed.duration),
         data_link=None if data_type == "IMG_GROUP" else first.get("data_link"),
         file_type=None if data_type == "IMG_GROUP" else first.get("data_type"),
-        is_shadow_data=bool(row.get("is_shadow_data", False)),
+        is_shadow_data=bool(top.get("is_shadow_data", False)),
     )
+
+
+def _data_unit_from_row(row: dict[str, Any], stage: str, task_status: str) -> DataUnit:
+    return _data_unit(_index_row(row), stage, task_status)
 
 
 def _check_task_status(value: Any, where: Path, line: int) -> str:
@@ -350,36 +465,14 @@ def load_project(directory: Path) -> Project:
     rows_file = directory / "rows.jsonl"
     if rows_file.exists():
         with rows_file.open("rb") as handle:
+            stat = os.fstat(handle.fileno())
+            source = FixtureFile(rows_file, stat.st_size, stat.st_mtime_ns)
+            offset = 0
             for number, line in enumerate(handle, 1):
-                if not line.strip():
+                line_offset, offset = offset, offset + len(line)
+                if line.isspace():
                     continue
-                try:
-                    entry = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise FixtureError(rows_file, f"invalid JSON: {exc}", number) from exc
-                row = entry.get("row")
-                if not isinstance(row, dict):
-                    raise FixtureError(rows_file, "line has no 'row' object", number)
-                stage = entry.get("stage")
-                if stage not in titles:
-                    raise FixtureError(
-                        rows_file, f"unknown stage {stage!r} (stages: {sorted(titles)})", number
-                    )
-                task_status = _check_task_status(entry.get("task_status"), rows_file, number)
-                record = _row_record(row, rows_file, number)
-                if record.label_hash in project.rows:
-                    raise FixtureError(rows_file, f"duplicate label_hash {record.label_hash}", number)
-                unit = project.data_units.get(record.data_hash)
-                if unit is None:
-                    unit = project.data_units[record.data_hash] = _data_unit_from_row(row, stage, task_status)
-                elif record.branch in unit.branches:
-                    raise FixtureError(
-                        rows_file,
-                        f"two rows for data unit {record.data_hash} on branch {record.branch}",
-                        number,
-                    )
-                unit.branches[record.branch] = record
-                project.rows[record.label_hash] = record
+                _load_line(project, titles, line, source, line_offset, number)
 
     unlabelled_file = directory / "unlabelled.jsonl"
     if unlabelled_file.exists():
@@ -396,6 +489,42 @@ def load_project(directory: Path) -> Project:
                     raise FixtureError(unlabelled_file, f"data unit {unit.data_hash} also has rows", number)
                 project.data_units[unit.data_hash] = unit
     return project
+
+
+def _load_line(
+    project: Project, titles: set[str], line: bytes, source: FixtureFile, line_offset: int, number: int
+) -> None:
+    where = source.path
+    scanned = _scan_line(line)
+    if scanned is not None:
+        indexed, row_start, row_end = scanned
+        record = _record(indexed, where, number)
+        record.file, record.offset, record.length = source, line_offset + row_start, row_end - row_start
+    else:
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise FixtureError(where, f"invalid JSON: {exc}", number) from exc
+        row = entry.get("row") if isinstance(entry, dict) else None
+        if not isinstance(row, dict):
+            raise FixtureError(where, "line has no 'row' object", number)
+        indexed = _index_row(row, entry.get("stage"), entry.get("task_status"))
+        record = _record(indexed, where, number)
+        record.raw = orjson.dumps(row)
+    if indexed.stage not in titles:
+        raise FixtureError(where, f"unknown stage {indexed.stage!r} (stages: {sorted(titles)})", number)
+    task_status = _check_task_status(indexed.task_status, where, number)
+    if record.label_hash in project.rows:
+        raise FixtureError(where, f"duplicate label_hash {record.label_hash}", number)
+    unit = project.data_units.get(record.data_hash)
+    if unit is None:
+        unit = project.data_units[record.data_hash] = _data_unit(indexed, str(indexed.stage), task_status)
+    elif record.branch in unit.branches:
+        raise FixtureError(
+            where, f"two rows for data unit {record.data_hash} on branch {record.branch}", number
+        )
+    unit.branches[record.branch] = record
+    project.rows[record.label_hash] = record
 
 
 def _unlabelled_unit(item: dict[str, Any], titles: set[str], where: Path, line: int) -> DataUnit:
@@ -430,11 +559,18 @@ def load_fixture_dir(data_dir: Path) -> dict[str, Project]:
     """Every `DIR/<project_hash>/project.json` under `data_dir`, by project hash."""
     if not data_dir.is_dir():
         raise FixtureError(data_dir, "fixture directory does not exist")
-    return {
-        child.name: load_project(child)
-        for child in sorted(data_dir.iterdir())
-        if child.is_dir() and (child / "project.json").exists()
-    }
+    # Loading allocates millions of long-lived objects; the cyclic GC would rescan them over and over.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return {
+            child.name: load_project(child)
+            for child in sorted(data_dir.iterdir())
+            if child.is_dir() and (child / "project.json").exists()
+        }
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Store:
@@ -532,6 +668,12 @@ class Store:
     def _metadata_item(
         project: Project, unit: DataUnit, branch: str, record: RowRecord | None, with_stage: bool
     ) -> dict[str, Any]:
+        ids = unit.ids
+        if ids is None:
+            ids = unit.ids = (
+                stable_uuid("task", project.project_hash, unit.data_hash),
+                stable_uuid("item", unit.data_hash),
+            )
         item: dict[str, Any] = {
             "label_hash": record.label_hash if record else None,
             "created_at": record.created_at if record else None,
@@ -552,11 +694,11 @@ class Store:
             "height": unit.height,
             "width": unit.width,
             "spaces": {},
-            "task_uuid": stable_uuid("task", project.project_hash, unit.data_hash),
+            "task_uuid": ids[0],
             "priority": 0.5,
             "file_type": unit.file_type,
             "is_valid": True,
-            "backing_item_uuid": stable_uuid("item", unit.data_hash),
+            "backing_item_uuid": ids[1],
             "assigned_user_email": None,
             "last_actioned_by_user_email": None,
         }
@@ -566,6 +708,30 @@ class Store:
         return item
 
     # ---- label rows -----------------------------------------------------------------------------
+
+    @staticmethod
+    def row_bytes(records: Sequence[RowRecord]) -> list[bytes]:
+        """The served JSON bytes of each record, in order (fixture rows are read from their file)."""
+        out: list[bytes | None] = [record.raw for record in records]
+        by_file: dict[FixtureFile, list[int]] = {}
+        for index, record in enumerate(records):
+            if record.raw is None and record.file is not None:
+                by_file.setdefault(record.file, []).append(index)
+        for fixture_file, indexes in by_file.items():
+            try:
+                with fixture_file.path.open("rb") as handle:
+                    stat = os.fstat(handle.fileno())
+                    if (stat.st_size, stat.st_mtime_ns) != (fixture_file.size, fixture_file.mtime_ns):
+                        raise FixtureChangedError(fixture_file.path)
+                    for index in indexes:
+                        out[index] = os.pread(handle.fileno(), records[index].length, records[index].offset)
+            except FileNotFoundError as exc:
+                raise FixtureChangedError(fixture_file.path) from exc
+        return [raw if raw is not None else b"null" for raw in out]
+
+    def row_dict(self, record: RowRecord) -> dict[str, Any]:
+        loaded: dict[str, Any] = orjson.loads(self.row_bytes([record])[0])
+        return loaded
 
     def row(self, project_hash: str, label_hash: str) -> RowRecord:
         try:
@@ -652,7 +818,7 @@ class Store:
         if now is not None:
             stored["last_edited_at"] = format_long(now)
             stored.setdefault("created_at", stored["last_edited_at"])
-        probe = _row_record(stored, Path("<add_row>"), 0)
+        probe = _record_from_row(stored, Path("<add_row>"), 0)
         if probe.label_hash in project.rows:
             raise ConflictError(f"label row {probe.label_hash} already exists")
         unit = project.data_units.get(probe.data_hash)
@@ -669,7 +835,7 @@ class Store:
 
     def _put(self, project_hash: str, unit: DataUnit, row: dict[str, Any]) -> RowRecord:
         project = self.project(project_hash)
-        record = _row_record(row, Path("<store>"), 0)
+        record = _record_from_row(row)
         old = unit.branches.get(record.branch)
         if old is not None and old.label_hash != record.label_hash:
             project.rows.pop(old.label_hash, None)
@@ -692,7 +858,7 @@ class Store:
         unit = self.data_unit(project_hash, data_hash)
         unit.task_status = status
         for record in list(unit.branches.values()):
-            row = record.as_dict()
+            row = self.row_dict(record)
             if "annotation_task_status" in row:
                 row["annotation_task_status"] = status
                 self._put(project_hash, unit, row)
@@ -716,9 +882,11 @@ class Store:
         """Every live label row with its branch, stage and task status: the truth a mirror must reach."""
         project = self.project(project_hash)
         out: list[dict[str, Any]] = []
+        records: list[RowRecord] = []
         for unit in project.data_units.values():
             stage = project.stage_by_title(unit.stage)
             for branch, record in unit.branches.items():
+                records.append(record)
                 out.append(
                     {
                         "label_hash": record.label_hash,
@@ -729,9 +897,10 @@ class Store:
                         "stage_uuid": stage["uuid"],
                         "task_status": unit.task_status,
                         "last_edited_at": record.last_edited_at,
-                        "row": record.as_dict(),
                     }
                 )
+        for item, raw in zip(out, self.row_bytes(records), strict=True):
+            item["row"] = orjson.loads(raw)
         return out
 
     def unlabelled(self, project_hash: str) -> list[str]:
