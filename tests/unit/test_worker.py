@@ -322,18 +322,19 @@ class Killed(BaseException):
     """The worker process dies here (a Lambda timeout, a SIGKILL): nothing after it runs."""
 
 
-class DiesOnce:
-    """Wraps a method so that its first call kills the worker."""
+class FailsOnce:
+    """Wraps a method so that its first call raises `error` (Killed: the worker dies there)."""
 
-    def __init__(self, target: object, name: str) -> None:
+    def __init__(self, target: object, name: str, error: BaseException) -> None:
         self.original = getattr(target, name)
+        self.error = error
         self.calls = 0
         setattr(target, name, self)
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         self.calls += 1
         if self.calls == 1:
-            raise Killed
+            raise self.error
         return self.original(*args, **kwargs)
 
 
@@ -358,7 +359,7 @@ def test_a_worker_killed_mid_move_leaves_one_copy_after_redelivery(
     source.move(h, REVIEW)
     _run(state, clock, "run-2")
     # When the worker dies in the middle of the move
-    DiesOnce(lake if target == "lake" else state, method)
+    FailsOnce(lake if target == "lake" else state, method, Killed())
     with pytest.raises(Killed):
         _process(deps, _chunk([h], run_id="run-2"))
     # And the queue redelivers the chunk
@@ -367,3 +368,21 @@ def test_a_worker_killed_mid_move_leaves_one_copy_after_redelivery(
     assert _status(result) == {h: "moved"}
     assert list(lake.list_keys("labels/")) == [REVIEW_KEY.format(h)]
     assert state.get_index(PROJECT, h).key == REVIEW_KEY.format(h)  # type: ignore[union-attr]
+
+
+def test_a_row_whose_removal_fails_fails_alone(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given two synced rows, one since deleted in Encord, and a lake that cannot delete right now
+    a, b = source.add(2)
+    _run(state, clock)
+    _process(deps, _chunk([a, b]))
+    source.delete(a)
+    source.edit(b)
+    FailsOnce(lake, "delete", PermissionError("lake is read-only"))
+    _run(state, clock, "run-2")
+    # When a chunk holds both
+    result = _process(deps, _chunk([a, b], run_id="run-2"))
+    # Then the removal fails on its own and the edit is written
+    assert _status(result) == {a: "failed", b: "written"}
+    assert "PermissionError" in (result.outcomes[0].reason or "")

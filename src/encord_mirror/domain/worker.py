@@ -27,7 +27,6 @@ from encord_mirror.domain.models import (
 )
 from encord_mirror.domain.ports import PreconditionFailedError
 from encord_mirror.domain.rowdoc import (
-    CorruptRowError,
     build_document,
     encode_document,
     filter_features,
@@ -109,12 +108,17 @@ def _sync_rows(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: d
     by_hash = {r.meta.label_hash: r for r in loaded.loaded if r.meta.label_hash}
     for label_hash in msg.label_hashes:
         row = by_hash.get(label_hash)
-        if row is not None:
-            outcomes.append(_sync_one(row, config, deps, now))
-        elif label_hash in loaded.gone:
-            outcomes.append(_remove_one(msg.project_hash, label_hash, deps))
-        else:
-            outcomes.append(RowOutcome(label_hash, "failed", reason=_why_missing(label_hash, loaded)))
+        try:
+            if row is not None:
+                outcomes.append(_sync_one(row, config, deps, now))
+            elif label_hash in loaded.gone:
+                outcomes.append(_remove_one(msg.project_hash, label_hash, deps))
+            else:
+                outcomes.append(RowOutcome(label_hash, "failed", reason=_why_missing(label_hash, loaded)))
+        except Exception as exc:  # a poison row must not block the rest of its chunk
+            edited = row.meta.last_edited_at if row is not None else None
+            reason = f"{type(exc).__name__}: {exc}"
+            outcomes.append(RowOutcome(label_hash, "failed", last_edited_at=edited, reason=reason))
     return outcomes
 
 
@@ -130,65 +134,53 @@ def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datet
     if not config.selects(meta):
         # The row left the stage / status filter since it was planned: it no longer belongs in the lake.
         return _remove_one(project, label_hash, deps)
-    try:
-        labels = filter_features(
-            row.labels, config.object_feature_hashes, config.classification_feature_hashes
-        )
-        document, sha = build_document(row, labels, synced_at=now)
-        body = encode_document(document)
-        stage = stage_value(meta.stage_uuid, meta.stage_title)
-        key = label_key(project, meta.branch, stage, label_hash)
-        entry = deps.state.get_index(project, label_hash)
-        if entry is not None and _older(meta.last_edited_at, entry.last_edited_at):
-            return RowOutcome(
-                label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha
-            )
-        if entry is not None and entry.sha256 == sha and entry.key == key:
-            return RowOutcome(
-                label_hash, "unchanged", key=key, last_edited_at=meta.last_edited_at, sha256=sha
-            )
+    labels = filter_features(row.labels, config.object_feature_hashes, config.classification_feature_hashes)
+    document, sha = build_document(row, labels, synced_at=now)
+    body = encode_document(document)
+    stage = stage_value(meta.stage_uuid, meta.stage_title)
+    key = label_key(project, meta.branch, stage, label_hash)
+    entry = deps.state.get_index(project, label_hash)
+    if entry is not None and _older(meta.last_edited_at, entry.last_edited_at):
+        return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha)
+    if entry is not None and entry.sha256 == sha and entry.key == key:
+        return RowOutcome(label_hash, "unchanged", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
 
-        write = _conditional_put(deps, key, body, sha, meta.last_edited_at, entry)
-        if write.status == "stale":
-            return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
-        assert write.etag is not None
-        # The old copy goes before the index moves on: a worker killed between the two leaves an index
-        # that still points at the old key, so the redelivery redoes the move instead of skipping it.
-        old_key = entry.key if entry is not None and entry.key != key else None
-        if entry is not None and old_key is not None:
-            _delete_if_unchanged(deps, old_key, entry.etag)
-        new_entry = IndexEntry(
-            project_hash=project,
-            label_hash=label_hash,
-            data_hash=meta.data_hash,
-            branch=meta.branch,
-            key=key,
-            partition_stage=stage,
-            last_edited_at=meta.last_edited_at,
-            sha256=sha,
-            etag=write.etag,
-            synced_at=now,
-        )
-        if not deps.state.put_index(new_entry):
-            # A newer version reached the index first; if it lives elsewhere, our copy must not linger.
-            _drop_orphan(deps, project, label_hash, key, write.etag)
-            return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
-        if old_key is not None:
-            return RowOutcome(
-                label_hash, "moved", key=key, old_key=old_key, last_edited_at=meta.last_edited_at, sha256=sha
-            )
+    write = _conditional_put(deps, key, body, sha, meta.last_edited_at, entry)
+    if write.status == "stale":
+        return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
+    assert write.etag is not None
+    # The old copy goes before the index moves on: a worker killed between the two leaves an index
+    # that still points at the old key, so the redelivery redoes the move instead of skipping it.
+    old_key = entry.key if entry is not None and entry.key != key else None
+    if entry is not None and old_key is not None:
+        _delete_if_unchanged(deps, old_key, entry.etag)
+    new_entry = IndexEntry(
+        project_hash=project,
+        label_hash=label_hash,
+        data_hash=meta.data_hash,
+        branch=meta.branch,
+        key=key,
+        partition_stage=stage,
+        last_edited_at=meta.last_edited_at,
+        sha256=sha,
+        etag=write.etag,
+        synced_at=now,
+    )
+    if not deps.state.put_index(new_entry):
+        # A newer version reached the index first; if it lives elsewhere, our copy must not linger.
+        _drop_orphan(deps, project, label_hash, key, write.etag)
+        return RowOutcome(label_hash, "stale", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
+    if old_key is not None:
         return RowOutcome(
-            label_hash,
-            "written" if write.status == "written" else "unchanged",
-            key=key,
-            last_edited_at=meta.last_edited_at,
-            sha256=sha,
+            label_hash, "moved", key=key, old_key=old_key, last_edited_at=meta.last_edited_at, sha256=sha
         )
-    except (CorruptRowError, WriteContentionError) as exc:
-        return RowOutcome(label_hash, "failed", last_edited_at=meta.last_edited_at, reason=str(exc))
-    except Exception as exc:  # a poison row must not block the rest of its chunk
-        reason = f"{type(exc).__name__}: {exc}"
-        return RowOutcome(label_hash, "failed", last_edited_at=meta.last_edited_at, reason=reason)
+    return RowOutcome(
+        label_hash,
+        "written" if write.status == "written" else "unchanged",
+        key=key,
+        last_edited_at=meta.last_edited_at,
+        sha256=sha,
+    )
 
 
 def _older(a: datetime | None, b: datetime | None) -> bool:
