@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -171,7 +172,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {key: value for key, value in self.headers.items()}
-        reply = self.server.emulator.handle(self.command, self.path, headers, body)
+        try:
+            reply = self.server.emulator.handle(self.command, self.path, headers, body)
+        except Exception as exc:  # a bug in the emulator must reach the test as an answer, not a hang
+            traceback.print_exc()
+            reply = _json(500, {"message": f"emulator error: {exc!r}"})
         if reply.drop:
             self.close_connection = True
             return
@@ -642,6 +647,15 @@ class Emulator:
     # ---- control endpoints ----------------------------------------------------------------------
 
     def _control(self, method: str, target: str, body: bytes) -> Reply:
+        """`/__emulator/...`: JSON in and out, no auth, not logged. Errors are 400 / 404 / 409 with
+        `{"error", "message"}`. The endpoints (each handler's docstring says more; docs/emulator.md too):
+
+        GET /log[?clear=1], DELETE /log, GET /writes, POST /reload, GET|POST /clock, GET|POST|DELETE /faults,
+        GET|POST /rate-limit, GET|POST /date-mode, GET /projects, GET /projects/{p}/state,
+        POST /projects/{p}/data-units/{d}/stage, POST /projects/{p}/data-units/{d}/task-status,
+        DELETE /projects/{p}/data-units/{d}, POST /projects/{p}/label-rows,
+        PUT /projects/{p}/label-rows/{l}, DELETE /projects/{p}/label-rows/{l}.
+        """
         split = urlsplit(target)
         parts = [unquote(part) for part in split.path[len(CONTROL_PREFIX) :].strip("/").split("/") if part]
         query = parse_qs(split.query)
@@ -694,22 +708,27 @@ class Emulator:
             return sorted(self._store.projects)
 
     def _c_clear_log(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """DELETE /log: forget every logged request. -> {"cleared": true}"""
         self.clear_log()
         return {"cleared": True}
 
     def _c_reload(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """POST /reload: re-read DIR from disk, dropping every change (date mode kept). -> {"projects"}"""
         self.reload()
         return {"projects": self._project_list()}
 
     def _c_clear_faults(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """DELETE /faults: disarm every fault. -> {"faults": []}"""
         self.clear_faults()
         return {"faults": []}
 
     def _c_date_mode(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """POST /date-mode {"mode": "strict"|"inclusive"}: how edited_after/before compare. -> {"mode"}"""
         self.set_date_mode(spec["mode"])
         return {"mode": self.date_mode}
 
     def _c_get_log(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """GET /log[?clear=1]: every logged API request, oldest first (then cleared). -> {"requests"}"""
         with self._log_lock:
             requests = [dict(entry) for entry in self._log]
             if query.get("clear", ["0"])[0] in ("1", "true"):
@@ -717,6 +736,8 @@ class Emulator:
         return {"requests": requests}
 
     def _c_clock(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """POST /clock {"time": ISO|null} | {"offset_s": n} | {"advance_s": n}: fix the clock (null:
+        real UTC), run it at real time plus an offset, or move it on. -> {"now", "fixed", "offset_s"}"""
         if "offset_s" in spec:
             self.set_clock_offset(float(spec["offset_s"]))
         elif "advance_s" in spec:
@@ -727,11 +748,16 @@ class Emulator:
         return self.clock.describe()
 
     def _c_faults(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """POST /faults {kind, count, path, query_type, query_method, status, retry_after, latency_s, omit}
+        (or {"faults": [...]}): arm faults for the next matching API requests (see FaultRule).
+        -> {"faults": armed}"""
         for item in spec.get("faults", [spec]):
             self.faults.add(FaultRule.from_dict(item))
         return {"faults": self.faults.armed()}
 
     def _c_rate_limit(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """POST /rate-limit {"rate_per_s": n|null, "burst": 1, "retry_after": 1}: token bucket over API
+        requests, answering 429 + Retry-After when empty; null turns it off. -> the settings"""
         rate = spec.get("rate_per_s")
         self.set_rate_limit(
             None if rate is None else float(rate),
@@ -741,6 +767,8 @@ class Emulator:
         return self.rate_limiter.describe()
 
     def _c_projects_get(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """GET /projects -> {"projects": [hashes]}; GET /projects/{p}/state -> {"rows": Emulator.state(p),
+        "unlabelled": [data hashes without a main row]}"""
         if len(parts) == 1:
             return {"projects": self._project_list()}
         if len(parts) == 3 and parts[2] == "state":
@@ -748,6 +776,16 @@ class Emulator:
         raise KeyError(f"no control endpoint GET /{'/'.join(parts)}")
 
     def _c_projects_change(self, parts: list[str], spec: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        """Data changes the SDK cannot make (-> {"ok": true}):
+
+        POST /projects/{p}/data-units/{d}/stage {"stage": title}: move the task; last_edited_at unchanged.
+        POST /projects/{p}/data-units/{d}/task-status {"status": s}: set the task status.
+        DELETE /projects/{p}/data-units/{d}: remove the data unit and all its rows.
+        POST /projects/{p}/label-rows {"row", "stamp": true, "stage"?, "task_status"?}: add a (data unit,
+        branch) row, e.g. a consensus branch; 409 if that branch already has one.
+        PUT /projects/{p}/label-rows/{l} {"row"}: same as an SDK save (stamps the clock).
+        DELETE /projects/{p}/label-rows/{l}: delete one branch's row.
+        """
         shape = tuple(parts[2:3]) + tuple(parts[4:5])
         if len(parts) == 5 and shape == ("data-units", "stage"):
             self.move_stage(parts[1], parts[3], spec["stage"])
