@@ -10,7 +10,7 @@ from datetime import timedelta
 import orjson
 import pytest
 from conftest import Mirror
-from fakes import PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
+from fakes import CAR, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
 from encord_mirror.app.local_sync import run_local_sync
@@ -334,3 +334,27 @@ def test_a_sync_whose_finalize_fails_raises_and_frees_the_project(mirror: Mirror
     summary = mirror.sync()
     assert summary.ok
     assert_lake_matches(mirror, source)
+
+
+def test_configured_filters_shape_what_lands_in_the_lake(mirror: Mirror, source: FakeSource) -> None:
+    # Given rows in Annotate and Review, one of them completed, and a config that keeps completed
+    # Review rows only, with cars only
+    source.add(2)
+    source.add(2, stage=REVIEW, start=2)
+    source.row("label-0003").task_status = "COMPLETED"
+    config = MirrorConfig(
+        projects=(PROJECT,),
+        stage_include=("Review",),
+        task_statuses=("COMPLETED",),
+        object_feature_hashes=(CAR,),
+        classification_feature_hashes=(),
+    )
+    # When the project syncs
+    summary = mirror.sync(config).projects[0]
+    # Then only that row is initialised and written, with its cars and no classification
+    assert (summary.requested, summary.written) == (1, 1)
+    (key,) = mirror.label_keys()
+    document = orjson.loads(mirror.lake.get(key).body)  # type: ignore[union-attr]
+    assert key.endswith("stage=review-5a5a0002/label-0003.json")
+    assert [o["featureHash"] for o in document["data_units"]["data-0003"]["labels"]["objects"]] == [CAR]
+    assert document["classification_answers"] == {}
