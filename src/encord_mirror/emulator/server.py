@@ -298,6 +298,13 @@ class Emulator:
     def now(self) -> datetime:
         return self.clock.now()
 
+    def describe(self) -> str:
+        """`N project(s), M label rows` for logs."""
+        with self._lock:
+            projects = self._store.projects
+            rows = sum(len(project.rows) for project in projects.values())
+        return f"{len(projects)} project(s), {rows} label rows"
+
     def reload(self) -> None:
         """Re-read the fixture directory; every change made since loading is lost. Date mode is kept."""
         store = Store(load_fixture_dir(self.data_dir))
@@ -845,6 +852,12 @@ def serve_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     with emulator:
         print(emulator.url, flush=True)
+        print(
+            f"serving {emulator.describe()} from {args.data}; controls at {emulator.url}{CONTROL_PREFIX}/ "
+            f"({'no auth' if args.no_auth else f'{len(keys)} authorized key(s)'})",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop.wait(0.2):
             pass
     return 0
