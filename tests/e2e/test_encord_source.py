@@ -20,6 +20,7 @@ from encord_mirror.adapters.encord_source import (
     EncordProjectAccessError,
 )
 from encord_mirror.domain.models import BranchSelection, RowQuery
+from encord_mirror.domain.watermark import NaiveDatetimeError
 from encord_mirror.emulator.keys import generate_keypair
 from encord_mirror.emulator.server import Emulator
 from encord_mirror.emulator.testing import build_fixture
@@ -144,7 +145,7 @@ def test_list_rows_refuses_naive_datetimes_before_any_request(env: Env) -> None:
     env.emu.clear_log()
 
     # When / Then listing with it is refused and nothing is sent
-    with pytest.raises(ValueError, match="edited_after"):
+    with pytest.raises(NaiveDatetimeError, match="edited_after"):
         env.source.list_rows(env.project, RowQuery(edited_after=datetime(2025, 1, 1)))
     assert [e for e in env.emu.request_log() if e["query_type"] == "labelrowmetadata"] == []
 

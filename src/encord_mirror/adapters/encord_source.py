@@ -31,6 +31,7 @@ from encord.project import Project
 from encord.user_client import EncordUserClient
 
 from encord_mirror.domain.models import LoadedRow, LoadResult, ProjectInfo, RowMeta, RowQuery, Stage
+from encord_mirror.domain.watermark import require_utc
 
 UserClientFactory = Callable[[], EncordUserClient]
 
@@ -105,12 +106,8 @@ def _key_problem(exc: BaseException) -> str:
 
 
 def _aware_utc(value: datetime | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        # A naive datetime goes to Encord without an offset and means whatever the server thinks it means.
-        raise ValueError(f"{name} must be a timezone-aware datetime, got naive {value.isoformat()}")
-    return value.astimezone(UTC)
+    # A naive datetime would go to Encord without an offset and mean whatever the server takes it to mean.
+    return None if value is None else require_utc(value, name)
 
 
 def _utc_or_none(value: datetime | None) -> datetime | None:
