@@ -3,6 +3,15 @@
 Order matters: claim the run (exactly once), commit the watermark (held by open gaps), refresh the COCO
 snapshots of the touched partitions and announce them, then write the run manifest LAST and create-only,
 so a manifest's presence means the run's effects are all in place. The lease is released at the end.
+
+The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC):
+```
+{"run_id", "project_hash", "mode": "full" | "incremental", "started_at", "finished_at", "signpost",
+ "previous_watermark" (when planned), "watermark_before" (when finalized), "watermark" (committed),
+ "counts": {"written", "unchanged", "moved", "removed", "failed", "stale"}, "gaps_open", "chunks",
+ "unlabelled": [data hashes], "rows": [{"label_hash", "status", "key", "old_key", "last_edited_at",
+ "sha256", "reason"}], "snapshots": [{"snapshot_id", "branch", "stage"}], "errors": [...]}
+```
 """
 
 from __future__ import annotations
