@@ -10,6 +10,7 @@ from encord_mirror.domain.models import Gap
 from encord_mirror.domain.watermark import (
     NaiveDatetimeError,
     dedupe_key,
+    is_newer,
     listing_window,
     next_watermark,
     require_utc,
@@ -90,3 +91,8 @@ def test_the_mark_never_moves_backwards() -> None:
     # Then the mark stays where it is
     assert next_watermark(T, T + timedelta(minutes=5), gaps) == T
     assert next_watermark(T + timedelta(hours=1), T, []) == T + timedelta(hours=1)
+
+
+def test_an_unknown_version_time_counts_as_the_oldest() -> None:
+    assert is_newer(T, None) and not is_newer(None, T) and not is_newer(None, None)
+    assert is_newer(T + timedelta(microseconds=1), T) and not is_newer(T, T)

@@ -38,7 +38,7 @@ from encord_mirror.domain.models import (
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import PreconditionFailedError
-from encord_mirror.domain.watermark import next_watermark, require_utc
+from encord_mirror.domain.watermark import iso_utc, next_watermark, require_utc
 
 COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
 
@@ -167,10 +167,6 @@ def _refresh_snapshots(
     return events, errors
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else require_utc(value, "timestamp").isoformat()
-
-
 def _manifest(
     run: RunRecord,
     outcomes: list[RowOutcome],
@@ -185,12 +181,12 @@ def _manifest(
         "run_id": run.run_id,
         "project_hash": run.project_hash,
         "mode": "full" if run.full else "incremental",
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(now),
-        "signpost": _iso(run.signpost),
-        "previous_watermark": _iso(run.previous_watermark),
-        "watermark_before": _iso(before),
-        "watermark": _iso(after),
+        "started_at": iso_utc(run.started_at),
+        "finished_at": iso_utc(now),
+        "signpost": iso_utc(run.signpost),
+        "previous_watermark": iso_utc(run.previous_watermark),
+        "watermark_before": iso_utc(before),
+        "watermark": iso_utc(after),
         "counts": counts,
         "gaps_open": gaps_open,
         "chunks": len(run.chunk_ids),
@@ -201,7 +197,7 @@ def _manifest(
                 "status": o.status,
                 "key": o.key,
                 "old_key": o.old_key,
-                "last_edited_at": _iso(o.last_edited_at),
+                "last_edited_at": iso_utc(o.last_edited_at),
                 "sha256": o.sha256,
                 "reason": o.reason,
             }

@@ -26,7 +26,7 @@ from encord_mirror.domain.models import (
     RowQuery,
     RunRecord,
 )
-from encord_mirror.domain.watermark import dedupe_key, listing_window, require_utc
+from encord_mirror.domain.watermark import dedupe_key, is_newer, listing_window, require_utc
 
 SQS_BATCH = 10  # SendMessageBatch's limit
 _SEND_TRIES = 2
@@ -177,13 +177,9 @@ def _latest_versions(listed: list[RowMeta]) -> tuple[dict[str, RowMeta], set[str
             continue
         seen.add(key)
         current = rows.get(meta.label_hash)
-        if current is None or _newer(meta.last_edited_at, current.last_edited_at):
+        if current is None or is_newer(meta.last_edited_at, current.last_edited_at):
             rows[meta.label_hash] = meta
     return rows, unlabelled
-
-
-def _newer(a: datetime | None, b: datetime | None) -> bool:
-    return a is not None and (b is None or a > b)
 
 
 def _lake_holds(entry: IndexEntry, meta: RowMeta) -> bool:

@@ -23,7 +23,7 @@ import orjson
 
 from encord_mirror.domain.lake import stage_value
 from encord_mirror.domain.models import JsonDict, LoadedRow
-from encord_mirror.domain.watermark import require_utc
+from encord_mirror.domain.watermark import iso_utc
 
 MIRROR_KEY = "mirror"
 _UNHASHED = ("sha256", "synced_at")
@@ -100,10 +100,6 @@ def filter_features(
     return out
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else require_utc(value, "timestamp").isoformat()
-
-
 def content_sha256(document: JsonDict) -> str:
     """The sha256 of a lake object, leaving out `mirror.sha256` and `mirror.synced_at`."""
     mirror = {k: v for k, v in document.get(MIRROR_KEY, {}).items() if k not in _UNHASHED}
@@ -126,14 +122,14 @@ def build_document(row: LoadedRow, labels: JsonDict, *, synced_at: datetime) -> 
         "stage_uuid": meta.stage_uuid,
         "stage_title": meta.stage_title,
         "task_status": meta.task_status,
-        "last_edited_at": _iso(meta.last_edited_at),
+        "last_edited_at": iso_utc(meta.last_edited_at),
     }
     try:
         sha = content_sha256(document)
     except TypeError as exc:  # orjson refuses values JSON cannot carry
         raise CorruptRowError(meta.label_hash or meta.data_hash, f"not serialisable: {exc}") from exc
     document[MIRROR_KEY]["sha256"] = sha
-    document[MIRROR_KEY]["synced_at"] = _iso(synced_at)
+    document[MIRROR_KEY]["synced_at"] = iso_utc(synced_at)
     return document, sha
 
 

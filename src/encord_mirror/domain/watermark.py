@@ -35,6 +35,11 @@ def require_utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def iso_utc(value: datetime | None) -> str | None:
+    """How the lake writes a time: ISO 8601 in UTC (None stays None)."""
+    return None if value is None else require_utc(value, "timestamp").isoformat()
+
+
 def listing_window(
     watermark: datetime | None, signpost: datetime, overlap: timedelta
 ) -> tuple[datetime | None, datetime]:
@@ -47,8 +52,12 @@ def listing_window(
 
 def dedupe_key(label_hash: str, branch: str, last_edited_at: datetime | None) -> tuple[str, str, str]:
     """Two listings of the same version of a row share this key."""
-    stamp = "" if last_edited_at is None else require_utc(last_edited_at, "last_edited_at").isoformat()
-    return (label_hash, branch, stamp)
+    return (label_hash, branch, iso_utc(last_edited_at) or "")
+
+
+def is_newer(a: datetime | None, b: datetime | None) -> bool:
+    """Version time `a` is later than `b`; an unknown time counts as the oldest."""
+    return a is not None and (b is None or a > b)
 
 
 def next_watermark(previous: datetime | None, signpost: datetime, gaps: Iterable[Gap]) -> datetime | None:

@@ -32,7 +32,7 @@ from encord_mirror.domain.rowdoc import (
     filter_features,
     read_mirror,
 )
-from encord_mirror.domain.watermark import require_utc
+from encord_mirror.domain.watermark import is_newer, require_utc
 
 _CAS_TRIES = 5
 
@@ -140,7 +140,7 @@ def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datet
     stage = stage_value(meta.stage_uuid, meta.stage_title)
     key = label_key(project, meta.branch, stage, label_hash)
     entry = deps.state.get_index(project, label_hash)
-    if entry is not None and _older(meta.last_edited_at, entry.last_edited_at):
+    if entry is not None and is_newer(entry.last_edited_at, meta.last_edited_at):
         return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha)
     if entry is not None and entry.sha256 == sha and entry.key == key:
         return RowOutcome(label_hash, "unchanged", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
@@ -183,11 +183,6 @@ def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datet
     )
 
 
-def _older(a: datetime | None, b: datetime | None) -> bool:
-    """`a` is an older version than `b` (an unknown time counts as the oldest)."""
-    return b is not None and (a is None or a < b)
-
-
 def _conditional_put(
     deps: MirrorDeps, key: str, body: bytes, sha: str, edited: datetime | None, entry: IndexEntry | None
 ) -> _Write:
@@ -206,7 +201,7 @@ def _conditional_put(
         if mirror.get("sha256") == sha:
             return _Write("unchanged", current.etag)  # a duplicate delivery wrote the same version
         theirs = mirror.get("last_edited_at")
-        if isinstance(theirs, str) and _older(edited, datetime.fromisoformat(theirs)):
+        if isinstance(theirs, str) and is_newer(datetime.fromisoformat(theirs), edited):
             return _Write("stale", None)
         if_match = current.etag
     raise WriteContentionError(key)
