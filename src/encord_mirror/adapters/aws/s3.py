@@ -30,12 +30,13 @@ def _bare_etag(etag: str) -> str:
 class S3ObjectStore:
     """ObjectStore port over one bucket and key prefix. Encryption follows the bucket's default (SSE)."""
 
-    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+    def __init__(self, bucket: str, prefix: str, client: Any, *, page_size: int = 1000) -> None:
         if not bucket:
             raise ValueError("S3ObjectStore needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._client = client
+        self._page_size = page_size  # ListObjectsV2's own maximum; smaller only to test paging
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -89,7 +90,10 @@ class S3ObjectStore:
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self._page_size}
+        )
+        for page in pages:
             for item in page.get("Contents", []):
                 yield self._relative(str(item["Key"]))
 
