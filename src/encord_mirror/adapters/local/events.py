@@ -2,7 +2,7 @@
 
 ```
 {"source": "encord-mirror", "detail-type": "encord-mirror.snapshot.committed", "time": "<ISO 8601 UTC>",
- "detail": {"snapshot_id": ..., "project_hash": ..., "branch": ..., "stage": ..., ...the event's detail}}
+ "detail": {...the builder's detail, "snapshot_id", "project_hash", "branch", "stage"}}
 ```
 Lines are appended by compare-and-swap on the object, so concurrent publishers never lose a line.
 """
@@ -16,28 +16,21 @@ from pathlib import Path
 import orjson
 
 from encord_mirror.adapters.local.lake import LocalLake
+from encord_mirror.domain.codec import EVENT_SOURCE, SNAPSHOT_DETAIL_TYPE, snapshot_event_detail
 from encord_mirror.domain.models import SendReceipt, SnapshotEvent
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
+from encord_mirror.domain.watermark import iso_utc
 
 EVENTS_KEY = "events/events.jsonl"
-SOURCE = "encord-mirror"
-DETAIL_TYPE = "encord-mirror.snapshot.committed"
 _CAS_TRIES = 20
 
 
 def event_line(event: SnapshotEvent, now: datetime) -> bytes:
-    detail = {
-        "snapshot_id": event.snapshot_id,
-        "project_hash": event.project_hash,
-        "branch": event.branch,
-        "stage": event.stage,
-        **event.detail,
-    }
     entry = {
-        "source": SOURCE,
-        "detail-type": DETAIL_TYPE,
-        "time": now.astimezone(UTC).isoformat(),
-        "detail": detail,
+        "source": EVENT_SOURCE,
+        "detail-type": SNAPSHOT_DETAIL_TYPE,
+        "time": iso_utc(now),
+        "detail": snapshot_event_detail(event),
     }
     return orjson.dumps(entry) + b"\n"
 

@@ -13,14 +13,8 @@ from typing import Any
 
 import orjson
 
-from encord_mirror.domain.models import (
-    ChunkResult,
-    Gap,
-    IndexEntry,
-    RowOutcome,
-    RunProgress,
-    RunRecord,
-)
+from encord_mirror.domain.codec import outcomes_from_json, outcomes_to_json, run_from_json, run_to_json
+from encord_mirror.domain.models import ChunkResult, Gap, IndexEntry, RunProgress, RunRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL);
@@ -279,32 +273,11 @@ def _entry(row: tuple[Any, ...]) -> IndexEntry:
 
 
 def _run_blob(run: RunRecord) -> bytes:
-    return orjson.dumps(
-        {
-            "project_hash": run.project_hash,
-            "run_id": run.run_id,
-            "signpost": _ts(run.signpost),
-            "previous_watermark": _ts(run.previous_watermark),
-            "full": run.full,
-            "chunk_ids": list(run.chunk_ids),
-            "unlabelled": list(run.unlabelled),
-            "started_at": _ts(run.started_at),
-        }
-    )
+    return orjson.dumps(run_to_json(run))
 
 
 def _run_from(blob: bytes) -> RunRecord:
-    d = orjson.loads(blob)
-    return RunRecord(
-        project_hash=d["project_hash"],
-        run_id=d["run_id"],
-        signpost=_need_dt(d["signpost"]),
-        previous_watermark=_dt(d["previous_watermark"]),
-        full=d["full"],
-        chunk_ids=tuple(d["chunk_ids"]),
-        unlabelled=tuple(d["unlabelled"]),
-        started_at=_dt(d["started_at"]),
-    )
+    return run_from_json(orjson.loads(blob))
 
 
 def _chunk_blob(result: ChunkResult) -> bytes:
@@ -313,38 +286,11 @@ def _chunk_blob(result: ChunkResult) -> bytes:
             "run_id": result.run_id,
             "chunk_id": result.chunk_id,
             "final": result.final,
-            "outcomes": [
-                {
-                    "label_hash": o.label_hash,
-                    "status": o.status,
-                    "key": o.key,
-                    "old_key": o.old_key,
-                    "last_edited_at": _ts(o.last_edited_at),
-                    "sha256": o.sha256,
-                    "reason": o.reason,
-                }
-                for o in result.outcomes
-            ],
+            "outcomes": outcomes_to_json(result.outcomes),
         }
     )
 
 
 def _chunk_from(blob: bytes) -> ChunkResult:
     d = orjson.loads(blob)
-    return ChunkResult(
-        run_id=d["run_id"],
-        chunk_id=d["chunk_id"],
-        final=d["final"],
-        outcomes=tuple(
-            RowOutcome(
-                label_hash=o["label_hash"],
-                status=o["status"],
-                key=o["key"],
-                old_key=o["old_key"],
-                last_edited_at=_dt(o["last_edited_at"]),
-                sha256=o["sha256"],
-                reason=o["reason"],
-            )
-            for o in d["outcomes"]
-        ),
-    )
+    return ChunkResult(d["run_id"], d["chunk_id"], outcomes_from_json(d["outcomes"]), d["final"])

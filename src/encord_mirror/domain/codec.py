@@ -1,0 +1,80 @@
+"""JSON shapes shared by the adapters, so a run record, a chunk's outcomes or a snapshot event reads
+the same whichever store or sink holds it (times are ISO 8601 UTC)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from encord_mirror.domain.models import JsonDict, RowOutcome, RunRecord, SnapshotEvent
+from encord_mirror.domain.watermark import iso_utc
+
+EVENT_SOURCE = "encord-mirror"
+SNAPSHOT_DETAIL_TYPE = "encord-mirror.snapshot.committed"
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def snapshot_event_detail(event: SnapshotEvent) -> JsonDict:
+    """The `detail` of a "snapshot committed" event: the builder's detail, then the event's identity."""
+    return {
+        **event.detail,
+        "snapshot_id": event.snapshot_id,
+        "project_hash": event.project_hash,
+        "branch": event.branch,
+        "stage": event.stage,
+    }
+
+
+def run_to_json(run: RunRecord) -> JsonDict:
+    return {
+        "project_hash": run.project_hash,
+        "run_id": run.run_id,
+        "signpost": iso_utc(run.signpost),
+        "previous_watermark": iso_utc(run.previous_watermark),
+        "full": run.full,
+        "chunk_ids": list(run.chunk_ids),
+        "unlabelled": list(run.unlabelled),
+        "started_at": iso_utc(run.started_at),
+    }
+
+
+def run_from_json(data: JsonDict) -> RunRecord:
+    signpost = _time(data["signpost"])
+    assert signpost is not None, "a run record always has its signpost"
+    return RunRecord(
+        project_hash=data["project_hash"],
+        run_id=data["run_id"],
+        signpost=signpost,
+        previous_watermark=_time(data["previous_watermark"]),
+        full=bool(data["full"]),
+        chunk_ids=tuple(data["chunk_ids"]),
+        unlabelled=tuple(data["unlabelled"]),
+        started_at=_time(data["started_at"]),
+    )
+
+
+def outcomes_to_json(outcomes: Sequence[RowOutcome]) -> list[list[Any]]:
+    """Positional rows, not objects: a 1000-row chunk stays small."""
+    return [
+        [o.label_hash, o.status, o.key, o.old_key, iso_utc(o.last_edited_at), o.sha256, o.reason]
+        for o in outcomes
+    ]
+
+
+def outcomes_from_json(rows: Sequence[Sequence[Any]]) -> tuple[RowOutcome, ...]:
+    return tuple(
+        RowOutcome(
+            label_hash=label_hash,
+            status=status,
+            key=key,
+            old_key=old_key,
+            last_edited_at=_time(edited),
+            sha256=sha,
+            reason=reason,
+        )
+        for label_hash, status, key, old_key, edited, sha, reason in rows
+    )
