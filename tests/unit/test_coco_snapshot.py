@@ -384,3 +384,22 @@ def test_an_incremental_snapshot_has_the_content_of_a_full_rebuild() -> None:
     # Then both hold the same images and annotations, only numbered differently
     assert _normalised(incremental) == _normalised(full)
     assert len(incremental["annotations"]) == len(full["annotations"]) > 0
+
+
+def test_a_row_that_does_not_match_the_ontology_is_left_out_and_named() -> None:
+    # Given three rows, one of them holding an object whose feature hash the ontology lacks
+    lake = MemoryLake()
+    rows = _rows(3)
+    bad = rows[0]
+    bad["data_units"]["d-row-street"]["labels"]["objects"][0]["featureHash"] = "f-unknown"
+    hashes = [_write(lake, r) for r in rows]
+    # When the partition is refreshed
+    event = CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-a", now=NOW
+    )
+    # Then the snapshot holds the other rows and the manifest names the bad one and the feature hash
+    coco, manifest = _snapshot(lake)
+    assert sorted(manifest["rows"]) == sorted(hashes[1:])
+    assert "f-unknown" in manifest["changes"]["skipped"][bad["label_hash"]]
+    assert not any("d-row-street" in i["file_name"] for i in coco["images"])
+    assert event is not None and event.detail["changes"]["rows_skipped"] == 1

@@ -37,6 +37,7 @@ from encord_mirror.coco.convert import (
     ImageEntry,
     ImageKey,
     Ontology,
+    RowOntologyMismatchError,
     _Converter,
     info,
     make_converter,
@@ -174,15 +175,22 @@ class CocoSnapshotBuilder:
 
         rows_out: dict[str, _Fragment] = {}
         gone: set[str] = set()
+        skipped: dict[str, str] = {}
         for label_hash in touched:
             stored = self._lake.get(label_key(part.project_hash, part.branch, part.stage, label_hash))
             if stored is None:
                 gone.add(label_hash)
                 continue
             old = old_rows.get(label_hash)
-            rows_out[label_hash] = self._convert_row(
-                converter, orjson.loads(stored.body), stored.body, old.state() if old else None, counters
-            )
+            try:
+                rows_out[label_hash] = self._convert_row(
+                    converter, orjson.loads(stored.body), stored.body, old.state() if old else None, counters
+                )
+            except (RowOntologyMismatchError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                # One bad row must not hold back the partition's snapshot: it is left out and named in the
+                # manifest, and comes back when it is fixed (touched again) or the ontology changes.
+                gone.add(label_hash)
+                skipped[label_hash] = f"{type(exc).__name__}: {exc}"
 
         # What changed since the previous snapshot, by row and by annotation (only touched rows are parsed).
         added = sorted(h for h in rows_out if h not in old_records)
@@ -242,6 +250,7 @@ class CocoSnapshotBuilder:
                 "added": added,
                 "changed": changed,
                 "removed": removed,
+                "skipped": skipped,
                 "annotations_added": ann_added,
                 "annotations_changed": ann_changed,
                 "annotations_removed": ann_removed,
@@ -389,6 +398,7 @@ class CocoSnapshotBuilder:
                 "rows_added": len(changes["added"]),
                 "rows_changed": len(changes["changed"]),
                 "rows_removed": len(changes["removed"]),
+                "rows_skipped": len(changes.get("skipped") or {}),
                 "annotations_added": changes["annotations_added"],
                 "annotations_changed": changes["annotations_changed"],
                 "annotations_removed": changes["annotations_removed"],
