@@ -13,7 +13,7 @@ from fakes import ANNOTATE, PROJECT, REVIEW, Clock, FakeSource, RecordingQueue
 from encord_mirror.adapters.local import SqliteStateStore
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
-from encord_mirror.domain.models import BranchSelection, Gap, RowQuery
+from encord_mirror.domain.models import BranchSelection, Gap, IndexEntry, RowQuery
 from encord_mirror.domain.planner import plan
 
 CONFIG = MirrorConfig(projects=(PROJECT,))
@@ -237,3 +237,26 @@ def test_a_crash_while_planning_releases_the_lease(
         plan(PROJECT, CONFIG, deps)
     # Then the next run can take the lease at once
     assert state.acquire_lease(PROJECT, "next-run", clock(), 900)
+
+
+def test_a_large_incremental_listing_reads_the_index_in_one_scan_and_removes_nothing_unlisted(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given 1500 synced rows plus one more in the index that the incremental listing will not return
+    source.add(1501)
+    mirror.sync()
+    source.edit("label-1500", at=clock() - timedelta(days=1))
+    clock.advance(30)
+    point_reads: list[str] = []
+    original = state.get_index
+
+    def counted(project_hash: str, label_hash: str) -> IndexEntry | None:
+        point_reads.append(label_hash)
+        return original(project_hash, label_hash)
+
+    state.get_index = counted  # type: ignore[method-assign]
+    # When an incremental run re-lists the 1500 rows of its overlap
+    result = plan(PROJECT, CONFIG, deps)
+    # Then it did not read them one by one, skipped them all, and did not treat the unlisted row as deleted
+    assert point_reads == []
+    assert (result.full, result.skipped, result.removals, result.chunks) == (False, 1500, 0, 0)

@@ -30,6 +30,7 @@ from encord_mirror.domain.watermark import dedupe_key, is_newer, listing_window,
 
 SQS_BATCH = 10  # SendMessageBatch's limit
 _SEND_TRIES = 2
+_POINT_READS_MAX = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,9 @@ def _plan_run(
             )
 
     rows, unlabelled = _latest_versions(listed)
-    index = {e.label_hash: e for e in state.scan_index(project_hash)} if full else None
+    # One scan beats thousands of point reads (DynamoDB: a GetItem each) once a listing is large.
+    scan = full or len(rows) > _POINT_READS_MAX
+    index = {e.label_hash: e for e in state.scan_index(project_hash)} if scan else None
 
     work: list[RowMeta] = []
     removals: list[str] = []
@@ -120,7 +123,7 @@ def _plan_run(
                 resolved_gaps.append(label_hash)
             continue
         work.append(meta)
-    if index is not None:
+    if full and index is not None:
         removals.extend(h for h in index if h not in rows)
     # A gap that the listing no longer returns was deleted in Encord: the removal resolves it.
     removals.extend(h for h in gaps if h not in rows)
