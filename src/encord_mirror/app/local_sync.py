@@ -87,6 +87,7 @@ def run_local_sync(
     `events/events.jsonl` in the lake; `clock` (aware UTC) to the system clock."""
     say = progress or (lambda _msg: None)
     now = clock or (lambda: datetime.now(UTC))
+    sink = events if events is not None else JsonlEventSink(lake, clock=now)
     summaries = []
     for project_hash in config.projects:
         queue = LocalWorkQueue(workers=workers, max_attempts=config.max_attempts)
@@ -95,7 +96,7 @@ def run_local_sync(
             lake=lake,
             state=state,
             queue=queue,
-            events=events if events is not None else JsonlEventSink(lake, clock=now),
+            events=sink,
             snapshots=snapshots,
             clock=now,
         )
