@@ -120,7 +120,16 @@ def ontology_hash(project: ProjectInfo) -> str:
 
 
 class CocoSnapshotBuilder:
-    """The `SnapshotBuilder` port over any `ObjectStore`."""
+    """The `SnapshotBuilder` port over any `ObjectStore`.
+
+    `refresh` returns the event to announce (detail-type `encord-mirror.snapshot.committed`) with `detail`:
+    snapshot_id, project_hash, branch, stage, run_id, created_at, previous_snapshot_id, ontology_hash,
+    counts {rows, images, annotations}, changes {rows_added, rows_changed, rows_removed, rows_skipped,
+    annotations_added, annotations_changed, annotations_removed}, coco_uri, coco_sha256, manifest_uri.
+    The snapshot id is the event's idempotency key: a retried finalizer gets the same event back. With
+    `announce_min_annotations=N`, a snapshot with fewer than N added or changed annotations is committed
+    but not announced (None).
+    """
 
     def __init__(
         self, lake: ObjectStore, *, encord_compatible: bool, announce_min_annotations: int = 0
@@ -389,6 +398,10 @@ class CocoSnapshotBuilder:
         if changes["annotations_added"] + changes["annotations_changed"] < self._min:
             return None
         detail = {
+            "snapshot_id": manifest["snapshot_id"],
+            "project_hash": part.project_hash,
+            "branch": part.branch,
+            "stage": part.stage,
             "run_id": manifest["run_id"],
             "created_at": manifest["created_at"],
             "previous_snapshot_id": manifest["previous_snapshot_id"],
