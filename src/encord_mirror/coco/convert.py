@@ -241,7 +241,9 @@ def _row_frames(row: Mapping[str, Any]) -> Iterator[tuple[ImageKey, list[JsonDic
 DynamicLookup = Callable[[str, int, int], Mapping[str, Any] | None]
 
 
-class _Converter:
+class Converter:
+    """Turns one object of a row into a COCO annotation, in either mode (see the module docstring)."""
+
     def __init__(self, ontology: Ontology, *, encord_compatible: bool) -> None:
         self.ontology = ontology
         self.compatible = encord_compatible
@@ -518,7 +520,7 @@ def _bitmask_rle(bitmask: Mapping[str, Any]) -> tuple[JsonDict, list[float], flo
 
 
 def row_annotations(
-    converter: _Converter,
+    converter: Converter,
     row: Mapping[str, Any],
     images: Mapping[ImageKey, ImageEntry],
     image_id: Callable[[ImageKey], int],
@@ -545,9 +547,9 @@ def row_annotations(
     return out
 
 
-def make_converter(ontology: Mapping[str, Any] | Ontology, *, encord_compatible: bool) -> _Converter:
+def make_converter(ontology: Mapping[str, Any] | Ontology, *, encord_compatible: bool) -> Converter:
     index = ontology if isinstance(ontology, Ontology) else Ontology.from_dict(ontology)
-    return _Converter(index, encord_compatible=encord_compatible)
+    return Converter(index, encord_compatible=encord_compatible)
 
 
 def info(description: str | None) -> JsonDict:

@@ -34,11 +34,11 @@ import orjson
 
 from encord_mirror.coco.convert import (
     AnnotationEntry,
+    Converter,
     ImageEntry,
     ImageKey,
     Ontology,
     RowOntologyMismatchError,
-    _Converter,
     info,
     make_converter,
     row_annotations,
@@ -137,7 +137,7 @@ class CocoSnapshotBuilder:
         self._lake = lake
         self._compatible = encord_compatible
         self._min = announce_min_annotations
-        self._converters: dict[str, _Converter] = {}
+        self._converters: dict[str, Converter] = {}
 
     def refresh(
         self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
@@ -283,7 +283,7 @@ class CocoSnapshotBuilder:
         return self._event(part, manifest)
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _converter(self, project: ProjectInfo) -> _Converter:
+    def _converter(self, project: ProjectInfo) -> Converter:
         key = ontology_hash(project)
         if key not in self._converters:
             self._converters[key] = make_converter(
@@ -293,7 +293,7 @@ class CocoSnapshotBuilder:
 
     def _convert_row(
         self,
-        converter: _Converter,
+        converter: Converter,
         row: JsonDict,
         body: bytes,
         old: _RowState | None,
