@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from botocore.exceptions import ClientError
 
+from encord_mirror.domain.codec import outcomes_from_json, outcomes_to_json, run_from_json, run_to_json
 from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
@@ -61,10 +62,6 @@ def _micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
 def _from_iso(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
@@ -86,57 +83,19 @@ def _n(value: int) -> dict[str, str]:
 
 
 def _encode_run(run: RunRecord) -> bytes:
-    return orjson.dumps(
-        {
-            "project_hash": run.project_hash,
-            "run_id": run.run_id,
-            "signpost": _iso(run.signpost),
-            "previous_watermark": _iso(run.previous_watermark),
-            "full": run.full,
-            "chunk_ids": list(run.chunk_ids),
-            "unlabelled": list(run.unlabelled),
-            "started_at": _iso(run.started_at),
-        }
-    )
+    return orjson.dumps(run_to_json(run))
 
 
 def _decode_run(raw: bytes) -> RunRecord:
-    data = orjson.loads(raw)
-    return RunRecord(
-        project_hash=data["project_hash"],
-        run_id=data["run_id"],
-        signpost=_require_iso(data["signpost"]),
-        previous_watermark=_from_iso(data["previous_watermark"]),
-        full=bool(data["full"]),
-        chunk_ids=tuple(data["chunk_ids"]),
-        unlabelled=tuple(data["unlabelled"]),
-        started_at=_from_iso(data["started_at"]),
-    )
+    return run_from_json(orjson.loads(raw))
 
 
 def _encode_outcomes(outcomes: Sequence[RowOutcome]) -> bytes:
-    # Positional rows instead of objects: a 1000-row chunk stays small before compression too.
-    return orjson.dumps(
-        [
-            [o.label_hash, o.status, o.key, o.old_key, _iso(o.last_edited_at), o.sha256, o.reason]
-            for o in outcomes
-        ]
-    )
+    return orjson.dumps(outcomes_to_json(outcomes))
 
 
 def _decode_outcomes(raw: bytes) -> tuple[RowOutcome, ...]:
-    return tuple(
-        RowOutcome(
-            label_hash=label_hash,
-            status=status,
-            key=key,
-            old_key=old_key,
-            last_edited_at=_from_iso(edited),
-            sha256=sha,
-            reason=reason,
-        )
-        for label_hash, status, key, old_key, edited, sha, reason in orjson.loads(raw)
-    )
+    return outcomes_from_json(orjson.loads(raw))
 
 
 class DynamoStateStore:

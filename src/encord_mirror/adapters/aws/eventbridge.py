@@ -8,23 +8,16 @@ from typing import Any
 import orjson
 from botocore.exceptions import ClientError
 
+from encord_mirror.domain.codec import EVENT_SOURCE, SNAPSHOT_DETAIL_TYPE, snapshot_event_detail
 from encord_mirror.domain.models import SendReceipt, SnapshotEvent
 
-DETAIL_TYPE = "encord-mirror.snapshot.committed"
-SOURCE = "encord-mirror"
+DETAIL_TYPE = SNAPSHOT_DETAIL_TYPE
+SOURCE = EVENT_SOURCE
 PUT_EVENTS_MAX = 10
 
 
 def event_detail(event: SnapshotEvent) -> str:
-    return orjson.dumps(
-        {
-            **event.detail,
-            "snapshot_id": event.snapshot_id,
-            "project_hash": event.project_hash,
-            "branch": event.branch,
-            "stage": event.stage,
-        }
-    ).decode()
+    return orjson.dumps(snapshot_event_detail(event)).decode()
 
 
 class EventBridgeSink:
