@@ -48,7 +48,6 @@ from encord_mirror.domain.lake import label_key, latest_key, partition_prefix, s
 from encord_mirror.domain.models import JsonDict, Partition, PartitionChanges, ProjectInfo, SnapshotEvent
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
-DETAIL_TYPE = "encord-mirror.snapshot.committed"
 ROWS_FILE = "rows.tsv"
 
 
@@ -122,7 +121,8 @@ def ontology_hash(project: ProjectInfo) -> str:
 class CocoSnapshotBuilder:
     """The `SnapshotBuilder` port over any `ObjectStore`.
 
-    `refresh` returns the event to announce (detail-type `encord-mirror.snapshot.committed`) with `detail`:
+    `refresh` returns the event to announce (detail-type `encord-mirror.snapshot.committed`, see
+    `domain.codec`) with `detail`:
     snapshot_id, project_hash, branch, stage, run_id, created_at, previous_snapshot_id, ontology_hash,
     counts {rows, images, annotations}, changes {rows_added, rows_changed, rows_removed, rows_skipped,
     annotations_added, annotations_changed, annotations_removed}, coco_uri, coco_sha256, manifest_uri.
