@@ -228,6 +228,16 @@ def test_all_branches_mirrors_consensus_branches_including_a_new_one(mirror: Mir
     assert any("branch=consensus-2/" in k for k in mirror.lake.list_keys("labels/"))
 
 
+def test_a_named_branch_mirrors_only_that_branch(mirror: Mirror) -> None:
+    # When sync mirrors the consensus branch alone
+    run = mirror.sync("--branch", CONSENSUS_BRANCH)
+
+    # Then the lake holds that branch's rows and nothing of main
+    assert run.code == 0, run.out + run.err
+    mirror.assert_in_step(BranchSelection("named", CONSENSUS_BRANCH))
+    assert not any("branch=main/" in k for k in mirror.lake.list_keys("labels/"))
+
+
 def test_unlabelled_rows_are_recorded_in_the_manifest_and_never_initialised(mirror: Mirror) -> None:
     # Given a data unit without a label row on main
     unlabelled = mirror.emu.unlabelled(mirror.project)

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,7 @@ from encord_mirror.adapters.encord_source import (
     EncordProjectAccessError,
     EncordSourceError,
 )
+from encord_mirror.adapters.local import LocalQueueError
 from encord_mirror.app.local_sync import ProjectSummary, SyncSummary, run_local_sync
 from encord_mirror.cli import CliError
 from encord_mirror.domain.config import ConfigError, MirrorConfig
@@ -198,7 +200,7 @@ def execute_sync(
     """The one code path of `sync` and `demo`: check access to every project, then sync them.
 
     Raises `CliError` for what the user must fix (key, domain, project access) and `SyncAbortedError`
-    when Encord failed mid-run (the watermark did not move; run again).
+    when Encord failed mid-run (the watermark moves only when a run completes; run again).
     """
     for project_hash in config.projects:
         try:
@@ -223,6 +225,9 @@ def execute_sync(
         raise CliError(str(exc)) from None
     except EncordApiError as exc:
         raise SyncAbortedError(str(exc)) from None
+    except LocalQueueError as exc:
+        # A chunk or the finalizer crashed (a bug, or a lake/state failure): say so without a traceback.
+        raise SyncAbortedError(f"a sync step failed: {exc}") from exc
 
 
 def sync_main(args: argparse.Namespace) -> int:
@@ -247,7 +252,13 @@ def sync_main(args: argparse.Namespace) -> int:
         )
     except SyncAbortedError as exc:
         print(f"encord-mirror: sync stopped: {exc}", file=sys.stderr)
-        print("Nothing is lost: the watermark did not move; the next run starts from it.", file=sys.stderr)
+        print(
+            "Nothing is lost: the watermark moves only when a run completes; run sync again.", file=sys.stderr
+        )
+        if exc.__cause__ is not None and os.environ.get("ENCORD_MIRROR_DEBUG"):
+            traceback.print_exception(exc.__cause__)
+        elif exc.__cause__ is not None:
+            print("Set ENCORD_MIRROR_DEBUG=1 to see the traceback.", file=sys.stderr)
         return 1
     print(format_summary(summary, target, state))
     return 0 if summary.ok else 1
