@@ -31,17 +31,23 @@ test-unit: dev
 	$(RUN) pytest -q tests/unit
 
 lint: dev
-	$(RUN) ruff check src tests functions
-	$(RUN) ruff format --check src tests functions
+	$(RUN) ruff check src tests functions benchmarks
+	$(RUN) ruff format --check src tests functions benchmarks
 	$(RUN) mypy
 
 bench: dev
-	$(RUN) python -m benchmarks
+	$(RUN) python -m benchmarks $(BENCH_ARGS)
 
-build: dev
+# aws-sam-cli pins its own dependencies: it lives in a venv of its own, not in the project's.
+SAM := $(TOOLS)/sam/bin/sam
+$(SAM):
+	$(PYTHON) -m venv $(TOOLS)/sam
+	$(TOOLS)/sam/bin/pip install --quiet aws-sam-cli==1.170.0
+
+build: dev $(SAM)
 	$(RUN) python -m encord_mirror.build_layer
-	$(RUN) sam validate --lint
-	$(RUN) sam build
+	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint
+	SAM_CLI_TELEMETRY=0 $(SAM) build
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache .mypy_cache .ruff_cache
