@@ -10,8 +10,10 @@ def register(sub: Any) -> None:
     coco = sub.add_parser("coco", help="COCO conversion and snapshots")
     coco_sub = coco.add_subparsers(dest="coco_command", required=True, metavar="SUBCOMMAND")
 
-    conv = coco_sub.add_parser("convert", help="convert an Encord JSON export (a list of label rows) to COCO")
-    conv.add_argument("rows", metavar="ROWS.json", help="JSON list of label rows as to_encord_dict() gives them")
+    conv = coco_sub.add_parser("convert", help="convert an Encord JSON export (a list of label rows)")
+    conv.add_argument(
+        "rows", metavar="ROWS.json", help="JSON list of label rows as to_encord_dict() gives them"
+    )
     conv.add_argument("--ontology", required=True, help="ontology JSON (OntologyStructure.to_dict())")
     conv.add_argument("--out", required=True, help="where to write the COCO JSON")
     conv.add_argument(

@@ -7,11 +7,13 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    emu = sub.add_parser("emulator", help="run or feed the local Encord API emulator (tests, demo, bench)")
+    emu = sub.add_parser("emulator", help="the local Encord API emulator (tests, demo, bench)")
     emu_sub = emu.add_subparsers(dest="emulator_command", required=True, metavar="SUBCOMMAND")
 
     serve = emu_sub.add_parser("serve", help="serve a fixture directory as the Encord API until stopped")
-    serve.add_argument("--data", required=True, help="fixture directory (DIR/<project_hash>/project.json ...)")
+    serve.add_argument(
+        "--data", required=True, help="fixture directory (DIR/<project_hash>/project.json ...)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     serve.add_argument(
@@ -21,7 +23,7 @@ def register(sub: Any) -> None:
         metavar="PUBFILE",
         help="OpenSSH ed25519 public key allowed to call the API (repeatable)",
     )
-    serve.add_argument("--no-auth", action="store_true", help="accept every request without checking signatures")
+    serve.add_argument("--no-auth", action="store_true", help="accept any request unsigned")
     serve.set_defaults(func=_serve)
 
     gen = emu_sub.add_parser("generate", help="write a synthetic fixture directory")
