@@ -12,7 +12,12 @@ def register(sub: Any) -> None:
     sync.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
     sync.add_argument("--ssh-key", required=True, metavar="FILE", help="Encord ed25519 private key file")
     sync.add_argument("--encord-domain", default=None, metavar="URL", help="Encord API domain")
-    sync.add_argument("--state", default=None, metavar="PATH", help="SQLite state file")
+    sync.add_argument(
+        "--state",
+        default=None,
+        metavar="PATH",
+        help="SQLite state file (default: LAKE/.mirror-state.sqlite; for S3: ~/.cache/encord-mirror/)",
+    )
     sync.add_argument("--full", action="store_true", help="reconcile: list all rows and diff with the index")
     sync.add_argument("--workers", type=int, default=4)
     sync.add_argument("--bundle-size", type=int, default=100)
