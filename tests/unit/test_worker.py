@@ -80,9 +80,11 @@ def test_a_duplicated_chunk_leaves_the_lake_byte_identical(
     # When the same chunk is delivered again, later
     clock.advance(600)
     again = _process(deps, _chunk(hashes))
-    # Then nothing is rewritten: not even the sync time changes
-    assert set(_status(again).values()) == {"unchanged"}
+    # Then nothing is rewritten, not even the sync time
     assert _lake_bytes(lake) == before
+    # and the duplicate reports what the chunk did (once), so a ledger that keeps the last record of a
+    # chunk still counts the rows as written in the run's manifest
+    assert set(_status(again).values()) == {"written"}
 
 
 def test_unchanged_content_is_not_rewritten(
@@ -386,3 +388,32 @@ def test_a_row_whose_removal_fails_fails_alone(
     # Then the removal fails on its own and the edit is written
     assert _status(result) == {a: "failed", b: "written"}
     assert "PermissionError" in (result.outcomes[0].reason or "")
+
+
+def test_a_duplicate_of_a_move_still_reports_the_move(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a row moved by run 2's chunk
+    (h,) = source.add(1)
+    _run(state, clock)
+    _process(deps, _chunk([h]))
+    clock.advance(60)
+    source.move(h, REVIEW)
+    _run(state, clock, "run-2")
+    _process(deps, _chunk([h], run_id="run-2"))
+    # When the same chunk is delivered again (an SQS duplicate: same attempt number)
+    again = _process(deps, _chunk([h], run_id="run-2"))
+    # Then it reports the move with its old key, so the old partition's snapshot still learns of it
+    (outcome,) = again.outcomes
+    assert (outcome.status, outcome.old_key) == ("moved", ANNOTATE_KEY.format(h))
+
+
+def test_a_row_synced_by_an_earlier_run_is_reported_unchanged(
+    source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    (h,) = source.add(1)
+    _run(state, clock)
+    _process(deps, _chunk([h]))
+    clock.advance(60)
+    _run(state, clock, "run-2")
+    assert _status(_process(deps, _chunk([h], run_id="run-2"))) == {h: "unchanged"}

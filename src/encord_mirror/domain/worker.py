@@ -35,6 +35,9 @@ from encord_mirror.domain.rowdoc import (
 from encord_mirror.domain.watermark import is_newer, require_utc
 
 _CAS_TRIES = 5
+SYNCED_IN_THIS_RUN = "already synced since this run began"
+NOT_IN_LAKE = "not in the lake"
+_MAYBE_EARLIER = (SYNCED_IN_THIS_RUN, NOT_IN_LAKE)
 
 
 class WriteContentionError(Exception):
@@ -55,14 +58,16 @@ def process_chunk(
     msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, *, attempt: int, max_attempts: int
 ) -> ChunkResult:
     now = require_utc(deps.clock(), "clock")
+    state = deps.state
+    run = state.get_run(msg.project_hash, msg.run_id)
+    signpost = run.signpost if run is not None else None
     outcomes: list[RowOutcome] = []
     if msg.label_hashes:
-        outcomes.extend(_sync_rows(msg, config, deps, now))
+        outcomes.extend(_sync_rows(msg, config, deps, now, signpost))
     if msg.removals:
-        outcomes.extend(_remove_rows(msg, deps))
+        outcomes.extend(_remove_rows(msg, deps, signpost))
 
-    state = deps.state
-    if attempt > 1:
+    if attempt > 1 or any(o.status == "unchanged" and o.reason in _MAYBE_EARLIER for o in outcomes):
         outcomes = _keep_earlier_effects(
             outcomes, state.chunk_results(msg.project_hash, msg.run_id), msg.chunk_id
         )
@@ -88,8 +93,10 @@ def process_chunk(
 def _keep_earlier_effects(
     outcomes: list[RowOutcome], recorded: list[ChunkResult], chunk_id: str
 ) -> list[RowOutcome]:
-    """A redelivery finds the rows an earlier attempt already wrote "unchanged"; the run's counts and
-    manifest should still say what this chunk did to them, so the earlier effect is kept."""
+    """A redelivery or a duplicate finds the rows an earlier delivery already wrote "unchanged"; the run's
+    counts, manifest and touched partitions should still say what this chunk did, whichever record of
+    the chunk the ledger keeps, so the earlier effect is carried over. Only read when there is a sign
+    of an earlier delivery: a retry, a row synced since the run began, a removal with nothing left."""
     earlier = next((r for r in recorded if r.chunk_id == chunk_id), None)
     if earlier is None:
         return outcomes
@@ -97,7 +104,9 @@ def _keep_earlier_effects(
     return [effects.get(o.label_hash, o) if o.status == "unchanged" else o for o in outcomes]
 
 
-def _sync_rows(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: datetime) -> list[RowOutcome]:
+def _sync_rows(
+    msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: datetime, signpost: datetime | None
+) -> list[RowOutcome]:
     try:
         loaded = deps.source.load_rows(msg.project_hash, msg.label_hashes, bundle_size=config.bundle_size)
     except Exception as exc:  # a 429 storm or an outage: every row of the chunk retries
@@ -110,7 +119,7 @@ def _sync_rows(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: d
         row = by_hash.get(label_hash)
         try:
             if row is not None:
-                outcomes.append(_sync_one(row, config, deps, now))
+                outcomes.append(_sync_one(row, config, deps, now, signpost))
             elif label_hash in loaded.gone:
                 outcomes.append(_remove_one(msg.project_hash, label_hash, deps))
             else:
@@ -126,7 +135,9 @@ def _why_missing(label_hash: str, loaded: LoadResult) -> str:
     return loaded.failed.get(label_hash, "left uninitialised: missing from the bundle response")
 
 
-def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datetime) -> RowOutcome:
+def _sync_one(
+    row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datetime, signpost: datetime | None
+) -> RowOutcome:
     meta = row.meta
     label_hash = meta.label_hash
     assert label_hash is not None
@@ -143,7 +154,15 @@ def _sync_one(row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datet
     if entry is not None and is_newer(entry.last_edited_at, meta.last_edited_at):
         return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha)
     if entry is not None and entry.sha256 == sha and entry.key == key:
-        return RowOutcome(label_hash, "unchanged", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
+        earlier = signpost is not None and entry.synced_at >= signpost
+        return RowOutcome(
+            label_hash,
+            "unchanged",
+            key=key,
+            last_edited_at=meta.last_edited_at,
+            sha256=sha,
+            reason=SYNCED_IN_THIS_RUN if earlier else None,
+        )
 
     write = _conditional_put(deps, key, body, sha, meta.last_edited_at, entry)
     if write.status == "stale":
@@ -221,14 +240,11 @@ def _delete_if_unchanged(deps: MirrorDeps, key: str, etag: str) -> None:
         deps.lake.delete(key)
 
 
-def _remove_rows(msg: ChunkMessage, deps: MirrorDeps) -> list[RowOutcome]:
-    run = deps.state.get_run(msg.project_hash, msg.run_id)
+def _remove_rows(msg: ChunkMessage, deps: MirrorDeps, signpost: datetime | None) -> list[RowOutcome]:
     outcomes = []
     for label_hash in msg.removals:
         try:
-            outcomes.append(
-                _remove_one(msg.project_hash, label_hash, deps, not_after=run.signpost if run else None)
-            )
+            outcomes.append(_remove_one(msg.project_hash, label_hash, deps, not_after=signpost))
         except Exception as exc:
             outcomes.append(
                 RowOutcome(label_hash, "failed", reason=f"remove failed: {type(exc).__name__}: {exc}")
@@ -246,7 +262,7 @@ def _remove_one(
     """
     entry = deps.state.get_index(project, label_hash)
     if entry is None:
-        return RowOutcome(label_hash, "unchanged", reason="not in the lake")
+        return RowOutcome(label_hash, "unchanged", reason=NOT_IN_LAKE)
     if not_after is not None and entry.last_edited_at is not None and entry.last_edited_at > not_after:
         return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=entry.last_edited_at)
     deps.lake.delete(entry.key)
