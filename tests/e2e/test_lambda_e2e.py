@@ -383,11 +383,6 @@ def test_duplicated_and_reordered_chunks_leave_the_lake_as_one_delivery_would(de
     assert deployment.state.get_watermark(deployment.project) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the ledger keeps the LAST record of a chunk, so a duplicate delivery's 'unchanged' "
-    "outcomes replace the first delivery's 'written' ones in the run manifest's counts",
-)
 def test_manifest_counts_what_the_run_wrote_despite_a_duplicate_delivery(deployment: Deployment) -> None:
     # Given the first run's chunks delivered twice
     response = deployment.schedule()
