@@ -24,6 +24,13 @@ def register(sub: Any) -> None:
     branches = sync.add_mutually_exclusive_group()
     branches.add_argument("--branch", default=None, metavar="NAME", help="this branch only")
     branches.add_argument("--all-branches", action="store_true", help="mirror every consensus branch")
+    sync.add_argument(
+        "--coco",
+        choices=("corrected", "encord-compatible", "off"),
+        default="corrected",
+        help="COCO snapshots per branch and stage: with the converter's corrections (default), exactly as "
+        "Encord's CocoExporter, or none",
+    )
     sync.set_defaults(func=_sync)
 
     demo = sub.add_parser("demo", help="end-to-end demo on an emulated project and a local lake")

@@ -264,6 +264,8 @@ def deployment(
             "CLASSIFICATION_FEATURE_HASHES": "",
             "MAX_ATTEMPTS": str(resources.max_receive_count),
             "LEASE_TTL_SECONDS": "900",
+            "COCO_MODE": "corrected",
+            "ANNOUNCE_MIN_ANNOTATIONS": "0",
             "POWERTOOLS_SERVICE_NAME": "encord-mirror",
             "POWERTOOLS_METRICS_NAMESPACE": "EncordMirrorTest",
             "POWERTOOLS_LOG_LEVEL": "WARNING",

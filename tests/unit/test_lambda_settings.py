@@ -31,6 +31,8 @@ GOOD = {
     "CLASSIFICATION_FEATURE_HASHES": "c1,c2",
     "MAX_ATTEMPTS": "5",
     "LEASE_TTL_SECONDS": "900",
+    "COCO_MODE": "corrected",
+    "ANNOUNCE_MIN_ANNOTATIONS": "0",
     "POWERTOOLS_SERVICE_NAME": "encord-mirror",
     "POWERTOOLS_METRICS_NAMESPACE": "EncordMirror",
     "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -64,6 +66,8 @@ def test_named_branch_mode_takes_the_branch_name() -> None:
         ("BRANCH_MODE", "some"),
         ("ENCORD_KEY_SECRET_ARN", "encord-key"),
         ("WORK_QUEUE_URL", "work"),
+        ("COCO_MODE", "fast"),
+        ("ANNOUNCE_MIN_ANNOTATIONS", "-1"),
     ],
 )
 def test_bad_value_names_its_variable(variable: str, value: str) -> None:

@@ -27,9 +27,9 @@ from encord_mirror.app.sync_command import (
     format_summary,
     open_state,
     open_target,
-    snapshot_builder,
 )
 from encord_mirror.cli import CliError
+from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.ports import StateStore
 

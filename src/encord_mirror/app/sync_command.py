@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import os
 import sqlite3
 import sys
@@ -40,6 +39,7 @@ from encord_mirror.adapters.encord_source import (
 from encord_mirror.adapters.local import LocalQueueError
 from encord_mirror.app.local_sync import ProjectSummary, SyncSummary, run_local_sync
 from encord_mirror.cli import CliError
+from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import ConfigError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection
 from encord_mirror.domain.ports import LabelSource, ObjectStore, SnapshotBuilder, StateStore
@@ -167,18 +167,6 @@ def open_source(ssh_key: str, domain: str | None) -> EncordLabelSource:
         raise CliError(f"--ssh-key: {exc}") from None
 
 
-def snapshot_builder(lake: ObjectStore) -> SnapshotBuilder | None:
-    """The COCO snapshot step when the converter is installed (it is part of this package)."""
-    try:
-        module = importlib.import_module("encord_mirror.coco.snapshot")
-    except ModuleNotFoundError as exc:
-        if exc.name == "encord_mirror.coco.snapshot":
-            return None
-        raise
-    builder: SnapshotBuilder = module.CocoSnapshotBuilder(lake, encord_compatible=False)
-    return builder
-
-
 # -- running -------------------------------------------------------------------------------------------
 
 
@@ -247,7 +235,7 @@ def sync_main(args: argparse.Namespace) -> int:
             state,
             workers=args.workers,
             full=args.full,
-            snapshots=snapshot_builder(target.lake),
+            snapshots=snapshot_builder(target.lake, args.coco),
             progress=progress,
         )
     except SyncAbortedError as exc:

@@ -71,6 +71,8 @@ class Settings(BaseModel):
     CLASSIFICATION_FEATURE_HASHES: str
     MAX_ATTEMPTS: int
     LEASE_TTL_SECONDS: int
+    COCO_MODE: Literal["corrected", "encord-compatible", "off"]
+    ANNOUNCE_MIN_ANNOTATIONS: int = Field(ge=0)
     POWERTOOLS_SERVICE_NAME: str = Field(min_length=1)
     POWERTOOLS_METRICS_NAMESPACE: str = Field(min_length=1)
     POWERTOOLS_LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"]

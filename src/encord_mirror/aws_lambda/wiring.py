@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,9 +23,10 @@ from botocore.config import Config
 from encord_mirror.adapters.aws import DynamoStateStore, EventBridgeSink, S3ObjectStore, SqsWorkQueue
 from encord_mirror.adapters.encord_source import EncordLabelSource
 from encord_mirror.aws_lambda.settings import Settings, load_settings
+from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
-from encord_mirror.domain.ports import ObjectStore, SnapshotBuilder
+from encord_mirror.domain.ports import SnapshotBuilder
 
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
@@ -91,18 +91,6 @@ class _SourceCache:
 _sources = _SourceCache()
 
 
-def snapshot_builder(lake: ObjectStore) -> SnapshotBuilder | None:
-    """The COCO snapshot step (None when the converter is not part of this build)."""
-    try:
-        module = importlib.import_module("encord_mirror.coco.snapshot")
-    except ModuleNotFoundError as exc:
-        if exc.name == "encord_mirror.coco.snapshot":
-            return None
-        raise
-    builder: SnapshotBuilder = module.CocoSnapshotBuilder(lake, encord_compatible=False)
-    return builder
-
-
 @dataclass(frozen=True, slots=True)
 class _Adapters:
     lake: S3ObjectStore
@@ -120,7 +108,9 @@ def _aws_adapters(settings: Settings) -> _Adapters:
         state=DynamoStateStore(settings.STATE_TABLE, aws_client("dynamodb")),
         queue=SqsWorkQueue(settings.WORK_QUEUE_URL, settings.FINALIZE_QUEUE_URL, aws_client("sqs")),
         events=EventBridgeSink(settings.EVENT_BUS_NAME, aws_client("events")),
-        snapshots=snapshot_builder(lake),
+        snapshots=snapshot_builder(
+            lake, settings.COCO_MODE, announce_min_annotations=settings.ANNOUNCE_MIN_ANNOTATIONS
+        ),
     )
 
 

@@ -421,3 +421,20 @@ class CocoSnapshotBuilder:
             "manifest_uri": manifest["manifest_uri"],
         }
         return SnapshotEvent(manifest["snapshot_id"], part.project_hash, part.branch, part.stage, detail)
+
+
+COCO_MODES = ("corrected", "encord-compatible", "off")
+
+
+def snapshot_builder(
+    lake: ObjectStore, mode: str = "corrected", *, announce_min_annotations: int = 0
+) -> CocoSnapshotBuilder | None:
+    """The snapshot step for a deployment's COCO mode: `corrected` (the converter's documented
+    corrections), `encord-compatible` (CocoExporter's output exactly) or `off` (no snapshots)."""
+    if mode not in COCO_MODES:
+        raise ValueError(f"COCO mode must be one of {', '.join(COCO_MODES)} (got {mode!r})")
+    if mode == "off":
+        return None
+    return CocoSnapshotBuilder(
+        lake, encord_compatible=mode == "encord-compatible", announce_min_annotations=announce_min_annotations
+    )
