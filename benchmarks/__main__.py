@@ -16,6 +16,7 @@ def main() -> int:
     parser.add_argument("--changes", default="0,0.01,0.1", help="fractions changed before each repeat")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every Encord request")
     parser.add_argument("--workers", type=int, default=1, help="mirror worker threads (1 = like for like)")
+    parser.add_argument("--mirror-coco", default="off", help="the mirror's --coco mode in the mirror suite")
     parser.add_argument("--suite", choices=["mirror", "coco", "all"], default="all")
     parser.add_argument("--out", default=".bench/results.json")
     args = parser.parse_args()
@@ -29,7 +30,7 @@ def main() -> int:
         from benchmarks import mirror_bench
 
         changes = [float(c) for c in args.changes.split(",") if c]
-        results["mirror"] = mirror_bench.run(sizes, changes, args.latency_ms, args.workers)
+        results["mirror"] = mirror_bench.run(sizes, changes, args.latency_ms, args.workers, args.mirror_coco)
     if args.suite in ("coco", "all"):
         from benchmarks import coco_bench
 

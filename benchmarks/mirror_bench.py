@@ -1,7 +1,8 @@
 """Issue 3's benchmark: the mirror against the export-script approach, side by side on one emulated project.
 
-For each size: a full first sync, then repeat syncs after 0 %, 1 % and 10 % of the rows changed. Both sides
-talk to the same emulator (its own process, a fixed latency on every request) through the real SDK; each side
+For each size: a full first sync, then repeat syncs after 0 %, 1 % and 10 % of the rows changed. The
+export scripts write no COCO, so the mirror runs with `--coco off` by default, like for like (the COCO
+step has its own benchmark, `coco_bench`). Both sides talk to the same emulator (its own process, a fixed latency on every request) through the real SDK; each side
 runs in a child process so its peak RSS is its own. Encord requests and rows initialised come from the
 emulator's request log.
 """
@@ -60,7 +61,9 @@ def _child(args: list[str], url: str) -> Measure:
     return Measure(result["seconds"], result["peak_mb"], requests, initialised, writes)
 
 
-def run(sizes: list[int], changes: list[float], latency_ms: float, workers: int) -> list[dict[str, Any]]:
+def run(
+    sizes: list[int], changes: list[float], latency_ms: float, workers: int, coco: str = "off"
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for size in sizes:
         data, project = _fixture(size)
@@ -80,7 +83,7 @@ def run(sizes: list[int], changes: list[float], latency_ms: float, workers: int)
                 _drain_log(url)
                 mirror_args = ["benchmarks.mirror_once", "--project", project, "--lake", str(work / "lake"),
                                "--ssh-key", str(key), "--encord-domain", url,
-                               "--workers", str(workers)]  # fmt: skip
+                               "--workers", str(workers), "--coco", coco]  # fmt: skip
                 export_args = ["benchmarks.export_baseline", "--domain", url, "--key", str(key),
                                "--project", project, "--out", str(work / "export")]  # fmt: skip
                 steps = [("first sync", 0.0)] + [(f"{c:.0%} changed", c) for c in changes]
