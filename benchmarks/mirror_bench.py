@@ -2,9 +2,9 @@
 
 For each size: a full first sync, then repeat syncs after 0 %, 1 % and 10 % of the rows changed. The
 export scripts write no COCO, so the mirror runs with `--coco off` by default, like for like (the COCO
-step has its own benchmark, `coco_bench`). Both sides talk to the same emulator (its own process, a fixed latency on every request) through the real SDK; each side
-runs in a child process so its peak RSS is its own. Encord requests and rows initialised come from the
-emulator's request log.
+step has its own benchmark, `coco_bench`). Both sides talk to the same emulator (its own process, a
+fixed latency on every request) through the real SDK; each side runs in a child process so its peak
+RSS is its own. Encord requests and rows initialised come from the emulator's request log.
 """
 
 from __future__ import annotations
