@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from pycocotools import mask as cocomask
 
-from encord_mirror.coco.raster import fill_poly
+from encord_mirror.coco.raster import Painting, RowMajorRuns, coco_rle_counts, decode_rle_string
 from encord_mirror.domain.models import JsonDict
 
 PDF_MIME_TYPES = frozenset({"application/pdf"})
@@ -318,8 +317,11 @@ class Converter:
         image_id: int,
         row: Mapping[str, Any],
         dyn: DynamicLookup,
+        masks: MaskBatch,
     ) -> JsonDict | None:
+        """The annotation of `obj`; an RLE mask's segmentation, box and area are filled in by `masks`."""
         shape = obj["shape"]
+        mask: Painting | RowMajorRuns | None = None
         w, h = image.width, image.height
         rotation: float | None = None
         keypoints: list[float] | None = None
@@ -338,8 +340,8 @@ class Converter:
             polygons = obj.get("polygons")
             if polygons and (len(polygons) > 1 or len(polygons[0]) > 1):
                 is_crowd = 1
-                segmentation = _multipolygon_rle(polygons, w, h)
-                bbox, area = _rle_box_area(segmentation)
+                mask = _multipolygon(polygons, w, h)
+                segmentation, bbox, area = None, [], 0.0
             else:
                 points = _points(obj["polygon"], w, h)
                 segmentation = [_floats(c for p in points for c in p)]
@@ -356,7 +358,8 @@ class Converter:
             else:
                 bbox = _bounds(points)
         elif shape == "bitmask":
-            segmentation, bbox, area = _bitmask_rle(obj["bitmask"])
+            mask = _bitmask(obj["bitmask"])
+            segmentation, bbox, area = None, [], 0.0
             is_crowd = 1
         elif shape == "point":
             x, y = obj["point"]["0"]["x"] * w, obj["point"]["0"]["y"] * h
@@ -387,7 +390,7 @@ class Converter:
         attributes["classifications"] = classifications
         if obj.get("manualAnnotation") is not None:
             attributes["manual_annotation"] = obj["manualAnnotation"]
-        return {
+        body: JsonDict = {
             "area": float(area),
             "bbox": [float(v) for v in bbox],
             "category_id": category_id,
@@ -399,6 +402,9 @@ class Converter:
             "id": None,
             "attributes": attributes,
         }
+        if mask is not None:
+            masks.add(body, mask)
+        return body
 
     def visibility(self, point: Mapping[str, Any]) -> int:
         flags = point if self.compatible else {str(point.get("visibility")): True, **point}
@@ -450,73 +456,61 @@ def polygon_area(rings: Sequence[Sequence[tuple[float, float]]]) -> float:
     return area
 
 
-def _multipolygon_rle(polygons: Sequence[Sequence[Sequence[float]]], w: int, h: int) -> JsonDict:
+def _multipolygon(polygons: Sequence[Sequence[Sequence[float]]], w: int, h: int) -> Painting:
     """CocoExporter's mask of a polygon with holes or parts: the largest part first, each part's shell
     painted and its holes cleared, on integer-truncated vertices."""
     parts = []
     for polygon in polygons:
         rings = [[(ring[i] * w, ring[i + 1] * h) for i in range(0, len(ring) - 1, 2)] for ring in polygon]
         parts.append(rings)
-    # np.int32 truncates toward zero, as the exporter's cast does.
-    int_parts = [
-        [[(int(x), int(y)) for x, y in ring] for ring in rings]
-        for rings in sorted(parts, key=polygon_area, reverse=True)
-    ]
-    xs = [p[0] for rings in int_parts for ring in rings for p in ring]
-    ys = [p[1] for rings in int_parts for ring in rings for p in ring]
-    x0, x1 = max(0, min(xs, default=0)), min(w - 1, max(xs, default=-1))
-    y0, y1 = max(0, min(ys, default=0)), min(h - 1, max(ys, default=-1))
-    if x0 > x1 or y0 > y1:
-        return _band_rle(np.zeros((0, h), dtype=np.uint8), 0, h, w)
-    # Only the vertices' box (clipped to the image) can be painted: paint that box of whole columns. Clipping
-    # is unchanged by the shift, because the box meets the image border wherever a vertex lies beyond it.
-    columns = np.zeros((x1 - x0 + 1, h), dtype=np.uint8)
-    canvas = columns.T[y0 : y1 + 1]
-    for int_rings in int_parts:
-        for index, int_ring in enumerate(int_rings):
-            fill_poly(canvas, [(x - x0, y - y0) for x, y in int_ring], 0 if index else 1)
-    return _band_rle(columns, x0, h, w)
+    int_rings: list[list[tuple[int, int]]] = []
+    values: list[int] = []
+    for rings in sorted(parts, key=polygon_area, reverse=True):
+        for index, ring in enumerate(rings):
+            # int() truncates toward zero, as the exporter's np.int32 cast does.
+            int_rings.append([(int(x), int(y)) for x, y in ring])
+            values.append(0 if index else 1)
+    return Painting(int_rings, values, w, h)
 
 
-def _band_rle(columns: npt.NDArray[np.uint8], first: int, h: int, w: int) -> JsonDict:
-    """The COCO RLE of an (h, w) mask that is empty outside `columns` (whole columns from `first` on, one
-    array row per image column): the same string `cocomask.encode` gives for the full mask."""
-    flat = columns.ravel()
-    lead, trail = first * h, (w - first - columns.shape[0]) * h
-    if flat.size == 0:
-        runs = [h * w]
-    else:
-        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
-        if flat[0]:
-            runs.insert(0, 0)
-        runs[0] += lead
-        if not flat[-1]:
-            runs[-1] += trail
-        elif trail:
-            runs.append(trail)
-    rle = cocomask.frPyObjects({"size": [h, w], "counts": runs}, h, w)
-    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+def _bitmask(bitmask: Mapping[str, Any]) -> RowMajorRuns:
+    # Encord's RLE runs row-major (COCO's string format), COCO's column-major.
+    return RowMajorRuns(decode_rle_string(bitmask["rleString"]), bitmask["width"], bitmask["height"])
 
 
-def _rle_box_area(rle: JsonDict) -> tuple[list[float], float]:
-    encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return [float(v) for v in cocomask.toBbox(encoded)], float(cocomask.area(encoded))
+class MaskBatch:
+    """Annotations whose RLE masks are still to be computed: numpy's cost per call, not per pixel,
+    dominates one polygon, so masks are computed many at a time (`flush`)."""
 
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit
+        self._pending: list[tuple[JsonDict, Painting | RowMajorRuns]] = []
 
-def _bitmask_rle(bitmask: Mapping[str, Any]) -> tuple[JsonDict, list[float], float]:
-    # Encord's RLE runs row-major, COCO's column-major: decoding it as the transposed size gives the image
-    # row by row; only the band of columns that hold pixels is transposed.
-    width, height = bitmask["width"], bitmask["height"]
-    image = cocomask.decode({"counts": bitmask["rleString"], "size": [width, height]}).T
-    used = np.flatnonzero(image.any(axis=0))
-    if used.size:
-        first, last = int(used[0]), int(used[-1])
-        rle = _band_rle(np.ascontiguousarray(image[:, first : last + 1].T), first, height, width)
-    else:
-        rle = _band_rle(np.zeros((0, height), dtype=np.uint8), 0, height, width)
-    bbox, area = _rle_box_area(rle)
-    return rle, bbox, area
+    def add(self, body: JsonDict, mask: Painting | RowMajorRuns) -> None:
+        self._pending.append((body, mask))
+        if len(self._pending) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fills in `segmentation` (the string `cocomask.encode` gives), `bbox` and `area` of every
+        pending annotation."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        counts = coco_rle_counts([mask for _, mask in pending])
+        rles = cocomask.frPyObjects(
+            [{"size": [m.height, m.width], "counts": c} for (_, m), c in zip(pending, counts, strict=True)],
+            0,
+            0,
+        )
+        boxes = cocomask.toBbox(rles).tolist()
+        for (body, mask), rle, box, runs in zip(pending, rles, boxes, counts, strict=True):
+            body["segmentation"] = {
+                "size": [mask.height, mask.width],
+                "counts": rle["counts"].decode("ascii"),
+            }
+            body["bbox"] = box
+            body["area"] = float(runs[1::2].sum(dtype=np.int64))
 
 
 def row_annotations(
@@ -525,15 +519,18 @@ def row_annotations(
     images: Mapping[ImageKey, ImageEntry],
     image_id: Callable[[ImageKey], int],
     dyn: DynamicLookup | None = None,
+    masks: MaskBatch | None = None,
 ) -> list[AnnotationEntry]:
     """The COCO annotations of one row, in CocoExporter's order; ids are left for the caller to set.
-    `dyn` defaults to the row's own dynamic answers by frame (the corrected behaviour)."""
+    `dyn` defaults to the row's own dynamic answers by frame (the corrected behaviour). With `masks`,
+    RLE masks are left in it for the caller to flush; without, they are computed before returning."""
     if dyn is None:
         own = converter.dynamic_map(row.get("object_actions") or {})
 
         def dyn(object_hash: str, frame: int, _image_id: int) -> Mapping[str, Any] | None:
             return own.get((frame, object_hash))
 
+    own_masks = MaskBatch()
     out: list[AnnotationEntry] = []
     for key, objects in _row_frames(row):
         image = images.get(key)
@@ -541,9 +538,10 @@ def row_annotations(
             continue
         iid = image_id(key)
         for obj in objects:
-            body = converter.annotation(obj, image, iid, row, dyn)
+            body = converter.annotation(obj, image, iid, row, dyn, own_masks if masks is None else masks)
             if body is not None:
                 out.append(AnnotationEntry(key, obj["objectHash"], body))
+    own_masks.flush()
     return out
 
 
@@ -598,15 +596,17 @@ def convert(
 
     # Sizes come from the image that holds the id last, as CocoExporter's scan of its image list does.
     compat_sized = {key: by_id[image_id] for key, image_id in compat_ids.items()}
+    masks = MaskBatch()
     for row, entries, mine in zip(rows, row_entries, own_ids, strict=True):
         current.append(row)
         ids = compat_ids if encord_compatible else mine
         sized = compat_sized if encord_compatible else {e.key: e for e in entries}
         dyn = compat_dyn if encord_compatible else None
-        for ann in row_annotations(converter, row, sized, ids.__getitem__, dyn):
+        for ann in row_annotations(converter, row, sized, ids.__getitem__, dyn, masks):
             ann.body["id"] = len(annotations)
             ann.body["attributes"]["track_id"] = track_ids.setdefault(ann.object_hash, len(track_ids))
             annotations.append(ann.body)
+    masks.flush()
     return {
         "info": info(str(rows[0]["data_title"]) if rows else None),
         "categories": converter.ontology.categories,

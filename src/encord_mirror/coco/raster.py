@@ -12,6 +12,7 @@ its border; tests/unit/test_coco_raster.py fuzzes it against opencv itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,7 @@ _XY_SHIFT = 16
 _XY_ONE = 1 << _XY_SHIFT
 
 Mask = npt.NDArray[np.uint8]
+IntArray = npt.NDArray[np.int64]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -104,77 +106,371 @@ def _minor_steps(major: int, minor: int, count: int) -> npt.NDArray[np.int64]:
     return (2 * minor * i + major - 1) // (2 * major)
 
 
+Spans = tuple[IntArray, IntArray, IntArray, IntArray]  # ring index, row, first column, column after the last
+
+
 def fill_poly(mask: Mask, points: Sequence[tuple[int, int]], value: int) -> None:
     """`cv2.fillPoly(mask, [points], value)` for one contour of integer points (lineType 8, shift 0)."""
-    n = len(points)
-    if n == 0:
-        return
     height, width = mask.shape
-    edges: list[tuple[int, int, int, int]] = []  # (y0, y1, x at y0 in 16.16, dx per row in 16.16)
-    px0, py0 = points[-1]
-    for px1, py1 in points:
-        draw_line(mask, (px0, py0), (px1, py1), value)
-        if py0 != py1:
-            fx0, fy0, fx1, fy1 = px0 << _XY_SHIFT, py0, px1 << _XY_SHIFT, py1
-            if not (0 <= px0 < width and 0 <= px1 < width and 0 <= py0 < height and 0 <= py1 < height):
-                # opencv builds the edge from the clipped segment: its x always, its rows unless the clipped
-                # segment is horizontal.
-                _, cx0, cy0, cx1, cy1 = clip_line(width, height, (px0, py0), (px1, py1))
-                fx0, fx1 = cx0 << _XY_SHIFT, cx1 << _XY_SHIFT
-                if cy0 != cy1:
-                    fy0, fy1 = cy0, cy1
-            dx = _cdiv(fx1 - fx0, fy1 - fy0)
-            if py0 < py1:
-                edges.append((py0, py1, fx0 + (py0 - fy0) * dx, dx))
-            else:
-                edges.append((py1, py0, fx1 + (py1 - fy1) * dx, dx))
-        px0, py0 = px1, py1
-    _fill_edges(mask, edges, value)
-
-
-def _fill_edges(mask: Mask, edges: list[tuple[int, int, int, int]], value: int) -> None:
-    """Even-odd scanline fill: on each row, the edges' crossings sorted by x pair up into spans."""
-    height, width = mask.shape
-    if len(edges) < 2:
-        return
-    table = np.array(edges, dtype=np.int64)
-    y0, y1, x0, dx = table[:, 0], table[:, 1], table[:, 2], table[:, 3]
-    x_ends = np.concatenate([x0, x0 + (y1 - y0) * dx])
-    if y1.max() < 0 or y0.min() >= height or x_ends.max() < 0 or x_ends.min() >= (width << _XY_SHIFT):
-        return
-    # Each edge covers rows [y0, y1); rows outside the mask are never painted.
-    first = np.maximum(y0, 0)
-    counts = np.clip(np.minimum(y1, height) - first, 0, None)
-    total = int(counts.sum())
-    if total == 0:
-        return
-    owner = np.repeat(np.arange(len(edges)), counts)
-    starts = np.cumsum(counts) - counts
-    ys = first[owner] + (np.arange(total) - starts[owner])
-    xs = x0[owner] + (ys - y0[owner]) * dx[owner]
-    order = np.lexsort((xs, ys))
-    ys, xs = ys[order], xs[order]
-    per_row = np.bincount(ys - ys[0])
-    if np.any(per_row % 2):
-        _fill_rows_slowly(mask, ys, xs, value)
-        return
-    left = (xs[0::2] + _XY_ONE - 1) >> _XY_SHIFT  # ceil of the left crossing, floor of the right one
-    right = xs[1::2] >> _XY_SHIFT
-    rows = ys[0::2]
-    keep = (left < width) & (right >= 0)
-    left = np.maximum(left[keep], 0)
-    right = np.minimum(right[keep], width - 1) + 1
-    for y, a, b in zip(rows[keep].tolist(), left.tolist(), right.tolist(), strict=True):
+    _, ys, starts, ends = ring_spans([points], np.array([width]), np.array([height]))
+    for y, a, b in zip(ys.tolist(), starts.tolist(), ends.tolist(), strict=True):
         mask[y, a:b] = value
 
 
-def _fill_rows_slowly(mask: Mask, ys: npt.NDArray[np.int64], xs: npt.NDArray[np.int64], value: int) -> None:
-    """A row with an odd number of crossings (a degenerate contour): pair within the row, drop the odd one."""
-    width = mask.shape[1]
-    for y in np.unique(ys).tolist():
-        row_xs = xs[ys == y].tolist()
-        for i in range(0, len(row_xs) - 1, 2):
-            a = (row_xs[i] + _XY_ONE - 1) >> _XY_SHIFT
-            b = row_xs[i + 1] >> _XY_SHIFT
-            if a < width and b >= 0:
-                mask[y, max(a, 0) : min(b, width - 1) + 1] = value
+@dataclass(frozen=True, slots=True)
+class Painting:
+    """An empty (height, width) mask, then `fill_poly(mask, ring, value)` for each ring in order (values
+    0 or 1)."""
+
+    rings: Sequence[Sequence[tuple[int, int]]]
+    values: Sequence[int]
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowMajorRuns:
+    """A mask given as run lengths over its pixels row by row, zeros first (Encord's bitmask order)."""
+
+    runs: IntArray
+    width: int
+    height: int
+
+
+def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> list[npt.NDArray[np.uint32]]:
+    """For each mask, the COCO RLE counts (column-major, zeros first) that `pycocotools.mask.encode`
+    gives for it, without building any mask: rows are kept as spans, and the column runs come from
+    where each column changes value, so the cost follows the outlines, not the areas. Many masks are
+    done in one go because numpy's cost per call, not per element, dominates a single polygon."""
+    widths = np.array([m.width for m in masks], dtype=np.int64)
+    heights = np.array([m.height for m in masks], dtype=np.int64)
+    sizes = widths * heights
+    bases = np.cumsum(sizes + 1) - (sizes + 1)  # one pixel apart, so that no range runs into the next mask
+    paintings = [(i, m) for i, m in enumerate(masks) if isinstance(m, Painting)]
+    starts: list[IntArray] = []
+    ends: list[IntArray] = []
+    if paintings:
+        ring_mask = np.array([i for i, m in paintings for _ in m.rings], dtype=np.int64)
+        rings = [ring for _, m in paintings for ring in m.rings]
+        layer = np.array([j for _, m in paintings for j in range(len(m.rings))], dtype=np.int64)
+        values = np.zeros((len(masks), max(len(m.rings) for _, m in paintings)), dtype=np.int8)
+        for i, m in paintings:
+            values[i, : len(m.values)] = m.values
+        ring_ids, ys, a, b = ring_spans(rings, widths[ring_mask], heights[ring_mask])
+        owner = ring_mask[ring_ids]
+        offset = bases[owner] + ys * widths[owner]
+        painted = _compose(layer[ring_ids], offset + a, offset + b, bases, values)
+        starts.append(painted[0])
+        ends.append(painted[1])
+    for i, given in enumerate(masks):
+        if isinstance(given, RowMajorRuns):
+            s, e = runs_to_ranges(given.runs, int(sizes[i]))
+            starts.append(s + bases[i])
+            ends.append(e + bases[i])
+    all_starts = np.concatenate([_EMPTY, *starts])
+    order = np.argsort(all_starts, kind="stable")
+    return _column_runs(all_starts[order], np.concatenate([_EMPTY, *ends])[order], bases, widths, heights)
+
+
+def ring_spans(rings: Sequence[Sequence[tuple[int, int]]], widths: IntArray, heights: IntArray) -> Spans:
+    """Every row span fillPoly paints for each ring (on an image of its own size), clipped to the image;
+    spans may overlap: the outline's Bresenham runs and the even-odd fill, for all rings' edges at once."""
+    sizes = np.array([len(r) for r in rings], dtype=np.int64)
+    if not sizes.sum():
+        return _EMPTY_SPANS
+    points = np.array([p for r in rings for p in r], dtype=np.int64).reshape(-1, 2)
+    ring = np.repeat(np.arange(len(rings), dtype=np.int64), sizes)
+    first = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    index = np.arange(points.shape[0], dtype=np.int64)
+    previous = first + (index - first - 1) % sizes[ring]  # edge i runs from point i-1 to point i
+    px0, py0 = points[previous, 0], points[previous, 1]
+    px1, py1 = points[:, 0], points[:, 1]
+    width, height = widths[ring], heights[ring]
+    # Edges that leave the image are clipped one by one (rare); the rest stay as they are.
+    lx0, ly0, lx1, ly1 = px0.copy(), py0.copy(), px1.copy(), py1.copy()
+    fx0, fy0, fx1, fy1 = px0.copy(), py0.copy(), px1.copy(), py1.copy()
+    visible = np.ones(points.shape[0], dtype=bool)
+    inside = (
+        (px0 >= 0) & (px0 < width) & (px1 >= 0) & (px1 < width)
+        & (py0 >= 0) & (py0 < height) & (py1 >= 0) & (py1 < height)
+    )  # fmt: skip
+    for i in np.flatnonzero(~inside).tolist():
+        p0 = (int(px0[i]), int(py0[i]))
+        p1 = (int(px1[i]), int(py1[i]))
+        ok, cx0, cy0, cx1, cy1 = clip_line(int(width[i]), int(height[i]), p0, p1)
+        visible[i] = ok
+        lx0[i], ly0[i], lx1[i], ly1[i] = cx0, cy0, cx1, cy1
+        # opencv builds the fill edge from the clipped segment: its x always, its rows unless the
+        # clipped segment is horizontal.
+        fx0[i], fx1[i] = cx0, cx1
+        if cy0 != cy1:
+            fy0[i], fy1[i] = cy0, cy1
+    line = _line_spans(ring[visible], lx0[visible], ly0[visible], lx1[visible], ly1[visible])
+    s = py0 != py1
+    fill = _fill_spans(ring[s], py0[s], py1[s], fx0[s], fy0[s], fx1[s], fy1[s], width[s], height[s])
+    return (
+        np.concatenate([line[0], fill[0]]),
+        np.concatenate([line[1], fill[1]]),
+        np.concatenate([line[2], fill[2]]),
+        np.concatenate([line[3], fill[3]]),
+    )
+
+
+def _line_spans(ring: IntArray, x0: IntArray, y0: IntArray, x1: IntArray, y1: IntArray) -> Spans:
+    """`draw_line` for many (already clipped) segments at once, as row runs."""
+    if not ring.size:
+        return _EMPTY_SPANS
+    swap = x1 < x0  # opencv draws left to right
+    x0, x1 = np.where(swap, x1, x0), np.where(swap, x0, x1)
+    y0, y1 = np.where(swap, y1, y0), np.where(swap, y0, y1)
+    dx, dy = x1 - x0, y1 - y0
+    step = np.where(dy < 0, -1, 1)
+    dy = np.abs(dy)
+    vertical = dy > dx
+    major, minor = np.maximum(dx, dy), np.minimum(dx, dy)
+    counts = major + 1
+    edge = np.repeat(np.arange(ring.size, dtype=np.int64), counts)
+    k = np.arange(edge.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    major_e = major[edge]
+    # _minor_steps for every segment; a one-pixel segment (major 0) takes no step.
+    minor_steps = np.maximum((2 * minor[edge] * k + major_e - 1) // (2 * np.maximum(major_e, 1)), 0)
+    vertical_e = vertical[edge]
+    xs = x0[edge] + np.where(vertical_e, minor_steps, k)
+    ys = y0[edge] + step[edge] * np.where(vertical_e, k, minor_steps)
+    # Pixels of one segment on one row are consecutive, left to right: one span per (segment, row).
+    new = np.ones(edge.size, dtype=bool)
+    new[1:] = (edge[1:] != edge[:-1]) | (ys[1:] != ys[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], edge.size) - 1
+    return ring[edge[first]], ys[first], xs[first], xs[last] + 1
+
+
+def _fill_spans(
+    ring: IntArray,
+    py0: IntArray,
+    py1: IntArray,
+    fx0: IntArray,
+    fy0: IntArray,
+    fx1: IntArray,
+    fy1: IntArray,
+    width: IntArray,
+    height: IntArray,
+) -> Spans:
+    """Even-odd scanline fill of many rings at once: each edge's x in 16.16 fixed point on every row it
+    covers, sorted by (ring, row, x); a row's crossings pair up into spans (an odd last one is dropped)."""
+    if not ring.size:
+        return _EMPTY_SPANS
+    sx0, sx1 = fx0 << _XY_SHIFT, fx1 << _XY_SHIFT
+    num, den = sx1 - sx0, fy1 - fy0
+    dx = np.abs(num) // np.abs(den)
+    dx = np.where((num >= 0) == (den >= 0), dx, -dx)  # C division truncates toward zero
+    down = py0 < py1
+    top = np.where(down, py0, py1)
+    bottom = np.where(down, py1, py0)
+    x_top = np.where(down, sx0 + (py0 - fy0) * dx, sx1 + (py1 - fy1) * dx)
+    # Each edge covers rows [top, bottom); rows outside the mask are never painted.
+    first = np.maximum(top, 0)
+    counts = np.clip(np.minimum(bottom, height) - first, 0, None)
+    total = int(counts.sum())
+    if total == 0:
+        return _EMPTY_SPANS
+    owner = np.repeat(np.arange(ring.size, dtype=np.int64), counts)
+    ys = first[owner] + (np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts))
+    xs = x_top[owner] + (ys - top[owner]) * dx[owner]
+    rings = ring[owner]
+    row = rings * (int(height.max()) + 1) + ys
+    low, high = int(xs.min()), int(xs.max())
+    if (high - low) < (1 << 62) // (int(row.max()) + 1):
+        order = np.argsort(row * (high - low + 1) + (xs - low))
+    else:
+        order = np.lexsort((xs, row))
+    ys, xs, rings, row = ys[order], xs[order], rings[order], row[order]
+    width_at = width[owner][order]
+    new = np.ones(total, dtype=bool)
+    new[1:] = row[1:] != row[:-1]
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, total))
+    rank = np.arange(total, dtype=np.int64) - starts[group]
+    lefts = np.flatnonzero((rank % 2 == 0) & (rank + 1 < sizes[group]))
+    left = (xs[lefts] + _XY_ONE - 1) >> _XY_SHIFT  # ceil of the left crossing, floor of the right one
+    right = xs[lefts + 1] >> _XY_SHIFT
+    width_at = width_at[lefts]
+    keep = (left < width_at) & (right >= 0)
+    left = np.maximum(left, 0)
+    right = np.minimum(right, width_at - 1) + 1
+    keep &= left < right
+    return rings[lefts][keep], ys[lefts][keep], left[keep], right[keep]
+
+
+_LAYERS_PER_PASS = 16
+
+
+def _compose(
+    layer: IntArray,
+    starts: IntArray,
+    ends: IntArray,
+    bases: IntArray,
+    values: npt.NDArray[np.int8],
+) -> tuple[IntArray, IntArray]:
+    """The pixels set after painting each ring's spans (flat [start, end) ranges, overlaps allowed; the
+    ring's mask starts at one of `bases`) with `values[mask, layer]`, layer by layer: a pixel takes the
+    value of the last layer of its mask that covers it. Returns sorted, disjoint, non-touching ranges."""
+    done_starts, done_ends = _EMPTY, _EMPTY
+    for low in range(0, values.shape[1], _LAYERS_PER_PASS):
+        high = min(low + _LAYERS_PER_PASS, values.shape[1])
+        chosen = (layer >= low) & (layer < high)
+        # What earlier passes painted is the bottom layer, value 1.
+        layers = np.concatenate([np.zeros(done_starts.size, dtype=np.int64), layer[chosen] - low + 1])
+        table = np.concatenate(
+            [
+                np.zeros((values.shape[0], 1), np.int8),
+                np.ones((values.shape[0], 1), np.int8),
+                values[:, low:high],
+            ],
+            axis=1,
+        )
+        done_starts, done_ends = _compose_layers(
+            layers,
+            np.concatenate([done_starts, starts[chosen]]),
+            np.concatenate([done_ends, ends[chosen]]),
+            bases,
+            table,
+        )
+    return done_starts, done_ends
+
+
+def _compose_layers(
+    layer: IntArray, starts: IntArray, ends: IntArray, bases: IntArray, values: npt.NDArray[np.int8]
+) -> tuple[IntArray, IntArray]:
+    """One pass of `_compose`: a sweep over the ranges' ends counting how many ranges of each layer cover
+    each stretch; the topmost covering layer decides (`values[mask, 0]` is the value of no layer)."""
+    if not layer.size:
+        return _EMPTY, _EMPTY
+    count = values.shape[1] - 1
+    keys = np.concatenate([starts * (2 * count) + 2 * layer, ends * (2 * count) + 2 * layer + 1])
+    keys.sort()
+    positions = keys // (2 * count)
+    which = (keys % (2 * count)) >> 1
+    cover = np.zeros((keys.size, count), dtype=np.int16)
+    cover[np.arange(keys.size), which] = 1 - 2 * (keys & 1)
+    np.cumsum(cover, axis=0, out=cover)
+    top = ((cover > 0) * np.arange(1, count + 1, dtype=np.int16)).max(axis=1)
+    # Only the state after the last event at a position counts.
+    last = np.ones(keys.size, dtype=bool)
+    last[:-1] = positions[1:] != positions[:-1]
+    positions, top = positions[last], top[last]
+    painted = values[np.searchsorted(bases, positions, side="right") - 1, top]
+    change = painted != np.concatenate([[0], painted[:-1]])
+    edges = positions[change]
+    return edges[0::2], edges[1::2]
+
+
+def _column_runs(
+    starts: IntArray, ends: IntArray, bases: IntArray, widths: IntArray, heights: IntArray
+) -> list[npt.NDArray[np.uint32]]:
+    """COCO RLE counts of masks whose set pixels are sorted, disjoint, non-touching flat ranges (mask i
+    row-major from `bases[i]`), from where each column changes value."""
+    masks = bases.size
+    mask = np.searchsorted(bases, starts, side="right") - 1
+    width, local = widths[mask], starts - bases[mask]
+    local_end = ends - bases[mask]
+    # Ranges split into one span per row.
+    first_row, last_row = local // width, (local_end - 1) // width
+    rows = last_row - first_row + 1
+    owner = np.repeat(np.arange(starts.size, dtype=np.int64), rows)
+    ys = first_row[owner] + np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(rows) - rows, rows)
+    width = width[owner]
+    a = np.where(ys == first_row[owner], local[owner] - ys * width, 0)
+    b = np.where(ys == last_row[owner], local_end[owner] - ys * width, width)
+    mask = mask[owner]
+    # A row's value toggles at its spans' ends; where row y differs from row y-1 (rows -1 and `height`
+    # empty) toggles at the ends of both, pairs cancelling.
+    strides = widths + 1
+    toggle_sizes = (heights + 2) * strides
+    toggle_bases = np.cumsum(toggle_sizes) - toggle_sizes
+    stride, base = strides[mask], toggle_bases[mask]
+    toggles = np.concatenate(
+        [
+            base + ys * stride + a,
+            base + ys * stride + b,
+            base + (ys + 1) * stride + a,
+            base + (ys + 1) * stride + b,
+        ]
+    )
+    toggles = _cancel_pairs(toggles)
+    mask = np.searchsorted(toggle_bases, toggles, side="right") - 1
+    local = toggles - toggle_bases[mask]
+    change_rows, change_cols = local // strides[mask], local % strides[mask]
+    ranges_from, ranges_to = change_cols[0::2], change_cols[1::2]
+    ranges_row, ranges_mask = change_rows[0::2], mask[0::2]
+    lengths = ranges_to - ranges_from
+    owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    xs = (
+        ranges_from[owner]
+        + np.arange(owner.size, dtype=np.int64)
+        - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    )
+    # Column-major position of every change; a change below a column's last row is the same position as
+    # one at the top of the next column, and the two cancel; one below the last column is the end.
+    sizes = widths * heights
+    column_bases = np.cumsum(sizes + 1) - (sizes + 1)
+    mask = ranges_mask[owner]
+    changes = _cancel_pairs(column_bases[mask] + xs * heights[mask] + ranges_row[owner])
+    mask = np.searchsorted(column_bases, changes, side="right") - 1
+    inside = changes - column_bases[mask] < sizes[mask]
+    changes, mask = changes[inside], mask[inside]
+    points = np.sort(np.concatenate([changes, column_bases, column_bases + sizes]))
+    runs = np.diff(points).astype(np.uint32)
+    per_mask = np.bincount(mask, minlength=masks) + 2
+    block = np.cumsum(per_mask) - per_mask
+    return [runs[start : start + n - 1] for start, n in zip(block.tolist(), per_mask.tolist(), strict=True)]
+
+
+def _cancel_pairs(values: IntArray) -> IntArray:
+    """`values` sorted, with every value that occurs twice removed (no value occurs more often)."""
+    values = np.sort(values)
+    twin = values[1:] == values[:-1]
+    keep = np.ones(values.size, dtype=bool)
+    keep[:-1] &= ~twin
+    keep[1:] &= ~twin
+    return values[keep]
+
+
+def decode_rle_string(counts: str) -> IntArray:
+    """The run lengths of a COCO compressed RLE string (pycocotools' `rleFrString`, vectorised)."""
+    chars = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if not chars.size:
+        return _EMPTY
+    ends = np.flatnonzero((chars & 0x20) == 0)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    digits = ends - starts + 1
+    shift = 5 * (np.arange(chars.size, dtype=np.int64) - np.repeat(starts, digits))
+    values = np.add.reduceat((chars & 0x1F) << shift, starts)
+    values -= ((chars[ends] & 0x10) != 0) * (np.int64(1) << (5 * digits))  # sign of the last digit
+    # From the fourth count on, each is stored as the difference to the count two before it.
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def runs_to_ranges(runs: IntArray, size: int) -> tuple[IntArray, IntArray]:
+    """The set pixels of run lengths (zeros first) as sorted, disjoint, non-touching flat ranges within
+    `size` pixels."""
+    bounds = np.minimum(np.cumsum(runs), size)
+    starts, ends = bounds[0::2], bounds[1::2]
+    starts = starts[: ends.size]
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if not starts.size:
+        return starts, ends
+    # A zero-length run of zeros joins two ranges.
+    join = np.ones(starts.size, dtype=bool)
+    join[1:] = starts[1:] != ends[:-1]
+    last = np.append(join[1:], True)
+    return starts[join], ends[last]
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_EMPTY_SPANS: Spans = (_EMPTY, _EMPTY, _EMPTY, _EMPTY)
