@@ -1,5 +1,7 @@
 """Finalizer: one run per SQS record (`{"project_hash": ..., "run_id": ...}`); the state store's
-claim makes it run once per run however often it is asked. Reports the watermark lag metric."""
+claim lets one finalizer at a time close the run, and a closed run is not closed again however often it is
+asked. A record whose run another finalizer holds fails, so SQS redelivers it later (a finalizer that died
+is then redone). Reports the watermark lag metric."""
 
 from __future__ import annotations
 

@@ -348,15 +348,33 @@ def test_chunk_results_round_trip_every_outcome(state: StateStore) -> None:
     assert state.chunk_results(PROJECT, "r1") == [result]
 
 
-def test_finalize_is_claimed_exactly_once_under_threads(state: StateStore) -> None:
+def test_finalize_is_claimed_by_one_finalizer_at_a_time_under_threads(state: StateStore) -> None:
     # Given a complete run
     state.create_run(_run("r1", 1))
     state.record_chunk(PROJECT, _result("r1", 0, final=True))
-    # When eight finalizers claim it at once, and one more later
-    claims = _in_threads(8, lambda i: state.claim_finalize(PROJECT, "r1"))
-    # Then exactly one wins
-    assert sum(claims) == 1
-    assert not state.claim_finalize(PROJECT, "r1")
+    # When eight finalizers claim it at once
+    claims = _in_threads(8, lambda i: state.begin_finalize(PROJECT, "r1", f"t{i}", T0, 900))
+    # Then exactly one holds it and the others are told it is busy
+    assert sorted(claims) == ["busy"] * 7 + ["claimed"]
+
+
+def test_a_finalize_claim_is_retaken_when_dropped_or_expired_and_never_after_finishing(
+    state: StateStore,
+) -> None:
+    # Given two complete runs: one whose finalizer raised (and dropped its claim), one whose finalizer
+    # vanished holding its claim
+    for run_id in ("r1", "r2"):
+        state.create_run(_run(run_id, 1))
+        state.record_chunk(PROJECT, _result(run_id, 0, final=True))
+        assert state.begin_finalize(PROJECT, run_id, "first", T0, 900) == "claimed"
+    state.end_finalize(PROJECT, "r1", "first", finished=False)
+    # When retries claim them / Then the dropped claim is free at once, the vanished one once expired
+    assert state.begin_finalize(PROJECT, "r1", "retry", T0, 900) == "claimed"
+    assert state.begin_finalize(PROJECT, "r2", "retry", T0 + timedelta(seconds=899), 900) == "busy"
+    assert state.begin_finalize(PROJECT, "r2", "retry", T0 + timedelta(seconds=900), 900) == "claimed"
+    # And a run marked finished is never claimed again
+    state.end_finalize(PROJECT, "r1", "retry", finished=True)
+    assert state.begin_finalize(PROJECT, "r1", "late", T0 + timedelta(days=1), 900) == "finished"
 
 
 def test_gaps_are_listed_until_cleared(state: StateStore) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from fakes import ANNOTATE, Clock, FakeRow, FakeSource, RecordingEvents, RecordingQueue, RecordingSnapshots
 from lambda_support import FakeLambdaContext, load_event, load_handler, with_bodies
 
@@ -197,4 +198,17 @@ def test_finalize_of_an_unknown_run_is_not_retried(env: Env) -> None:
     # When its finalize request arrives / Then the record is consumed, not failed forever
     response = invoke("finalizer", load_event("finalize"), env)
     assert failed_ids(response) == []
+    assert env.lake.get(run_manifest_key(PROJECT, RUN_ID)) is None
+
+
+def test_finalize_of_a_run_another_finalizer_holds_is_retried_later(env: Env) -> None:
+    # Given a finished run whose finalizer is still at work (it holds the run's claim)
+    env.create_sample_run()
+    invoke("worker", load_event("worker_sqs"), env)
+    env.state.begin_finalize(PROJECT, RUN_ID, "another-invocation", env.clock(), 900)
+    # When a duplicate finalize request arrives
+    # Then its record fails (Powertools fails a batch whose records all failed: SQS redelivers it later)
+    with pytest.raises(BatchProcessingError, match="being finalized by another invocation"):
+        invoke("finalizer", load_event("finalize"), env)
+    # and the run is left to its finalizer
     assert env.lake.get(run_manifest_key(PROJECT, RUN_ID)) is None

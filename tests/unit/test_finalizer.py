@@ -1,8 +1,10 @@
-"""The finalizer: exactly once per run; watermark held by gaps; snapshots for touched partitions;
-the run manifest written last and create-only."""
+"""The finalizer: one at a time per run, redone until the run's manifest is written; watermark held by
+gaps; snapshots for touched partitions; the run manifest written last and create-only."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -54,7 +56,7 @@ def _manifest(lake: LocalLake) -> dict[str, object]:
     return parsed
 
 
-def test_finalize_runs_exactly_once(
+def test_a_finalized_run_is_not_closed_again(
     deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock, snapshots: RecordingSnapshots
 ) -> None:
     # Given a finished run
@@ -237,9 +239,11 @@ def test_an_existing_manifest_is_never_overwritten(
     assert _manifest(lake) == {"first": True}
 
 
-def test_an_unknown_run_is_reported_not_claimed(deps: MirrorDeps, state: SqliteStateStore) -> None:
+def test_an_unknown_run_is_reported_not_claimed(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
     assert finalize(PROJECT, "nope", CONFIG, deps).status == "unknown_run"
-    assert state.claim_finalize(PROJECT, "nope")
+    assert state.begin_finalize(PROJECT, "nope", "someone", clock(), 900) == "claimed"
 
 
 @pytest.mark.parametrize(
@@ -299,3 +303,73 @@ def test_a_finalizer_that_fails_still_frees_the_project(
         finalize(PROJECT, "run-1", CONFIG, replace(deps, events=RecordingEvents(fail=True)))
     # Then the next run can start at once
     assert state.acquire_lease(PROJECT, "run-2", clock(), 900)
+
+
+def test_a_finalizer_that_died_after_claiming_is_redone_by_its_retry(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
+) -> None:
+    # Given a finished run holding the lease, whose first finalizer dies after claiming it (the event bus
+    # breaks before the manifest is written)
+    state.acquire_lease(PROJECT, "run-1", clock(), 900)
+    run = _ran(state, clock, RowOutcome("l1", "written", key=NEW, last_edited_at=clock()))
+    with pytest.raises(ConnectionError):
+        finalize(PROJECT, "run-1", CONFIG, replace(deps, events=RecordingEvents(fail=True)))
+    assert lake.get(run_manifest_key(PROJECT, "run-1")) is None
+    # When the finalize request is retried
+    clock.advance(5)
+    retry = finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then the retry completes the run: manifest, watermark, lease; and only now is it "already finalized"
+    assert retry.status == "finalized"
+    assert _manifest(lake)["run_id"] == "run-1"
+    assert state.get_watermark(PROJECT) == run.signpost
+    assert state.acquire_lease(PROJECT, "run-2", clock(), 900)
+    assert finalize(PROJECT, "run-1", CONFIG, deps).status == "already_finalized"
+
+
+def test_a_finalizer_killed_without_a_word_is_redone_once_its_claim_expires(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
+) -> None:
+    # Given a finished run whose finalizer claimed it and then vanished (a Lambda timeout, kill -9)
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+    assert state.begin_finalize(PROJECT, "run-1", "vanished", clock(), CONFIG.lease_ttl_seconds) == "claimed"
+    # When the finalize request is retried before and after the claim expires
+    early = finalize(PROJECT, "run-1", CONFIG, deps)
+    clock.advance(CONFIG.lease_ttl_seconds + 1)
+    late = finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then the early one leaves the run alone ("busy": asked again later), the late one closes it
+    assert early.status == "busy" and late.status == "finalized"
+    assert _manifest(lake)["run_id"] == "run-1"
+
+
+def test_concurrent_finalizers_close_a_run_once(
+    deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock, events: RecordingEvents
+) -> None:
+    # Given a finished run whose snapshot step is slow enough for finalizers to overlap
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW), RowOutcome("l2", "moved", key=NEW, old_key=OLD))
+
+    class SlowSnapshots(RecordingSnapshots):
+        def refresh(
+            self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
+        ) -> SnapshotEvent | None:
+            time.sleep(0.05)
+            return super().refresh(project, changes, run_id=run_id, now=now)
+
+    slow = SlowSnapshots()
+    statuses: list[str] = []
+    start = threading.Barrier(6)
+
+    def one() -> None:
+        start.wait()
+        statuses.append(finalize(PROJECT, "run-1", CONFIG, replace(deps, snapshots=slow)).status)
+
+    # When six finalizers run at once
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then one closed the run, each partition was refreshed and announced once, and one manifest exists
+    assert statuses.count("finalized") == 1
+    assert set(statuses) <= {"finalized", "busy", "already_finalized"}
+    assert len(slow.calls) == 2 and len(events.published) == 2
+    assert list(lake.list_keys("runs/")) == [run_manifest_key(PROJECT, "run-1")]

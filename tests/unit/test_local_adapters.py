@@ -248,10 +248,30 @@ def test_concurrent_final_records_of_one_chunk_count_once(state: SqliteStateStor
     assert {r.done for r in results} == {1}  # type: ignore[attr-defined]
 
 
-def test_claim_finalize_is_true_for_exactly_one_caller(state: SqliteStateStore) -> None:
-    results = _parallel(8, lambda _: state.claim_finalize(P, "run-1"))
-    assert sum(bool(r) for r in results) == 1
-    assert not state.claim_finalize(P, "run-1") and state.claim_finalize(P, "run-2")
+def test_begin_finalize_claims_for_exactly_one_caller_at_a_time(state: SqliteStateStore) -> None:
+    # Given eight finalizers claiming one run at once
+    results = _parallel(8, lambda i: state.begin_finalize(P, "run-1", f"t{i}", T, 900))
+    # Then one holds it, the others are told it is busy; another run is free
+    assert sorted(results) == ["busy"] * 7 + ["claimed"]  # type: ignore[type-var]
+    assert state.begin_finalize(P, "run-2", "t0", T, 900) == "claimed"
+
+
+def test_a_dropped_or_expired_finalize_claim_can_be_taken_and_a_finished_run_stays_finished(
+    state: SqliteStateStore,
+) -> None:
+    # Given a claim that was dropped (its finalizer raised) and one that expired (its finalizer vanished)
+    state.begin_finalize(P, "run-1", "a", T, 900)
+    state.end_finalize(P, "run-1", "a", finished=False)
+    state.begin_finalize(P, "run-2", "a", T, 900)
+    # When others claim them / Then they get them; a stranger cannot drop a claim it does not hold
+    assert state.begin_finalize(P, "run-1", "b", T, 900) == "claimed"
+    assert state.begin_finalize(P, "run-2", "b", T + timedelta(seconds=899), 900) == "busy"
+    assert state.begin_finalize(P, "run-2", "b", T + timedelta(seconds=900), 900) == "claimed"
+    state.end_finalize(P, "run-2", "a", finished=False)
+    assert state.begin_finalize(P, "run-2", "c", T + timedelta(seconds=901), 900) == "busy"
+    # And once a finalizer finishes the run, nobody claims it again
+    state.end_finalize(P, "run-1", "b", finished=True)
+    assert state.begin_finalize(P, "run-1", "c", T + timedelta(days=1), 900) == "finished"
 
 
 def test_gaps_are_listed_until_cleared(state: SqliteStateStore) -> None:

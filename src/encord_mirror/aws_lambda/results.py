@@ -39,6 +39,16 @@ class PlanningFailedError(Exception):
         self.errors = errors
 
 
+class FinalizeBusyError(Exception):
+    """Another finalizer holds the run's claim: the record is reported failed so SQS asks again after the
+    visibility timeout, by when that finalizer has finished (or died and its claim expired)."""
+
+    def __init__(self, project_hash: str, run_id: str) -> None:
+        super().__init__(f"run {run_id} of project {project_hash} is being finalized by another invocation")
+        self.project_hash = project_hash
+        self.run_id = run_id
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -75,6 +85,9 @@ def chunk_summary(result: ChunkResult, *, attempt: int) -> dict[str, Any]:
 
 
 def finalize_summary(result: FinalizeResult) -> dict[str, Any]:
+    """The run's summary; raises FinalizeBusyError when another finalizer holds the run."""
+    if result.status == "busy":
+        raise FinalizeBusyError(result.project_hash, result.run_id)
     if result.status == "finalized":
         metrics.add_metric(name="RunsFinalized", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="GapsOpen", unit=MetricUnit.Count, value=result.gaps_open)

@@ -1,8 +1,17 @@
-"""The finalizer: close a run exactly once.
+"""The finalizer: close a run, re-entrantly.
 
-Order matters: claim the run (exactly once), commit the watermark (held by open gaps), refresh the COCO
-snapshots of the touched partitions and announce them, then write the run manifest LAST and create-only,
-so a manifest's presence means the run's effects are all in place. The lease is released at the end.
+Order matters: claim the run (one finalizer at a time), commit the watermark (held by open gaps), refresh
+the COCO snapshots of the touched partitions and announce them, then write the run manifest LAST and
+create-only, so a manifest's presence means the run's effects are all in place; only then is the run
+marked finalized. The lease is released at the end, however the finalizer ends.
+
+Every step is safe to redo, so a finalizer that died half-way (an exception, a Lambda timeout, a killed
+process) is simply run again: the watermark only moves forward, a snapshot refresh returns the same event
+for the same (run, partition), and the manifest is create-only. A finalizer that raised drops its claim, so
+the retry goes at once; one that died without a word holds the claim until it expires
+(`lease_ttl_seconds`), and meanwhile another finalizer of the run answers "busy" (the Lambda handler then
+fails the record, so SQS asks again later). Two finalizers never work on one run at the same time, unless
+one outlives its claim's expiry.
 
 The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC):
 ```
@@ -17,6 +26,7 @@ The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC):
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,7 +57,7 @@ COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
 class FinalizeResult:
     project_hash: str
     run_id: str
-    status: Literal["finalized", "already_finalized", "unknown_run"]
+    status: Literal["finalized", "already_finalized", "busy", "unknown_run"]
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -58,19 +68,33 @@ class FinalizeResult:
 
 
 def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorDeps) -> FinalizeResult:
+    """Close the run. "already_finalized": its manifest is written; "busy": another finalizer holds it."""
     state = deps.state
     run = state.get_run(project_hash, run_id)
     if run is None:
         return FinalizeResult(project_hash, run_id, "unknown_run")
-    if not state.claim_finalize(project_hash, run_id):
+    token = uuid.uuid4().hex
+    now = require_utc(deps.clock(), "clock")
+    claim = state.begin_finalize(project_hash, run_id, token, now, config.lease_ttl_seconds)
+    if claim == "finished":
         return FinalizeResult(project_hash, run_id, "already_finalized")
+    if claim == "busy":
+        return FinalizeResult(project_hash, run_id, "busy")
 
+    finished = False
     try:
-        return _close_run(project_hash, run, deps)
+        result = _close_run(project_hash, run, deps)
+        state.end_finalize(project_hash, run_id, token, finished=True)
+        finished = True
+        return result
     finally:
-        # However the closing ends, the project is free for its next run: the watermark never passed
-        # anything unsynced, so the next run is safe whether this one wrote its manifest or not.
-        state.release_lease(project_hash, run_id)
+        try:
+            if not finished:
+                state.end_finalize(project_hash, run_id, token, finished=False)
+        finally:
+            # However the closing ends, the project is free for its next run: the watermark never passed
+            # anything unsynced, so the next run is safe whether this one wrote its manifest or not.
+            state.release_lease(project_hash, run_id)
 
 
 def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeResult:

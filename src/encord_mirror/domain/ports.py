@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from encord_mirror.domain.models import (
     ChunkMessage,
@@ -26,6 +26,8 @@ from encord_mirror.domain.models import (
     SnapshotEvent,
     StoredObject,
 )
+
+FinalizeClaim = Literal["claimed", "busy", "finished"]
 
 
 class PreconditionFailedError(Exception):
@@ -117,8 +119,20 @@ class StateStore(Protocol):
 
     def chunk_results(self, project_hash: str, run_id: str) -> list[ChunkResult]: ...
 
-    def claim_finalize(self, project_hash: str, run_id: str) -> bool:
-        """True for exactly one caller per run."""
+    def begin_finalize(
+        self, project_hash: str, run_id: str, token: str, now: datetime, ttl_s: int
+    ) -> FinalizeClaim:
+        """Claim the run's finalization for `token` until `now + ttl_s`, atomically.
+
+        "finished": a finalizer completed the run (`end_finalize(finished=True)`); "busy": another token
+        holds a claim that has not expired; "claimed": go ahead (also when an earlier claim expired or was
+        dropped: its holder died or failed, and every finalize step is safe to redo).
+        """
+        ...
+
+    def end_finalize(self, project_hash: str, run_id: str, token: str, *, finished: bool) -> None:
+        """`finished`: mark the run finalized for good (its manifest is written). Otherwise drop
+        `token`'s claim, if it still holds it, so a retry can claim the run at once."""
         ...
 
     # gaps
@@ -136,7 +150,8 @@ class WorkQueue(Protocol):
 
     def request_finalize(self, project_hash: str, run_id: str) -> None:
         """Ask for the run's finalizer (SQS: a message on the finalize queue; locally: run it next).
-        May be called more than once per run: the finalizer claims the run exactly once."""
+        May be called more than once per run: one finalizer at a time claims the run, and a run is
+        closed once."""
         ...
 
 

@@ -7,7 +7,8 @@
 | `COUNTER`                        | `run_number` (UpdateItem ADD)                                  |
 | `IDX#<label_hash>`               | the row index (newer-wins on `edited_us`)                      |
 | `GAP#<label_hash>`               | a row that failed for good                                     |
-| `RUN#<run_id>`                   | the run record (`blob`), `total`, `done`, `finalized`          |
+| `RUN#<run_id>`                   | the run record (`blob`), `total`, `done`, the finalize claim   |
+|                                  | (`fin_token`, `fin_expires_us`) and `finalized_at` when closed |
 | `RUN#<run_id>#CHUNK#<chunk_id>`  | a chunk result (`blob`), `final`                               |
 | `BLOB#<sha256>#<n>`              | a part of a blob too large for one item (content-addressed)    |
 
@@ -39,6 +40,7 @@ from encord_mirror.domain.models import (
     RunProgress,
     RunRecord,
 )
+from encord_mirror.domain.ports import FinalizeClaim
 
 INLINE_LIMIT = 300_000  # bytes of compressed blob kept in the item itself (the item limit is 400 KB)
 PART_SIZE = 300_000
@@ -445,20 +447,56 @@ class DynamoStateStore:
             for item in self._query(project_hash, prefix)
         ]
 
-    def claim_finalize(self, project_hash: str, run_id: str) -> bool:
+    def begin_finalize(
+        self, project_hash: str, run_id: str, token: str, now: datetime, ttl_s: int
+    ) -> FinalizeClaim:
+        """The claim lives on the run item (`fin_token`, `fin_expires_us`); `finalized_at` ends the run."""
         try:
             self._client.update_item(
                 TableName=self.table_name,
                 Key=self._key(project_hash, f"RUN#{run_id}"),
-                UpdateExpression="SET finalized_at = :now",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(finalized_at)",
-                ExpressionAttributeValues={":now": _s(datetime.now(UTC).isoformat())},
+                UpdateExpression="SET fin_token = :token, fin_expires_us = :expires",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(finalized_at) AND"
+                " (attribute_not_exists(fin_token) OR fin_token = :token OR fin_expires_us <= :now)",
+                ExpressionAttributeValues={
+                    ":token": _s(token),
+                    ":expires": _n(_micros(now + timedelta(seconds=ttl_s))),
+                    ":now": _n(_micros(now)),
+                },
             )
         except ClientError as error:
-            if _code(error) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+            if _code(error) != "ConditionalCheckFailedException":
+                raise
+            item = self._get(project_hash, f"RUN#{run_id}")
+            if item is None:
+                raise RunNotFoundError(project_hash, run_id) from error
+            return "finished" if "finalized_at" in item else "busy"
+        return "claimed"
+
+    def end_finalize(self, project_hash: str, run_id: str, token: str, *, finished: bool) -> None:
+        key = self._key(project_hash, f"RUN#{run_id}")
+        if finished:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="SET finalized_at = if_not_exists(finalized_at, :now)"
+                " REMOVE fin_token, fin_expires_us",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":now": _s(datetime.now(UTC).isoformat())},
+            )
+            return
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="REMOVE fin_token, fin_expires_us",
+                ConditionExpression="fin_token = :token",
+                ExpressionAttributeValues={":token": _s(token)},
+            )
+        except ClientError as error:
+            # Our claim expired and another finalizer holds the run now: nothing of ours to drop.
+            if _code(error) != "ConditionalCheckFailedException":
+                raise
 
     # -- gaps ------------------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ def _batches(bodies: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
 
 class SqsWorkQueue:
     """WorkQueue port: chunk messages on the work queue, run ids on the finalize queue (standard queues:
-    duplicates are harmless because chunks are idempotent and the finalizer claims each run once)."""
+    duplicates are harmless because chunks are idempotent and a run is finalized once)."""
 
     def __init__(self, work_queue_url: str, finalize_queue_url: str, client: Any) -> None:
         self.work_queue_url = work_queue_url

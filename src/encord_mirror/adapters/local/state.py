@@ -15,6 +15,7 @@ import orjson
 
 from encord_mirror.domain.codec import outcomes_from_json, outcomes_to_json, run_from_json, run_to_json
 from encord_mirror.domain.models import ChunkResult, Gap, IndexEntry, RunProgress, RunRecord
+from encord_mirror.domain.ports import FinalizeClaim
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL);
@@ -28,8 +29,8 @@ CREATE TABLE IF NOT EXISTS runs (project TEXT NOT NULL, run_id TEXT NOT NULL, re
     PRIMARY KEY (project, run_id));
 CREATE TABLE IF NOT EXISTS chunks (project TEXT NOT NULL, run_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
     final INTEGER NOT NULL, result BLOB NOT NULL, PRIMARY KEY (project, chunk_id));
-CREATE TABLE IF NOT EXISTS finalized (project TEXT NOT NULL, run_id TEXT NOT NULL,
-    PRIMARY KEY (project, run_id));
+CREATE TABLE IF NOT EXISTS finalize_claims (project TEXT NOT NULL, run_id TEXT NOT NULL, token TEXT,
+    expires_at TEXT, finished_at TEXT, PRIMARY KEY (project, run_id));
 CREATE TABLE IF NOT EXISTS gaps (project TEXT NOT NULL, label_hash TEXT NOT NULL, last_edited_at TEXT,
     run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, label_hash));
 """
@@ -224,10 +225,39 @@ class SqliteStateStore:
         )
         return [_chunk_from(r[0]) for r in rows]
 
-    def claim_finalize(self, project_hash: str, run_id: str) -> bool:
+    def begin_finalize(
+        self, project_hash: str, run_id: str, token: str, now: datetime, ttl_s: int
+    ) -> FinalizeClaim:
         with self._tx() as db:
-            cur = db.execute("INSERT OR IGNORE INTO finalized VALUES (?, ?)", (project_hash, run_id))
-            return cur.rowcount == 1
+            row = db.execute(
+                "SELECT token, expires_at, finished_at FROM finalize_claims WHERE project = ? AND run_id = ?",
+                (project_hash, run_id),
+            ).fetchone()
+            if row is not None and row[2] is not None:
+                return "finished"
+            if row is not None and row[0] not in (None, token) and row[1] > _ts(now):
+                return "busy"
+            db.execute(
+                "INSERT OR REPLACE INTO finalize_claims VALUES (?, ?, ?, ?, NULL)",
+                (project_hash, run_id, token, _ts(now + timedelta(seconds=ttl_s))),
+            )
+            return "claimed"
+
+    def end_finalize(self, project_hash: str, run_id: str, token: str, *, finished: bool) -> None:
+        with self._tx() as db:
+            if finished:
+                db.execute(
+                    "INSERT INTO finalize_claims VALUES (?, ?, NULL, NULL, ?) ON CONFLICT(project, run_id)"
+                    " DO UPDATE SET token = NULL, expires_at = NULL, finished_at = excluded.finished_at"
+                    " WHERE finalize_claims.finished_at IS NULL",
+                    (project_hash, run_id, _ts(datetime.now(UTC))),
+                )
+            else:
+                db.execute(
+                    "UPDATE finalize_claims SET token = NULL, expires_at = NULL"
+                    " WHERE project = ? AND run_id = ? AND token = ?",
+                    (project_hash, run_id, token),
+                )
 
     # gaps
     def add_gaps(self, gaps: Sequence[Gap]) -> None:
