@@ -145,7 +145,9 @@ def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> list[npt.NDArra
     widths = np.array([m.width for m in masks], dtype=np.int64)
     heights = np.array([m.height for m in masks], dtype=np.int64)
     sizes = widths * heights
-    bases = np.cumsum(sizes + 1) - (sizes + 1)  # one pixel apart, so that no range runs into the next mask
+    # Mask i's pixels are numbered row-major from i * slot; one spare pixel keeps masks' ranges apart.
+    slot = int(widths.max(initial=1)) * int(heights.max(initial=1)) + 1
+    bases = np.arange(len(masks), dtype=np.int64) * slot
     paintings = [(i, m) for i, m in enumerate(masks) if isinstance(m, Painting)]
     starts: list[IntArray] = []
     ends: list[IntArray] = []
@@ -159,7 +161,8 @@ def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> list[npt.NDArra
         ring_ids, ys, a, b = ring_spans(rings, widths[ring_mask], heights[ring_mask])
         owner = ring_mask[ring_ids]
         offset = bases[owner] + ys * widths[owner]
-        painted = _compose(layer[ring_ids], offset + a, offset + b, bases, values)
+        bits = _COUNTER_BITS if max(len(r) for r in rings) <= _MAX_SMALL_RING else 32
+        painted = _compose(layer[ring_ids], offset + a, offset + b, slot, values, bits)
         starts.append(painted[0])
         ends.append(painted[1])
     for i, given in enumerate(masks):
@@ -169,7 +172,7 @@ def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> list[npt.NDArra
             ends.append(e + bases[i])
     all_starts = np.concatenate([_EMPTY, *starts])
     order = np.argsort(all_starts, kind="stable")
-    return _column_runs(all_starts[order], np.concatenate([_EMPTY, *ends])[order], bases, widths, heights)
+    return _column_runs(all_starts[order], np.concatenate([_EMPTY, *ends])[order], slot, widths, heights)
 
 
 def ring_spans(rings: Sequence[Sequence[tuple[int, int]]], widths: IntArray, heights: IntArray) -> Spans:
@@ -217,7 +220,8 @@ def ring_spans(rings: Sequence[Sequence[tuple[int, int]]], widths: IntArray, hei
 
 
 def _line_spans(ring: IntArray, x0: IntArray, y0: IntArray, x1: IntArray, y1: IntArray) -> Spans:
-    """`draw_line` for many (already clipped) segments at once, as row runs."""
+    """`draw_line` for many (already clipped) segments at once, as one run per (segment, row): a steep
+    segment has one pixel per row; a flat one steps a row at the first pixel where `_minor_steps` does."""
     if not ring.size:
         return _EMPTY_SPANS
     swap = x1 < x0  # opencv draws left to right
@@ -226,23 +230,24 @@ def _line_spans(ring: IntArray, x0: IntArray, y0: IntArray, x1: IntArray, y1: In
     dx, dy = x1 - x0, y1 - y0
     step = np.where(dy < 0, -1, 1)
     dy = np.abs(dy)
-    vertical = dy > dx
+    steep = dy > dx
     major, minor = np.maximum(dx, dy), np.minimum(dx, dy)
-    counts = major + 1
-    edge = np.repeat(np.arange(ring.size, dtype=np.int64), counts)
-    k = np.arange(edge.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    major_e = major[edge]
-    # _minor_steps for every segment; a one-pixel segment (major 0) takes no step.
-    minor_steps = np.maximum((2 * minor[edge] * k + major_e - 1) // (2 * np.maximum(major_e, 1)), 0)
-    vertical_e = vertical[edge]
-    xs = x0[edge] + np.where(vertical_e, minor_steps, k)
-    ys = y0[edge] + step[edge] * np.where(vertical_e, k, minor_steps)
-    # Pixels of one segment on one row are consecutive, left to right: one span per (segment, row).
-    new = np.ones(edge.size, dtype=bool)
-    new[1:] = (edge[1:] != edge[:-1]) | (ys[1:] != ys[:-1])
-    first = np.flatnonzero(new)
-    last = np.append(first[1:], edge.size) - 1
-    return ring[edge[first]], ys[first], xs[first], xs[last] + 1
+    rows = dy + 1
+    edge = np.repeat(np.arange(ring.size, dtype=np.int64), rows)
+    j = np.arange(edge.size, dtype=np.int64) - np.repeat(np.cumsum(rows) - rows, rows)
+    major_e, minor_e, dx_e = major[edge], minor[edge], dx[edge]
+    # Steep: the j-th pixel's column. Flat: the first pixel k with _minor_steps(k) >= j is the least k
+    # with 2*minor*k >= 2*major*j - major + 1; the row ends where the next one starts.
+    steep_x = np.maximum((2 * minor_e * j + major_e - 1) // (2 * np.maximum(major_e, 1)), 0)
+    denominator = 2 * np.maximum(minor_e, 1)
+    flat_from = np.where(j > 0, np.clip(-((major_e - 1 - 2 * major_e * j) // denominator), 0, dx_e + 1), 0)
+    flat_to = np.where(
+        minor_e > 0, np.clip(-((major_e - 1 - 2 * major_e * (j + 1)) // denominator), 0, dx_e + 1), dx_e + 1
+    )
+    steep_e = steep[edge]
+    a = x0[edge] + np.where(steep_e, steep_x, flat_from)
+    b = x0[edge] + np.where(steep_e, steep_x + 1, flat_to)
+    return ring[edge], y0[edge] + step[edge] * j, a, b
 
 
 def _fill_spans(
@@ -303,45 +308,52 @@ def _fill_spans(
     return rings[lefts][keep], ys[lefts][keep], left[keep], right[keep]
 
 
-_LAYERS_PER_PASS = 16
+# The sweep keeps one counter per layer, packed in an int64: 16 bits each, so 4 layers (the first holds
+# what earlier passes painted). A pixel is covered by at most 2 fill spans and one run per edge of a
+# ring, so a counter overflows only for a ring of more than 65,000 points (those get 32 bits).
+_COUNTER_BITS = 16
+_MAX_SMALL_RING = 65_000
 
 
 def _compose(
     layer: IntArray,
     starts: IntArray,
     ends: IntArray,
-    bases: IntArray,
+    slot: int,
     values: npt.NDArray[np.int8],
+    bits: int = _COUNTER_BITS,
 ) -> tuple[IntArray, IntArray]:
     """The pixels set after painting each ring's spans (flat [start, end) ranges, overlaps allowed; the
-    ring's mask starts at one of `bases`) with `values[mask, layer]`, layer by layer: a pixel takes the
+    ring's mask `m` starts at m * slot) with `values[mask, layer]`, layer by layer: a pixel takes the
     value of the last layer of its mask that covers it. Returns sorted, disjoint, non-touching ranges."""
+    per_pass = 64 // bits - 1
     done_starts, done_ends = _EMPTY, _EMPTY
-    for low in range(0, values.shape[1], _LAYERS_PER_PASS):
-        high = min(low + _LAYERS_PER_PASS, values.shape[1])
+    for low in range(0, values.shape[1], per_pass):
+        high = min(low + per_pass, values.shape[1])
         chosen = (layer >= low) & (layer < high)
         # What earlier passes painted is the bottom layer, value 1.
         layers = np.concatenate([np.zeros(done_starts.size, dtype=np.int64), layer[chosen] - low + 1])
-        table = np.concatenate(
-            [
-                np.zeros((values.shape[0], 1), np.int8),
-                np.ones((values.shape[0], 1), np.int8),
-                values[:, low:high],
-            ],
-            axis=1,
-        )
+        table = np.ones((values.shape[0], high - low + 2), np.int8)
+        table[:, 0] = 0
+        table[:, 2:] = values[:, low:high]
         done_starts, done_ends = _compose_layers(
             layers,
             np.concatenate([done_starts, starts[chosen]]),
             np.concatenate([done_ends, ends[chosen]]),
-            bases,
+            slot,
             table,
+            bits,
         )
     return done_starts, done_ends
 
 
 def _compose_layers(
-    layer: IntArray, starts: IntArray, ends: IntArray, bases: IntArray, values: npt.NDArray[np.int8]
+    layer: IntArray,
+    starts: IntArray,
+    ends: IntArray,
+    slot: int,
+    values: npt.NDArray[np.int8],
+    bits: int,
 ) -> tuple[IntArray, IntArray]:
     """One pass of `_compose`: a sweep over the ranges' ends counting how many ranges of each layer cover
     each stretch; the topmost covering layer decides (`values[mask, 0]` is the value of no layer)."""
@@ -349,61 +361,58 @@ def _compose_layers(
         return _EMPTY, _EMPTY
     count = values.shape[1] - 1
     keys = np.concatenate([starts * (2 * count) + 2 * layer, ends * (2 * count) + 2 * layer + 1])
-    keys.sort()
+    keys.sort()  # at one position, a layer's starts come before its ends: no counter goes below zero
     positions = keys // (2 * count)
-    which = (keys % (2 * count)) >> 1
-    cover = np.zeros((keys.size, count), dtype=np.int16)
-    cover[np.arange(keys.size), which] = 1 - 2 * (keys & 1)
-    np.cumsum(cover, axis=0, out=cover)
-    top = ((cover > 0) * np.arange(1, count + 1, dtype=np.int16)).max(axis=1)
+    delta = np.left_shift(np.int64(1), bits * ((keys % (2 * count)) >> 1))
+    state = np.cumsum(np.where(keys & 1, -delta, delta))
+    # The topmost layer with a non-zero counter: how many layer thresholds the packed counters reach.
+    top = (state > 0).astype(np.int8)
+    for index in range(1, count):
+        top += state >= (1 << (bits * index))
     # Only the state after the last event at a position counts.
     last = np.ones(keys.size, dtype=bool)
     last[:-1] = positions[1:] != positions[:-1]
     positions, top = positions[last], top[last]
-    painted = values[np.searchsorted(bases, positions, side="right") - 1, top]
+    painted = values[positions // slot, top]
     change = painted != np.concatenate([[0], painted[:-1]])
     edges = positions[change]
     return edges[0::2], edges[1::2]
 
 
 def _column_runs(
-    starts: IntArray, ends: IntArray, bases: IntArray, widths: IntArray, heights: IntArray
+    starts: IntArray, ends: IntArray, slot: int, widths: IntArray, heights: IntArray
 ) -> list[npt.NDArray[np.uint32]]:
-    """COCO RLE counts of masks whose set pixels are sorted, disjoint, non-touching flat ranges (mask i
-    row-major from `bases[i]`), from where each column changes value."""
-    masks = bases.size
-    mask = np.searchsorted(bases, starts, side="right") - 1
-    width, local = widths[mask], starts - bases[mask]
-    local_end = ends - bases[mask]
+    """COCO RLE counts of masks whose set pixels are sorted, disjoint, non-touching flat ranges (mask m
+    row-major from m * slot), from where each column changes value."""
+    masks = widths.size
+    mask = starts // slot
+    width, local = widths[mask], starts - mask * slot
+    local_end = ends - mask * slot
     # Ranges split into one span per row.
     first_row, last_row = local // width, (local_end - 1) // width
     rows = last_row - first_row + 1
-    owner = np.repeat(np.arange(starts.size, dtype=np.int64), rows)
-    ys = first_row[owner] + np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(rows) - rows, rows)
-    width = width[owner]
-    a = np.where(ys == first_row[owner], local[owner] - ys * width, 0)
-    b = np.where(ys == last_row[owner], local_end[owner] - ys * width, width)
-    mask = mask[owner]
+    if bool((rows == 1).all()):
+        ys, a, b = first_row, local - first_row * width, local_end - first_row * width
+    else:
+        owner = np.repeat(np.arange(starts.size, dtype=np.int64), rows)
+        ys = (
+            first_row[owner] + np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(rows) - rows, rows)
+        )
+        width = width[owner]
+        a = np.where(ys == first_row[owner], local[owner] - ys * width, 0)
+        b = np.where(ys == last_row[owner], local_end[owner] - ys * width, width)
+        mask = mask[owner]
     # A row's value toggles at its spans' ends; where row y differs from row y-1 (rows -1 and `height`
     # empty) toggles at the ends of both, pairs cancelling.
-    strides = widths + 1
-    toggle_sizes = (heights + 2) * strides
-    toggle_bases = np.cumsum(toggle_sizes) - toggle_sizes
-    stride, base = strides[mask], toggle_bases[mask]
-    toggles = np.concatenate(
-        [
-            base + ys * stride + a,
-            base + ys * stride + b,
-            base + (ys + 1) * stride + a,
-            base + (ys + 1) * stride + b,
-        ]
+    stride = int(widths.max()) + 1
+    toggle_slot = (int(heights.max()) + 2) * stride
+    row_key = mask * toggle_slot + ys * stride
+    toggles = _cancel_pairs(
+        np.concatenate([row_key + a, row_key + b, row_key + stride + a, row_key + stride + b]),
+        sorted_runs=True,
     )
-    toggles = _cancel_pairs(toggles)
-    mask = np.searchsorted(toggle_bases, toggles, side="right") - 1
-    local = toggles - toggle_bases[mask]
-    change_rows, change_cols = local // strides[mask], local % strides[mask]
-    ranges_from, ranges_to = change_cols[0::2], change_cols[1::2]
-    ranges_row, ranges_mask = change_rows[0::2], mask[0::2]
+    change_rows, change_cols = toggles // stride, toggles % stride
+    ranges_from, ranges_to, ranges_row = change_cols[0::2], change_cols[1::2], change_rows[0::2]
     lengths = ranges_to - ranges_from
     owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
     xs = (
@@ -411,25 +420,42 @@ def _column_runs(
         + np.arange(owner.size, dtype=np.int64)
         - np.repeat(np.cumsum(lengths) - lengths, lengths)
     )
+    row_of = ranges_row[owner]  # mask * (max height + 2) + row
+    mask = row_of // (toggle_slot // stride)
+    ys = row_of - mask * (toggle_slot // stride)
     # Column-major position of every change; a change below a column's last row is the same position as
     # one at the top of the next column, and the two cancel; one below the last column is the end.
     sizes = widths * heights
-    column_bases = np.cumsum(sizes + 1) - (sizes + 1)
-    mask = ranges_mask[owner]
-    changes = _cancel_pairs(column_bases[mask] + xs * heights[mask] + ranges_row[owner])
-    mask = np.searchsorted(column_bases, changes, side="right") - 1
-    inside = changes - column_bases[mask] < sizes[mask]
-    changes, mask = changes[inside], mask[inside]
-    points = np.sort(np.concatenate([changes, column_bases, column_bases + sizes]))
-    runs = np.diff(points).astype(np.uint32)
-    per_mask = np.bincount(mask, minlength=masks) + 2
-    block = np.cumsum(per_mask) - per_mask
-    return [runs[start : start + n - 1] for start, n in zip(block.tolist(), per_mask.tolist(), strict=True)]
+    changes = _cancel_pairs(mask * slot + xs * heights[mask] + ys)
+    mask = changes // slot
+    local = changes - mask * slot
+    inside = local < sizes[mask]
+    local, mask = local[inside], mask[inside]
+    # Each mask's runs: from 0 to its first change, between its changes, from its last change to its end.
+    per_mask = np.bincount(mask, minlength=masks)
+    block = np.cumsum(per_mask + 1) - (per_mask + 1)
+    runs = np.empty(int(per_mask.sum()) + masks, dtype=np.int64)
+    ends_at = block + per_mask
+    at = np.arange(local.size, dtype=np.int64) + mask  # each earlier mask adds its final run
+    previous = np.empty_like(local)
+    previous[1:] = local[:-1]
+    first = np.ones(local.size, dtype=bool)
+    first[1:] = mask[1:] != mask[:-1]
+    previous[first] = 0
+    runs[at] = local - previous
+    last_change = np.zeros(masks, dtype=np.int64)
+    if local.size:
+        final = np.append(first[1:], True)
+        last_change[mask[final]] = local[final]
+    runs[ends_at] = sizes - last_change
+    counts = runs.astype(np.uint32)
+    return [counts[start : end + 1] for start, end in zip(block.tolist(), ends_at.tolist(), strict=True)]
 
 
-def _cancel_pairs(values: IntArray) -> IntArray:
-    """`values` sorted, with every value that occurs twice removed (no value occurs more often)."""
-    values = np.sort(values)
+def _cancel_pairs(values: IntArray, *, sorted_runs: bool = False) -> IntArray:
+    """`values` sorted, with every value that occurs twice removed (no value occurs more often).
+    `sorted_runs`: `values` is a few sorted runs, which a stable sort merges faster than quicksort."""
+    values = np.sort(values, kind="stable" if sorted_runs else "quicksort")
     twin = values[1:] == values[:-1]
     keep = np.ones(values.size, dtype=bool)
     keep[:-1] &= ~twin
