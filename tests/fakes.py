@@ -315,7 +315,7 @@ class RecordingEvents:
         if self.fail:
             raise ConnectionError("event bus down")
         self.published.extend(events)
-        return SendReceipt(sent=tuple(e.snapshot_id for e in events), failed={})
+        return SendReceipt(sent=tuple(e.event_id for e in events), failed={})
 
 
 _source: LabelSource = FakeSource()

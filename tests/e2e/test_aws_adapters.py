@@ -13,8 +13,13 @@ from typing import Any
 import orjson
 import pytest
 from awsenv import AwsResources
+from fakes import Clock, FakeSource, RecordingQueue, RecordingSnapshots
 
 from encord_mirror.adapters.aws import DynamoStateStore, EventBridgeSink, S3ObjectStore, SqsWorkQueue
+from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.finalizer import finalize
+from encord_mirror.domain.lake import run_manifest_key
 from encord_mirror.domain.models import (
     ChunkMessage,
     ChunkResult,
@@ -377,6 +382,68 @@ def test_a_finalize_claim_is_retaken_when_dropped_or_expired_and_never_after_fin
     assert state.begin_finalize(PROJECT, "r1", "late", T0 + timedelta(days=1), 900) == "finished"
 
 
+def _snap(run_id: str, stage: str, branch: str = "main") -> SnapshotEvent:
+    return SnapshotEvent(run_id, PROJECT, branch, stage, {"run_id": run_id, "counts": {"rows": 3}})
+
+
+def test_outbox_keeps_events_pending_until_sent_and_never_reopens_a_sent_one(state: StateStore) -> None:
+    # Given the events of two runs' snapshots (one run touched two partitions, one on a branch with a slash)
+    older = [_snap("r1", "review-5678abcd", branch="consensus/1"), _snap("r1", "annotate-1234abcd")]
+    newer = [_snap("r2", "annotate-1234abcd")]
+    # When they are recorded (the newer first, the older twice: a retried finalizer)
+    state.stage_events(PROJECT, newer)
+    state.stage_events(PROJECT, older)
+    state.stage_events(PROJECT, older)
+    # Then each is pending once, oldest snapshot first (then by event id), and round-trips whole
+    assert state.pending_events(PROJECT) == [*older, *newer]
+    # When one is sent and all are recorded again / Then the sent one stays sent
+    state.mark_events_sent(PROJECT, [older[1].event_id])
+    state.stage_events(PROJECT, [*older, *newer])
+    assert state.pending_events(PROJECT) == [older[0], *newer]
+    state.mark_events_sent(PROJECT, [older[0].event_id, newer[0].event_id, newer[0].event_id])
+    assert state.pending_events(PROJECT) == []
+
+
+def test_finalizer_retry_on_aws_announces_each_snapshot_once(
+    aws: AwsResources, aws_client: Callable[[str], Any], bus_inbox: str
+) -> None:
+    # Given a finished run on DynamoDB, whose finalizer publishes to EventBridge and then dies before
+    # writing its manifest to S3
+    class ManifestFailsOnce(S3ObjectStore):
+        failed = False
+
+        def put(self, key: str, body: bytes, **kw: Any) -> str:
+            if key.startswith("runs/") and not self.failed:
+                self.failed = True
+                raise ConnectionError("S3 went away")
+            return super().put(key, body, **kw)
+
+    state = DynamoStateStore(aws.table, aws_client("dynamodb"))
+    state.create_run(_run("r1", 1))
+    state.record_chunk(PROJECT, _result("r1", 0, final=True))
+    lake = ManifestFailsOnce(aws.bucket, "", aws_client("s3"))
+    clock = Clock(T0)
+    deps = MirrorDeps(
+        FakeSource(clock=clock, project_hash=PROJECT),
+        lake,
+        state,
+        RecordingQueue(),
+        EventBridgeSink(aws.bus, aws_client("events")),
+        RecordingSnapshots(),
+        clock,
+    )
+    config = MirrorConfig(projects=(PROJECT,))
+    with pytest.raises(ConnectionError):
+        finalize(PROJECT, "r1", config, deps)
+    # When the finalize request is redelivered
+    retry = finalize(PROJECT, "r1", config, deps)
+    # Then the run closes, and the bus carried the snapshot's event once, with its event id
+    assert retry.status == "finalized" and lake.get(run_manifest_key(PROJECT, "r1")) is not None
+    delivered = _drain(aws_client("sqs"), bus_inbox)
+    assert [d["detail"]["event_id"] for d in delivered] == [s.event_id for s in retry.snapshots]
+    assert len(delivered) == 1 and state.pending_events(PROJECT) == []
+
+
 def test_gaps_are_listed_until_cleared(state: StateStore) -> None:
     # Given two gaps, one re-added by a later run
     state.add_gaps(
@@ -523,7 +590,7 @@ def test_events_publish_in_batches_of_10_with_receipts(
     # When published
     receipt = sink.publish(events)
     # Then all are sent, and each reached the bus with our source, detail-type and detail
-    assert sorted(receipt.sent) == sorted(e.snapshot_id for e in events) and receipt.failed == {}
+    assert sorted(receipt.sent) == sorted(e.event_id for e in events) and receipt.failed == {}
     delivered = _drain(aws_client("sqs"), bus_inbox)
     assert len(delivered) == 12
     assert {(d["source"], d["detail-type"]) for d in delivered} == {
@@ -532,6 +599,7 @@ def test_events_publish_in_batches_of_10_with_receipts(
     details = {d["detail"]["snapshot_id"]: d["detail"] for d in delivered}
     assert details["snap-3"] == {
         "rows": 3,
+        "event_id": f"{PROJECT}/main/annotate-1234abcd/snap-3",
         "snapshot_id": "snap-3",
         "project_hash": PROJECT,
         "branch": "main",
@@ -542,7 +610,7 @@ def test_events_publish_in_batches_of_10_with_receipts(
 def test_events_to_a_missing_bus_fail_in_the_receipt(
     aws: AwsResources, aws_client: Callable[[str], Any]
 ) -> None:
-    # Given a bus that does not exist / When publishing / Then the receipt names the failed snapshot
+    # Given a bus that does not exist / When publishing / Then the receipt names the failed event
     sink = EventBridgeSink(aws.bus + "-missing", aws_client("events"))
     receipt = sink.publish([SnapshotEvent("snap-1", PROJECT, "main", "s", {})])
-    assert receipt.sent == () and set(receipt.failed) == {"snap-1"}
+    assert receipt.sent == () and set(receipt.failed) == {f"{PROJECT}/main/s/snap-1"}

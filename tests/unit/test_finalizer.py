@@ -16,6 +16,7 @@ from conftest import Mirror
 from fakes import PROJECT, REVIEW, Clock, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.adapters.local.events import EVENTS_KEY, JsonlEventSink
 from encord_mirror.app.local_sync import run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
@@ -373,3 +374,82 @@ def test_concurrent_finalizers_close_a_run_once(
     assert set(statuses) <= {"finalized", "busy", "already_finalized"}
     assert len(slow.calls) == 2 and len(events.published) == 2
     assert list(lake.list_keys("runs/")) == [run_manifest_key(PROJECT, "run-1")]
+
+
+class _ManifestFailsOnce(LocalLake):
+    """A lake whose first run-manifest write fails: the finalizer dies after publishing its events."""
+
+    failed = False
+
+    def put(self, key: str, body: bytes, **kw: object) -> str:
+        if key.startswith("runs/") and not self.failed:
+            self.failed = True
+            raise OSError("disk full")
+        return super().put(key, body, **kw)  # type: ignore[arg-type]
+
+
+def _event_lines(lake: LocalLake) -> list[dict[str, object]]:
+    stored = lake.get(EVENTS_KEY)
+    return [] if stored is None else [orjson.loads(line) for line in stored.body.splitlines()]
+
+
+def test_a_finalizer_that_died_after_publishing_does_not_announce_again_on_its_retry(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock, tmp_path: Path
+) -> None:
+    # Given a finished run that touched two partitions, and a finalizer that publishes its two events
+    # to the lake's events file and dies before writing the manifest
+    _ran(state, clock, RowOutcome("l2", "moved", key=NEW, old_key=OLD))
+    lake = _ManifestFailsOnce(tmp_path / "lake2")
+    dying = replace(deps, lake=lake, events=JsonlEventSink(lake, clock=clock))
+    with pytest.raises(OSError, match="disk full"):
+        finalize(PROJECT, "run-1", CONFIG, dying)
+    assert len(_event_lines(lake)) == 2
+    # When the finalizer is retried
+    retry = finalize(PROJECT, "run-1", CONFIG, dying)
+    # Then the run closes and each snapshot is still announced exactly once, with its event id
+    assert retry.status == "finalized" and lake.get(run_manifest_key(PROJECT, "run-1")) is not None
+    details = [line["detail"] for line in _event_lines(lake)]
+    assert sorted(d["event_id"] for d in details) == sorted(s.event_id for s in retry.snapshots)  # type: ignore[index]
+    assert state.pending_events(PROJECT) == []
+
+
+def test_a_finalizer_that_died_before_publishing_announces_on_its_retry(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock, events: RecordingEvents
+) -> None:
+    # Given a finished run whose finalizer committed a snapshot, then died as it published the event
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+    with pytest.raises(ConnectionError):
+        finalize(PROJECT, "run-1", CONFIG, replace(deps, events=RecordingEvents(fail=True)))
+    # When the finalizer is retried, and asked once more after it closed the run
+    retry = finalize(PROJECT, "run-1", CONFIG, deps)
+    finalize(PROJECT, "run-1", CONFIG, deps)
+    # Then the snapshot was announced once
+    assert [e.event_id for e in events.published] == [s.event_id for s in retry.snapshots]
+    assert len(events.published) == 1
+
+
+def test_an_event_the_sink_refused_is_sent_by_the_projects_next_finalizer(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock, events: RecordingEvents
+) -> None:
+    # Given a run whose event the sink refused (the run closed, the refusal in its manifest)
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+
+    class Refusing(RecordingEvents):
+        def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
+            return SendReceipt(sent=(), failed={e.event_id: "ThrottlingException" for e in events})
+
+    first = finalize(PROJECT, "run-1", CONFIG, replace(deps, events=Refusing()))
+    assert first.status == "finalized" and "ThrottlingException" in first.errors[0]
+    # When the project's next run finalizes
+    clock.advance(60)
+    state.create_run(RunRecord(PROJECT, "run-2", clock(), None, False, ("run-2-00000",)))
+    state.record_chunk(
+        PROJECT, ChunkResult("run-2", "run-2-00000", (RowOutcome("l5", "written", key=OLD),), True)
+    )
+    second = finalize(PROJECT, "run-2", CONFIG, deps)
+    # Then it sends the refused event first, then its own, and nothing is left pending
+    assert [e.event_id for e in events.published] == [
+        *(s.event_id for s in first.snapshots),
+        *(s.event_id for s in second.snapshots),
+    ]
+    assert state.pending_events(PROJECT) == []

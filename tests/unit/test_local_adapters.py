@@ -399,7 +399,8 @@ def test_events_are_eventbridge_shaped_json_lines(lake: LocalLake) -> None:
     sink = JsonlEventSink(lake, clock=lambda: T)
     _: EventSink = sink
     receipt = sink.publish([_event(1), _event(2)])
-    assert receipt.sent == ("snap-1", "snap-2") and receipt.failed == {}
+    assert receipt.sent == (f"{P}/main/review-1234abcd/snap-1", f"{P}/main/review-1234abcd/snap-2")
+    assert receipt.failed == {}
     stored = lake.get(EVENTS_KEY)
     assert stored is not None
     lines = [orjson.loads(line) for line in stored.body.splitlines()]
@@ -408,6 +409,7 @@ def test_events_are_eventbridge_shaped_json_lines(lake: LocalLake) -> None:
         "detail-type": "encord-mirror.snapshot.committed",
         "time": T.isoformat(),
         "detail": {
+            "event_id": f"{P}/main/review-1234abcd/snap-1",
             "snapshot_id": "snap-1",
             "project_hash": P,
             "branch": "main",

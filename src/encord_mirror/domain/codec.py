@@ -19,14 +19,38 @@ def _time(value: str | None) -> datetime | None:
 
 
 def snapshot_event_detail(event: SnapshotEvent) -> JsonDict:
-    """The `detail` of a "snapshot committed" event: the builder's detail, then the event's identity."""
+    """The `detail` of a "snapshot committed" event: the builder's detail, then the event's identity
+    (`event_id`, the key a consumer dedupes on: a finalizer that dies between publishing an event and
+    recording it sent publishes it again on its retry)."""
     return {
         **event.detail,
+        "event_id": event.event_id,
         "snapshot_id": event.snapshot_id,
         "project_hash": event.project_hash,
         "branch": event.branch,
         "stage": event.stage,
     }
+
+
+def event_to_json(event: SnapshotEvent) -> JsonDict:
+    """A snapshot event as the state store's outbox keeps it until it is sent."""
+    return {
+        "snapshot_id": event.snapshot_id,
+        "project_hash": event.project_hash,
+        "branch": event.branch,
+        "stage": event.stage,
+        "detail": event.detail,
+    }
+
+
+def event_from_json(data: JsonDict) -> SnapshotEvent:
+    return SnapshotEvent(
+        snapshot_id=data["snapshot_id"],
+        project_hash=data["project_hash"],
+        branch=data["branch"],
+        stage=data["stage"],
+        detail=data["detail"],
+    )
 
 
 def run_to_json(run: RunRecord) -> JsonDict:

@@ -68,7 +68,24 @@ class FinalizeResult:
 
 
 def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorDeps) -> FinalizeResult:
-    """Close the run. "already_finalized": its manifest is written; "busy": another finalizer holds it."""
+    """Close the run. "already_finalized": its manifest is written; "busy": another finalizer holds it.
+
+    Snapshot events: one per committed snapshot, with a single window for a duplicate. Each event the
+    snapshot step returns is recorded as pending in the state store's outbox (keyed by
+    `SnapshotEvent.event_id`) before anything is published; then every pending event of the project is
+    published (this run's, and any an earlier finalizer could not send) and those the sink accepted are
+    marked sent. Hence:
+    - never lost: a finalizer that dies after committing a snapshot and before its event is marked sent
+      leaves the event pending (or, dying before recording it, its retry gets the same event back from
+      the snapshot step); the retry, or the project's next finalizer, publishes it. A sink that refuses
+      an event leaves it pending likewise (the refusal is in the manifest's errors).
+    - never twice, except in one window: a sent event is never published again, and one finalizer holds
+      a run at a time. A finalizer that dies (or whose state store fails) after the sink accepted an
+      event and before marking it sent publishes it again on the retry; so does a finalizer that outlives
+      its claim's expiry while another runs. Consumers that must act once dedupe on `detail.event_id`
+      (`<project>/<branch>/<stage>/<snapshot_id>`).
+    - the events of one finalizer go out oldest snapshot first; a retried one may follow a newer one.
+    """
     state = deps.state
     run = state.get_run(project_hash, run_id)
     if run is None:
@@ -108,9 +125,7 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
         state.set_watermark(project_hash, after)
 
     snapshots, errors = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
-    if snapshots:
-        receipt = deps.events.publish(snapshots)
-        errors.extend(f"event {sid}: {why}" for sid, why in receipt.failed.items())
+    errors.extend(_announce(project_hash, snapshots, deps))
 
     counts = Counter({status: 0 for status in COUNTED})
     counts.update(o.status for o in outcomes)
@@ -135,6 +150,22 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
         snapshots=tuple(snapshots),
         errors=tuple(errors),
     )
+
+
+def _announce(project_hash: str, snapshots: list[SnapshotEvent], deps: MirrorDeps) -> list[str]:
+    """Publish through the outbox (see `finalize`): record this run's events as pending, publish every
+    pending event of the project, mark the accepted ones sent. Returns the sink's refusals."""
+    state = deps.state
+    if snapshots:
+        state.stage_events(project_hash, snapshots)
+    pending = state.pending_events(project_hash)
+    if not pending:
+        return []
+    receipt = deps.events.publish(pending)
+    if receipt.sent:
+        state.mark_events_sent(project_hash, receipt.sent)
+    # A refused event stays pending: this run's retry, or the project's next finalizer, sends it.
+    return [f"event {event_id}: {why}" for event_id, why in receipt.failed.items()]
 
 
 def _latest_outcomes(results: list[ChunkResult], run: RunRecord) -> list[RowOutcome]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 JsonDict = dict[str, Any]
 
@@ -191,6 +192,13 @@ class SnapshotEvent:
     branch: str
     stage: str
     detail: JsonDict
+
+    @property
+    def event_id(self) -> str:
+        """`<project>/<branch, percent-encoded>/<stage>/<snapshot_id>`: unique per event (the snapshots a
+        run commits in several partitions share their snapshot id), the outbox key and the sinks' receipt
+        key, and what a consumer dedupes on."""
+        return f"{self.project_hash}/{quote(self.branch, safe='')}/{self.stage}/{self.snapshot_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,20 @@ class StateStore(Protocol):
         `token`'s claim, if it still holds it, so a retry can claim the run at once."""
         ...
 
+    # outbox: "snapshot committed" events, recorded before they are published
+    def stage_events(self, project_hash: str, events: Sequence[SnapshotEvent]) -> None:
+        """Record each event as pending, keyed by its `event_id`; an event already recorded (pending or
+        sent) stays as it is, so a retried finalizer never re-opens a sent event."""
+        ...
+
+    def pending_events(self, project_hash: str) -> list[SnapshotEvent]:
+        """The project's recorded events not yet marked sent, by snapshot id (oldest first), then event id."""
+        ...
+
+    def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
+        """Idempotent: a sent event is never pending again."""
+        ...
+
     # gaps
     def add_gaps(self, gaps: Sequence[Gap]) -> None: ...
 
@@ -156,7 +170,9 @@ class WorkQueue(Protocol):
 
 
 class EventSink(Protocol):
-    def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt: ...
+    def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
+        """Send the events; the receipt is keyed by `SnapshotEvent.event_id`."""
+        ...
 
 
 class SnapshotBuilder(Protocol):

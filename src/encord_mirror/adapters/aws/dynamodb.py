@@ -10,13 +10,17 @@
 | `RUN#<run_id>`                   | the run record (`blob`), `total`, `done`, the finalize claim   |
 |                                  | (`fin_token`, `fin_expires_us`) and `finalized_at` when closed |
 | `RUN#<run_id>#CHUNK#<chunk_id>`  | a chunk result (`blob`), `final`                               |
+| `OUTBOX#<event_id>`              | a snapshot event recorded, not yet sent (`event`: its JSON)    |
+| `SENT#<event_id>`                | a snapshot event sent (moved here from OUTBOX# atomically)     |
 | `BLOB#<sha256>#<n>`              | a part of a blob too large for one item (content-addressed)    |
 
 Run records and chunk results are zlib-compressed JSON in one binary attribute; above
 `INLINE_LIMIT` they go to content-addressed part items, so a 1000-row chunk or a run with 100k
 unlabelled data units never hits DynamoDB's 400 KB item limit, and two deliveries of the same
-chunk writing at once can't interleave their parts. Ledger items carry a `ttl` (the table's TTL
-attribute) so finished runs age out; the index, gaps, watermark and counter never expire.
+chunk writing at once can't interleave their parts. Ledger items and sent-event markers carry a `ttl`
+(the table's TTL attribute) so finished runs age out; the index, gaps, watermark, counter and pending
+events never expire. Pending and sent events are separate kinds so that reading the outbox reads only what
+is pending.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from typing import Any
 import orjson
 from botocore.exceptions import ClientError
 
-from encord_mirror.domain.codec import outcomes_from_json, outcomes_to_json, run_from_json, run_to_json
+from encord_mirror.domain.codec import (
+    event_from_json,
+    event_to_json,
+    outcomes_from_json,
+    outcomes_to_json,
+    run_from_json,
+    run_to_json,
+)
 from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
@@ -39,6 +50,7 @@ from encord_mirror.domain.models import (
     RowOutcome,
     RunProgress,
     RunRecord,
+    SnapshotEvent,
 )
 from encord_mirror.domain.ports import FinalizeClaim
 
@@ -47,6 +59,7 @@ PART_SIZE = 300_000
 TTL_ATTRIBUTE = "ttl"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BATCH_WRITE_MAX = 25
+_TRANSACT_MAX = 100
 
 
 class RunNotFoundError(LookupError):
@@ -497,6 +510,70 @@ class DynamoStateStore:
             # Our claim expired and another finalizer holds the run now: nothing of ours to drop.
             if _code(error) != "ConditionalCheckFailedException":
                 raise
+
+    # -- outbox ----------------------------------------------------------------------------------------
+
+    def stage_events(self, project_hash: str, events: Sequence[SnapshotEvent]) -> None:
+        for event in events:
+            item = self._key(project_hash, f"OUTBOX#{event.event_id}")
+            item.update(
+                {
+                    "snapshot_id": _s(event.snapshot_id),
+                    "event": _s(orjson.dumps(event_to_json(event)).decode()),
+                }
+            )
+            try:
+                self._client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "ConditionCheck": {
+                                "TableName": self.table_name,
+                                "Key": self._key(project_hash, f"SENT#{event.event_id}"),
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        },
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": item,
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        },
+                    ]
+                )
+            except ClientError as error:
+                # Already pending or already sent: a retried finalizer records nothing new.
+                if _code(error) != "TransactionCanceledException":
+                    raise
+                reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
+                if "ConditionalCheckFailed" not in reasons:
+                    raise
+
+    def pending_events(self, project_hash: str) -> list[SnapshotEvent]:
+        items = sorted(
+            self._query(project_hash, "OUTBOX#"), key=lambda i: (i["snapshot_id"]["S"], i["sk"]["S"])
+        )
+        return [event_from_json(orjson.loads(item["event"]["S"])) for item in items]
+
+    def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
+        # Two writes per event in one transaction: never pending and sent, never neither.
+        ids = sorted(set(event_ids))
+        per_call = _TRANSACT_MAX // 2
+        for start in range(0, len(ids), per_call):
+            actions: list[dict[str, Any]] = []
+            for event_id in ids[start : start + per_call]:
+                sent = self._key(project_hash, f"SENT#{event_id}")
+                sent[TTL_ATTRIBUTE] = self._ledger_ttl()
+                actions.append({"Put": {"TableName": self.table_name, "Item": sent}})
+                actions.append(
+                    {
+                        "Delete": {
+                            "TableName": self.table_name,
+                            "Key": self._key(project_hash, f"OUTBOX#{event_id}"),
+                        }
+                    }
+                )
+            self._client.transact_write_items(TransactItems=actions)
 
     # -- gaps ------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def event_detail(event: SnapshotEvent) -> str:
 
 
 class EventBridgeSink:
-    """EventSink port. Receipts are keyed by snapshot id."""
+    """EventSink port. Receipts are keyed by event id."""
 
     def __init__(self, bus_name: str, client: Any) -> None:
         self.bus_name = bus_name
@@ -47,7 +47,7 @@ class EventBridgeSink:
             except ClientError as error:
                 failed.update(
                     {
-                        e.snapshot_id: f"{error.response.get('Error', {}).get('Code', '?')}: {error}"
+                        e.event_id: f"{error.response.get('Error', {}).get('Code', '?')}: {error}"
                         for e in batch
                     }
                 )
@@ -55,9 +55,9 @@ class EventBridgeSink:
             # PutEvents answers one entry per input, in order; a failed one carries ErrorCode.
             for event, result in zip(batch, response.get("Entries", []), strict=False):
                 if result.get("ErrorCode"):
-                    failed[event.snapshot_id] = f"{result['ErrorCode']}: {result.get('ErrorMessage', '')}"
+                    failed[event.event_id] = f"{result['ErrorCode']}: {result.get('ErrorMessage', '')}"
                 else:
-                    sent.append(event.snapshot_id)
+                    sent.append(event.event_id)
             for event in batch[len(response.get("Entries", [])) :]:
-                failed[event.snapshot_id] = "no entry in the PutEvents response"
+                failed[event.event_id] = "no entry in the PutEvents response"
         return SendReceipt(sent=tuple(sent), failed=failed)

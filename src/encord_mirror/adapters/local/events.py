@@ -2,9 +2,10 @@
 
 ```
 {"source": "encord-mirror", "detail-type": "encord-mirror.snapshot.committed", "time": "<ISO 8601 UTC>",
- "detail": {...the builder's detail, "snapshot_id", "project_hash", "branch", "stage"}}
+ "detail": {...the builder's detail, "event_id", "snapshot_id", "project_hash", "branch", "stage"}}
 ```
-Lines are appended by compare-and-swap on the object, so concurrent publishers never lose a line.
+Lines are appended by compare-and-swap on the object, so concurrent publishers never lose a line. Receipts
+are keyed by event id.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class JsonlEventSink:
             return SendReceipt(sent=(), failed={})
         now = self._clock()
         lines = b"".join(event_line(e, now) for e in events)
-        ids = tuple(e.snapshot_id for e in events)
+        ids = tuple(e.event_id for e in events)
         for _ in range(_CAS_TRIES):
             current = self.lake.get(EVENTS_KEY)
             try:

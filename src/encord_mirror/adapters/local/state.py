@@ -13,8 +13,15 @@ from typing import Any
 
 import orjson
 
-from encord_mirror.domain.codec import outcomes_from_json, outcomes_to_json, run_from_json, run_to_json
-from encord_mirror.domain.models import ChunkResult, Gap, IndexEntry, RunProgress, RunRecord
+from encord_mirror.domain.codec import (
+    event_from_json,
+    event_to_json,
+    outcomes_from_json,
+    outcomes_to_json,
+    run_from_json,
+    run_to_json,
+)
+from encord_mirror.domain.models import ChunkResult, Gap, IndexEntry, RunProgress, RunRecord, SnapshotEvent
 from encord_mirror.domain.ports import FinalizeClaim
 
 _SCHEMA = """
@@ -31,6 +38,9 @@ CREATE TABLE IF NOT EXISTS chunks (project TEXT NOT NULL, run_id TEXT NOT NULL, 
     final INTEGER NOT NULL, result BLOB NOT NULL, PRIMARY KEY (project, chunk_id));
 CREATE TABLE IF NOT EXISTS finalize_claims (project TEXT NOT NULL, run_id TEXT NOT NULL, token TEXT,
     expires_at TEXT, finished_at TEXT, PRIMARY KEY (project, run_id));
+CREATE TABLE IF NOT EXISTS outbox (project TEXT NOT NULL, event_id TEXT NOT NULL, snapshot_id TEXT NOT NULL,
+    status TEXT NOT NULL, event BLOB NOT NULL, PRIMARY KEY (project, event_id));
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (project, status);
 CREATE TABLE IF NOT EXISTS gaps (project TEXT NOT NULL, label_hash TEXT NOT NULL, last_edited_at TEXT,
     run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, label_hash));
 """
@@ -258,6 +268,33 @@ class SqliteStateStore:
                     " WHERE project = ? AND run_id = ? AND token = ?",
                     (project_hash, run_id, token),
                 )
+
+    # outbox
+    def stage_events(self, project_hash: str, events: Sequence[SnapshotEvent]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, 'pending', ?)",
+                [(project_hash, e.event_id, e.snapshot_id, orjson.dumps(event_to_json(e))) for e in events],
+            )
+
+    def pending_events(self, project_hash: str) -> list[SnapshotEvent]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT event FROM outbox WHERE project = ? AND status = 'pending'"
+                " ORDER BY snapshot_id, event_id",
+                (project_hash,),
+            )
+            .fetchall()
+        )
+        return [event_from_json(orjson.loads(r[0])) for r in rows]
+
+    def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE outbox SET status = 'sent' WHERE project = ? AND event_id = ?",
+                [(project_hash, i) for i in event_ids],
+            )
 
     # gaps
     def add_gaps(self, gaps: Sequence[Gap]) -> None:
