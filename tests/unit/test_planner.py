@@ -8,13 +8,15 @@ from datetime import timedelta
 
 import pytest
 from conftest import Mirror
-from fakes import ANNOTATE, PROJECT, REVIEW, Clock, FakeSource, RecordingQueue
+from fakes import ANNOTATE, PROJECT, REVIEW, T0, Clock, FakeSource, RecordingQueue
 
 from encord_mirror.adapters.local import SqliteStateStore
+from encord_mirror.coco.snapshot import snapshot_id_for
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.domain.lake import run_manifest_key
 from encord_mirror.domain.models import BranchSelection, Gap, IndexEntry, RowQuery
-from encord_mirror.domain.planner import plan
+from encord_mirror.domain.planner import new_run_id, plan
 
 CONFIG = MirrorConfig(projects=(PROJECT,))
 
@@ -42,8 +44,23 @@ def test_run_ids_sort_by_time_and_chunk_ids_derive_from_them(
 ) -> None:
     source.add(3)
     result = plan(PROJECT, MirrorConfig(projects=(PROJECT,), bundle_size=1), deps)
-    assert re.fullmatch(r"20261101T120000Z-[0-9a-f]{8}", result.run_id)
+    assert re.fullmatch(r"20261101T120000\.000Z-[0-9a-f]{8}", result.run_id)
     assert [c.chunk_id for c in queue.chunks] == [f"{result.run_id}-{i:05d}" for i in range(3)]
+
+
+def test_run_ids_of_one_second_sort_by_start_to_the_millisecond_and_stay_unique_and_key_safe() -> None:
+    # Given twenty pairs of runs that start in the same second, 0.1 s and 0.9 s into it, and twenty
+    # runs that start in the same millisecond
+    starts = [T0 + timedelta(seconds=i, milliseconds=ms) for i in range(20) for ms in (100, 900)]
+    # When each gets a run id
+    ids = [new_run_id(start) for start in starts]
+    same_ms = {new_run_id(T0 + timedelta(microseconds=1500)) for _ in range(20)}
+    # Then text order is start order, ids of one millisecond differ, and an id is its own snapshot id
+    # and a plain S3 key segment
+    assert sorted(ids) == ids and ids[1].startswith("20261101T120000.900Z-")
+    assert len(same_ms) == 20 and all(i.startswith("20261101T120000.001Z-") for i in same_ms)
+    assert all(snapshot_id_for(i) == i and re.fullmatch(r"[0-9A-Za-z.-]+", i) for i in ids)
+    assert run_manifest_key(PROJECT, ids[0]) == f"runs/project={PROJECT}/{ids[0]}.json"
 
 
 def test_chunks_go_out_in_batches_of_ten(source: FakeSource, deps: MirrorDeps, queue: RecordingQueue) -> None:

@@ -7,7 +7,7 @@ coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/manifest.json  the
 coco/project=<p>/branch=<b>/stage=<s>/latest.json                            the newest one (compare-and-swap)
 ```
 
-The snapshot id is the run id (`<YYYYmmddTHHMMSSZ>-<hex>`: it sorts by run start), so a retried finalizer
+The snapshot id is the run id (`<YYYYmmddTHHMMSS.mmmZ>-<hex>`: it sorts by run start), so a retried finalizer
 finds its own snapshot and returns the same event instead of writing a second one. A refresh reads
 `latest.json`, the previous snapshot's manifest and rows.tsv, and only the changed rows; it reads every
 row of the partition only for the partition's first snapshot and after the ontology changed.

@@ -53,8 +53,11 @@ class PlanResult:
 
 
 def new_run_id(now: datetime) -> str:
-    """Sorts by start time; the random tail keeps two runs in the same second apart."""
-    return f"{require_utc(now, 'now'):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    """`20261123T182200.123Z-<8 hex>`: sorts by start time to the millisecond (fixed width, so text order
+    is time order); the random tail keeps two runs of the same millisecond apart. Safe in S3 keys and as a
+    snapshot id (`[0-9A-Za-z.-]` only)."""
+    start = require_utc(now, "now")
+    return f"{start:%Y%m%dT%H%M%S}.{start.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
 
 
 def plan(
