@@ -177,7 +177,9 @@ def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> list[npt.NDArra
 
 def ring_spans(rings: Sequence[Sequence[tuple[int, int]]], widths: IntArray, heights: IntArray) -> Spans:
     """Every row span fillPoly paints for each ring (on an image of its own size), clipped to the image;
-    spans may overlap: the outline's Bresenham runs and the even-odd fill, for all rings' edges at once."""
+    spans may overlap: the outline's Bresenham runs and the even-odd fill, for all rings' edges at once.
+    An outline run that touches the fill span it bounds is merged into it (most of them do), so that
+    there are about as many spans as rows."""
     sizes = np.array([len(r) for r in rings], dtype=np.int64)
     if not sizes.sum():
         return _EMPTY_SPANS
@@ -208,46 +210,86 @@ def ring_spans(rings: Sequence[Sequence[tuple[int, int]]], widths: IntArray, hei
         fx0[i], fx1[i] = cx0, cx1
         if cy0 != cy1:
             fy0[i], fy1[i] = cy0, cy1
-    line = _line_spans(ring[visible], lx0[visible], ly0[visible], lx1[visible], ly1[visible])
-    s = py0 != py1
-    fill = _fill_spans(ring[s], py0[s], py1[s], fx0[s], fy0[s], fx1[s], fy1[s], width[s], height[s])
+    sloped = py0 != py1
+    # A sloped edge inside the image crosses every row of its line but the last: its runs on those rows
+    # go with its crossings. Other edges' lines are drawn whole.
+    merged = inside & sloped
+    whole = visible & ~merged
+    line = _line_spans(ring[whole], lx0[whole], ly0[whole], lx1[whole], ly1[whole])
+    segments = _segments(px0[merged], py0[merged], px1[merged], py1[merged])
+    last_row = np.maximum(py0[merged], py1[merged])
+    last = _runs(segments, np.arange(last_row.size, dtype=np.int64), (last_row - segments.y0) * segments.step)
+    merged_ring = ring[merged]
+    segment_of = np.cumsum(merged) - 1  # an edge's index among the merged ones
+    fill = _fill_spans(
+        ring[sloped], py0[sloped], py1[sloped], fx0[sloped], fy0[sloped], fx1[sloped], fy1[sloped],
+        width[sloped], height[sloped], np.where(merged[sloped], segment_of[sloped], -1), segments,
+    )  # fmt: skip
+    parts = [line, (merged_ring, *last), fill]
     return (
-        np.concatenate([line[0], fill[0]]),
-        np.concatenate([line[1], fill[1]]),
-        np.concatenate([line[2], fill[2]]),
-        np.concatenate([line[3], fill[3]]),
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
     )
 
 
-def _line_spans(ring: IntArray, x0: IntArray, y0: IntArray, x1: IntArray, y1: IntArray) -> Spans:
-    """`draw_line` for many (already clipped) segments at once, as one run per (segment, row): a steep
-    segment has one pixel per row; a flat one steps a row at the first pixel where `_minor_steps` does."""
-    if not ring.size:
-        return _EMPTY_SPANS
+@dataclass(frozen=True, slots=True)
+class _Segments:
+    """Segments as opencv draws them: from the left end (x0, y0), `step` rows down (1) or up (-1)."""
+
+    x0: IntArray
+    y0: IntArray
+    step: IntArray
+    steep: npt.NDArray[np.bool_]
+    major: IntArray
+    minor: IntArray
+    dx: IntArray
+    dy: IntArray
+
+
+def _segments(x0: IntArray, y0: IntArray, x1: IntArray, y1: IntArray) -> _Segments:
     swap = x1 < x0  # opencv draws left to right
     x0, x1 = np.where(swap, x1, x0), np.where(swap, x0, x1)
     y0, y1 = np.where(swap, y1, y0), np.where(swap, y0, y1)
     dx, dy = x1 - x0, y1 - y0
     step = np.where(dy < 0, -1, 1)
     dy = np.abs(dy)
-    steep = dy > dx
-    major, minor = np.maximum(dx, dy), np.minimum(dx, dy)
-    rows = dy + 1
+    return _Segments(x0, y0, step, dy > dx, np.maximum(dx, dy), np.minimum(dx, dy), dx, dy)
+
+
+def _runs(seg: _Segments, edge: IntArray, j: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+    """The run of segment `edge` on its j-th row (row y0 + step * j): (row, first column, column after)."""
+    a = np.empty_like(j)
+    b = np.empty_like(j)
+    x0 = seg.x0[edge]
+    steep = seg.steep[edge]
+    # Steep (major = dy >= 1): one pixel per row, `_minor_steps(j)` columns along.
+    s = np.flatnonzero(steep)
+    es, js = edge[s], j[s]
+    major = seg.major[es]
+    a[s] = x0[s] + (2 * seg.minor[es] * js + major - 1) // (2 * major)
+    b[s] = a[s] + 1
+    # Flat (major = dx, minor = dy): the row's first pixel is the least k with _minor_steps(k) >= j, i.e.
+    # with 2*dy*k >= 2*dx*j - dx + 1; the row ends where the next one starts, the last one at dx.
+    f = np.flatnonzero(~steep)
+    ef, jf = edge[f], j[f]
+    dx, dy = seg.dx[ef], seg.dy[ef]
+    twice_dy = 2 * np.maximum(dy, 1)
+    a[f] = x0[f] + np.where(jf > 0, -((dx - 1 - 2 * dx * jf) // twice_dy), 0)
+    b[f] = x0[f] + np.where(jf < dy, -((dx - 1 - 2 * dx * (jf + 1)) // twice_dy), dx + 1)
+    return seg.y0[edge] + seg.step[edge] * j, a, b
+
+
+def _line_spans(ring: IntArray, x0: IntArray, y0: IntArray, x1: IntArray, y1: IntArray) -> Spans:
+    """`draw_line` for many (already clipped) segments at once, as one run per (segment, row)."""
+    if not ring.size:
+        return _EMPTY_SPANS
+    seg = _segments(x0, y0, x1, y1)
+    rows = seg.dy + 1
     edge = np.repeat(np.arange(ring.size, dtype=np.int64), rows)
     j = np.arange(edge.size, dtype=np.int64) - np.repeat(np.cumsum(rows) - rows, rows)
-    major_e, minor_e, dx_e = major[edge], minor[edge], dx[edge]
-    # Steep: the j-th pixel's column. Flat: the first pixel k with _minor_steps(k) >= j is the least k
-    # with 2*minor*k >= 2*major*j - major + 1; the row ends where the next one starts.
-    steep_x = np.maximum((2 * minor_e * j + major_e - 1) // (2 * np.maximum(major_e, 1)), 0)
-    denominator = 2 * np.maximum(minor_e, 1)
-    flat_from = np.where(j > 0, np.clip(-((major_e - 1 - 2 * major_e * j) // denominator), 0, dx_e + 1), 0)
-    flat_to = np.where(
-        minor_e > 0, np.clip(-((major_e - 1 - 2 * major_e * (j + 1)) // denominator), 0, dx_e + 1), dx_e + 1
-    )
-    steep_e = steep[edge]
-    a = x0[edge] + np.where(steep_e, steep_x, flat_from)
-    b = x0[edge] + np.where(steep_e, steep_x + 1, flat_to)
-    return ring[edge], y0[edge] + step[edge] * j, a, b
+    return (ring[edge], *_runs(seg, edge, j))
 
 
 def _fill_spans(
@@ -260,9 +302,13 @@ def _fill_spans(
     fy1: IntArray,
     width: IntArray,
     height: IntArray,
+    segment: IntArray,
+    segments: _Segments,
 ) -> Spans:
     """Even-odd scanline fill of many rings at once: each edge's x in 16.16 fixed point on every row it
-    covers, sorted by (ring, row, x); a row's crossings pair up into spans (an odd last one is dropped)."""
+    covers, sorted by (ring, row, x); a row's crossings pair up into spans (an odd last one is dropped).
+    An edge with a `segment` (>= 0) also owes its line's run on each of its crossing rows: joined to the
+    span when they touch, a span of its own when not."""
     if not ring.size:
         return _EMPTY_SPANS
     sx0, sx1 = fx0 << _XY_SHIFT, fx1 << _XY_SHIFT
@@ -289,8 +335,7 @@ def _fill_spans(
         order = np.argsort(row * (high - low + 1) + (xs - low))
     else:
         order = np.lexsort((xs, row))
-    ys, xs, rings, row = ys[order], xs[order], rings[order], row[order]
-    width_at = width[owner][order]
+    ys, xs, rings, row, owner = ys[order], xs[order], rings[order], row[order], owner[order]
     new = np.ones(total, dtype=bool)
     new[1:] = row[1:] != row[:-1]
     group = np.cumsum(new) - 1
@@ -298,14 +343,36 @@ def _fill_spans(
     sizes = np.diff(np.append(starts, total))
     rank = np.arange(total, dtype=np.int64) - starts[group]
     lefts = np.flatnonzero((rank % 2 == 0) & (rank + 1 < sizes[group]))
+    rights = lefts + 1
     left = (xs[lefts] + _XY_ONE - 1) >> _XY_SHIFT  # ceil of the left crossing, floor of the right one
-    right = xs[lefts + 1] >> _XY_SHIFT
-    width_at = width_at[lefts]
+    right = xs[rights] >> _XY_SHIFT
+    width_at = width[owner[lefts]]
     keep = (left < width_at) & (right >= 0)
     left = np.maximum(left, 0)
     right = np.minimum(right, width_at - 1) + 1
     keep &= left < right
-    return rings[lefts][keep], ys[lefts][keep], left[keep], right[keep]
+    # The crossings' own line runs (edges inside the image only, so the runs are too).
+    seg = segment[owner]
+    has_run = np.flatnonzero(seg >= 0)
+    run_a = np.zeros(total, dtype=np.int64)
+    run_b = np.zeros(total, dtype=np.int64)
+    seg_at = seg[has_run]
+    _, run_a[has_run], run_b[has_run] = _runs(
+        segments, seg_at, (ys[has_run] - segments.y0[seg_at]) * segments.step[seg_at]
+    )
+    joined = np.zeros(total, dtype=bool)
+    for side in (lefts, rights):
+        join = keep & (seg[side] >= 0) & (run_a[side] <= right) & (run_b[side] >= left)
+        left = np.where(join, np.minimum(left, run_a[side]), left)
+        right = np.where(join, np.maximum(right, run_b[side]), right)
+        joined[side] = join
+    alone = np.flatnonzero((seg >= 0) & ~joined)
+    return (
+        np.concatenate([rings[lefts][keep], rings[alone]]),
+        np.concatenate([ys[lefts][keep], ys[alone]]),
+        np.concatenate([left[keep], run_a[alone]]),
+        np.concatenate([right[keep], run_b[alone]]),
+    )
 
 
 # The sweep keeps one counter per layer, packed in an int64: 16 bits each, so 4 layers (the first holds
