@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,18 @@ def test_index_scan_and_delete(state: StateStore) -> None:
     assert entries["a"] == _entry("a", T0)
     assert entries["c"].last_edited_at is None
     assert state.get_index(PROJECT, "b") is None
+
+
+def test_index_entries_keep_the_task_status_and_stage_uuid(state: StateStore) -> None:
+    # Given an entry with a task status and stage uuid, and one without (written before they were kept)
+    state.put_index(replace(_entry("a", T0), task_status="IN_REVIEW", stage_uuid="5a5a0002-0000"))
+    state.put_index(_entry("b", T0))
+    # When read back, one by one and by a scan
+    # Then both round-trip exactly
+    assert state.get_index(PROJECT, "a") == replace(
+        _entry("a", T0), task_status="IN_REVIEW", stage_uuid="5a5a0002-0000"
+    )
+    assert {e.label_hash: e.task_status for e in state.scan_index(PROJECT)} == {"a": "IN_REVIEW", "b": None}
 
 
 def test_lease_excludes_a_second_owner_until_it_expires(state: StateStore) -> None:

@@ -187,6 +187,28 @@ def test_a_stage_move_moves_the_object_to_its_new_partition_and_removes_the_old_
     assert "stage=annotate-1" in old_keys[0] and "stage=complete" in new_keys[0]
 
 
+def test_a_task_status_change_alone_is_mirrored_by_the_next_reconciling_sync(mirror: Mirror) -> None:
+    # Given a lake in step, then one data unit's task status changed in Encord (labels and stage untouched)
+    _first_sync(mirror)
+    changed = mirror.fixture.by_title("img1.jpg")
+    before = mirror.truth()
+    mirror.emu.set_task_status(mirror.project, changed.data_hash, "COMPLETED")
+    assert [r for r in mirror.truth() if r.get("task_status") == "COMPLETED"] != [
+        r for r in before if r.get("task_status") == "COMPLETED"
+    ]
+
+    # When a reconciling sync runs
+    run = mirror.sync("--full")
+
+    # Then exactly that row was initialised again, and its lake object carries the new status
+    assert run.code == 0, run.out + run.err
+    assert mirror.initialised() == 1
+    mirror.assert_in_step()
+    [key] = [k for k in mirror.lake.list_keys("labels/") if changed.label_hash in k]
+    stored = mirror.lake.get(key)
+    assert stored is not None and orjson.loads(stored.body)["mirror"]["task_status"] == "COMPLETED"
+
+
 def test_deleted_rows_and_data_units_leave_the_current_view(mirror: Mirror) -> None:
     # Given a lake in step, then one label row and one whole data unit deleted in Encord
     _first_sync(mirror)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -150,6 +152,31 @@ def _entry(label_hash: str, edited: datetime | None, key: str = "k1", etag: str 
 
 def test_the_sqlite_state_fits_the_port(state: SqliteStateStore) -> None:
     _: StateStore = state
+
+
+def test_a_state_file_from_before_task_statuses_opens_and_keeps_its_index(tmp_path: Path) -> None:
+    # Given a state file whose row index has no task_status / stage_uuid columns
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE row_index (project TEXT NOT NULL, label_hash TEXT NOT NULL,"
+            " data_hash TEXT NOT NULL, branch TEXT NOT NULL, key TEXT NOT NULL,"
+            " partition_stage TEXT NOT NULL, last_edited_at TEXT,"
+            " sha256 TEXT NOT NULL, etag TEXT NOT NULL, synced_at TEXT NOT NULL,"
+            " PRIMARY KEY (project, label_hash))"
+        )
+        db.execute(
+            "INSERT INTO row_index VALUES ('proj', 'l', 'd', 'main', 'k1', 's', NULL, 'sha', 'e1',"
+            " '2026-11-23T18:00:00.123456Z')"
+        )
+    db.close()
+    # When this version opens it
+    store = SqliteStateStore(path)
+    # Then the old entry reads back without a status, and new entries keep theirs
+    assert store.get_index(P, "l") == _entry("l", None)
+    assert store.put_index(replace(_entry("m", T), task_status="COMPLETED"))
+    assert store.get_index(P, "m") == replace(_entry("m", T), task_status="COMPLETED")
+    store.close()
 
 
 def test_index_is_newer_wins(state: SqliteStateStore) -> None:

@@ -5,6 +5,7 @@ with the fake Encord: every live row exactly once, in the right partition, with 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import orjson
@@ -159,6 +160,49 @@ def test_reconciliation_moves_deletes_and_records_unlabelled_rows(mirror: Mirror
     assert [(r["label_hash"], r["old_key"]) for r in removed] == [
         ("label-0002", "labels/project=proj-0001/branch=main/stage=annotate-5a5a0001/label-0002.json")
     ]
+
+
+def test_a_task_status_change_alone_is_synced_by_the_next_reconciling_run(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given a synced project
+    source.add(4)
+    mirror.sync()
+    mirror.clock.advance(3600)
+    # When one row's task status changes (no edit, no stage move) and a reconciling sync runs
+    source.row("label-0002").task_status = "COMPLETED"
+    source.load_calls.clear()
+    summary = mirror.sync(full=True).projects[0]
+    # Then only that row is initialised and rewritten, and its lake object and index carry the new status
+    assert (summary.requested, summary.written) == (1, 1)
+    assert source.load_calls == [("label-0002",)]
+    entry = mirror.state.get_index(PROJECT, "label-0002")
+    assert entry is not None and entry.task_status == "COMPLETED"
+    stored = mirror.lake.get(entry.key)
+    assert stored is not None and orjson.loads(stored.body)["mirror"]["task_status"] == "COMPLETED"
+    # and the run after it has nothing to do
+    mirror.clock.advance(60)
+    assert mirror.sync(full=True).projects[0].requested == 0
+
+
+def test_an_index_entry_from_before_task_statuses_is_completed_once_without_a_rewrite(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given a lake synced by a version whose row index did not keep task statuses
+    source.add(2)
+    mirror.sync()
+    for entry in list(mirror.state.scan_index(PROJECT)):
+        mirror.state.put_index(replace(entry, task_status=None, stage_uuid=None))
+    before = mirror.snapshot()
+    mirror.clock.advance(3600)
+    # When two reconciling syncs run
+    first = mirror.sync(full=True).projects[0]
+    mirror.clock.advance(60)
+    second = mirror.sync(full=True).projects[0]
+    # Then the first re-reads the rows once and rewrites nothing; the second has nothing to do
+    assert (first.requested, first.written, first.unchanged) == (2, 0, 2)
+    assert mirror.snapshot() == before
+    assert second.requested == 0
 
 
 def test_a_new_consensus_branch_gets_its_own_partition(mirror: Mirror, source: FakeSource) -> None:

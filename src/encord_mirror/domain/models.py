@@ -105,7 +105,9 @@ class IndexEntry:
     """The row index: where the lake holds a (label_hash, branch) now, and which version.
 
     `etag` is the lake object's etag after our write: the next write of this row is conditional on it.
-    `sha256` covers the label content only (not the sync time), so unchanged content is skipped.
+    `sha256` covers the object's content (labels and workflow metadata, not the sync time), so unchanged
+    content is skipped. `task_status` and `stage_uuid` are what the lake object says: a task-status change
+    moves neither `last_edited_at` nor the key, so a reconciling run compares the status to see it.
     """
 
     project_hash: str
@@ -118,6 +120,8 @@ class IndexEntry:
     sha256: str
     etag: str
     synced_at: datetime
+    task_status: str | None = None
+    stage_uuid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 One planner per project at a time (a lease owned by the run id). Incremental runs list the rows edited
 since `watermark - overlap` up to the signpost, plus every open gap by label hash; every
 `reconcile_every`-th run (and the first, and on request) lists everything and diffs it with the row index,
-which is the only way to see stage moves, deletions, new branches and never-labelled rows.
+which is the only way to see stage moves, task-status changes, deletions, new branches and never-labelled
+rows.
 """
 
 from __future__ import annotations
@@ -189,12 +190,17 @@ def _latest_versions(listed: list[RowMeta]) -> tuple[dict[str, RowMeta], set[str
 
 
 def _lake_holds(entry: IndexEntry, meta: RowMeta) -> bool:
-    """The lake already holds this version of the row in the right partition: re-listing it is free."""
+    """The lake already holds this version of the row in the right partition with its task status:
+    re-listing it is free. (A task-status change alone moves neither the edit time nor the key.)"""
     assert meta.label_hash is not None
     key = label_key(
         meta.project_hash, meta.branch, stage_value(meta.stage_uuid, meta.stage_title), meta.label_hash
     )
-    return entry.last_edited_at == meta.last_edited_at and entry.key == key
+    return (
+        entry.last_edited_at == meta.last_edited_at
+        and entry.key == key
+        and entry.task_status == meta.task_status
+    )
 
 
 def _chunks(

@@ -9,7 +9,7 @@ its own; the others in its chunk carry on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -154,6 +154,10 @@ def _sync_one(
     if entry is not None and is_newer(entry.last_edited_at, meta.last_edited_at):
         return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha)
     if entry is not None and entry.sha256 == sha and entry.key == key:
+        if (entry.task_status, entry.stage_uuid) != (meta.task_status, meta.stage_uuid):
+            # An entry from before the index kept the task status: record it, or every reconciling run
+            # would send this row again.
+            deps.state.put_index(replace(entry, task_status=meta.task_status, stage_uuid=meta.stage_uuid))
         earlier = signpost is not None and entry.synced_at >= signpost
         return RowOutcome(
             label_hash,
@@ -184,6 +188,8 @@ def _sync_one(
         sha256=sha,
         etag=write.etag,
         synced_at=now,
+        task_status=meta.task_status,
+        stage_uuid=meta.stage_uuid,
     )
     if not deps.state.put_index(new_entry):
         # A newer version reached the index first; if it lives elsewhere, our copy must not linger.

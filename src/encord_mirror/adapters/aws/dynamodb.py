@@ -286,6 +286,10 @@ class DynamoStateStore:
                 "synced_at": _s(entry.synced_at.astimezone(UTC).isoformat()),
             }
         )
+        if entry.task_status is not None:
+            item["task_status"] = _s(entry.task_status)
+        if entry.stage_uuid is not None:
+            item["stage_uuid"] = _s(entry.stage_uuid)
         if entry.last_edited_at is not None:
             item["edited_us"] = _n(_micros(entry.last_edited_at))
             item["last_edited_at"] = _s(entry.last_edited_at.astimezone(UTC).isoformat())
@@ -304,6 +308,8 @@ class DynamoStateStore:
             sha256=item["sha256"]["S"],
             etag=item["etag"]["S"],
             synced_at=_require_iso(item["synced_at"]["S"]),
+            task_status=item["task_status"]["S"] if "task_status" in item else None,
+            stage_uuid=item["stage_uuid"]["S"] if "stage_uuid" in item else None,
         )
 
     def get_index(self, project_hash: str, label_hash: str) -> IndexEntry | None:

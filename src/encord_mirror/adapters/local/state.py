@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS counters (project TEXT PRIMARY KEY, n INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS row_index (
     project TEXT NOT NULL, label_hash TEXT NOT NULL, data_hash TEXT NOT NULL, branch TEXT NOT NULL,
     key TEXT NOT NULL, partition_stage TEXT NOT NULL, last_edited_at TEXT, sha256 TEXT NOT NULL,
-    etag TEXT NOT NULL, synced_at TEXT NOT NULL, PRIMARY KEY (project, label_hash));
+    etag TEXT NOT NULL, synced_at TEXT NOT NULL, task_status TEXT, stage_uuid TEXT,
+    PRIMARY KEY (project, label_hash));
 CREATE TABLE IF NOT EXISTS runs (project TEXT NOT NULL, run_id TEXT NOT NULL, record BLOB NOT NULL,
     PRIMARY KEY (project, run_id));
 CREATE TABLE IF NOT EXISTS chunks (project TEXT NOT NULL, run_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
@@ -72,6 +73,15 @@ class SqliteStateStore:
         self._all_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
+        self._add_columns("row_index", ("task_status", "stage_uuid"))
+
+    def _add_columns(self, table: str, names: Sequence[str]) -> None:
+        """Bring a state file written by an older version up to the schema (new columns at the end)."""
+        with self._tx() as db:
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for name in names:
+                if name not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -159,10 +169,12 @@ class SqliteStateStore:
     def put_index(self, entry: IndexEntry) -> bool:
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO row_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(project, label_hash)"
+                "INSERT INTO row_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(project, label_hash)"
                 " DO UPDATE SET data_hash=excluded.data_hash, branch=excluded.branch, key=excluded.key,"
                 " partition_stage=excluded.partition_stage, last_edited_at=excluded.last_edited_at,"
-                " sha256=excluded.sha256, etag=excluded.etag, synced_at=excluded.synced_at"
+                " sha256=excluded.sha256, etag=excluded.etag, synced_at=excluded.synced_at,"
+                " task_status=excluded.task_status, stage_uuid=excluded.stage_uuid"
                 " WHERE row_index.last_edited_at IS NULL"
                 " OR (excluded.last_edited_at IS NOT NULL"
                 " AND excluded.last_edited_at >= row_index.last_edited_at)",
@@ -177,6 +189,8 @@ class SqliteStateStore:
                     entry.sha256,
                     entry.etag,
                     _ts(entry.synced_at),
+                    entry.task_status,
+                    entry.stage_uuid,
                 ),
             )
             return cur.rowcount == 1
@@ -336,6 +350,8 @@ def _entry(row: tuple[Any, ...]) -> IndexEntry:
         sha256=row[7],
         etag=row[8],
         synced_at=_need_dt(row[9]),
+        task_status=row[10],
+        stage_uuid=row[11],
     )
 
 
