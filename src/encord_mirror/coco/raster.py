@@ -220,10 +220,13 @@ def ring_spans(rings: Sequence[Sequence[tuple[int, int]]], widths: IntArray, hei
     last_row = np.maximum(py0[merged], py1[merged])
     last = _runs(segments, np.arange(last_row.size, dtype=np.int64), (last_row - segments.y0) * segments.step)
     merged_ring = ring[merged]
-    segment_of = np.cumsum(merged) - 1  # an edge's index among the merged ones
+    # The fill takes the merged edges first, steep ones before flat ones, so that their crossings come in
+    # three blocks (their runs are computed on slices).
+    kind = np.where(merged, np.where(np.abs(py1 - py0) > np.abs(px1 - px0), 0, 1), 2)[sloped]
+    e = np.flatnonzero(sloped)[np.argsort(kind, kind="stable")]
     fill = _fill_spans(
-        ring[sloped], py0[sloped], py1[sloped], fx0[sloped], fy0[sloped], fx1[sloped], fy1[sloped],
-        width[sloped], height[sloped], np.where(merged[sloped], segment_of[sloped], -1), segments,
+        ring[e], px0[e], py0[e], px1[e], py1[e], fx0[e], fy0[e], fx1[e], fy1[e], width[e], height[e],
+        int((kind == 0).sum()), int((kind == 1).sum()),
     )  # fmt: skip
     parts = [line, (merged_ring, *last), fill]
     return (
@@ -294,7 +297,9 @@ def _line_spans(ring: IntArray, x0: IntArray, y0: IntArray, x1: IntArray, y1: In
 
 def _fill_spans(
     ring: IntArray,
+    px0: IntArray,
     py0: IntArray,
+    px1: IntArray,
     py1: IntArray,
     fx0: IntArray,
     fy0: IntArray,
@@ -302,13 +307,14 @@ def _fill_spans(
     fy1: IntArray,
     width: IntArray,
     height: IntArray,
-    segment: IntArray,
-    segments: _Segments,
+    steep_edges: int,
+    flat_edges: int,
 ) -> Spans:
     """Even-odd scanline fill of many rings at once: each edge's x in 16.16 fixed point on every row it
     covers, sorted by (ring, row, x); a row's crossings pair up into spans (an odd last one is dropped).
-    An edge with a `segment` (>= 0) also owes its line's run on each of its crossing rows: joined to the
-    span when they touch, a span of its own when not."""
+    The first `steep_edges` edges, then the next `flat_edges`, are inside the image and also owe their
+    line's run on each of their crossing rows: joined to the span when they touch, a span of its own
+    when not."""
     if not ring.size:
         return _EMPTY_SPANS
     sx0, sx1 = fx0 << _XY_SHIFT, fx1 << _XY_SHIFT
@@ -328,14 +334,35 @@ def _fill_spans(
     owner = np.repeat(np.arange(ring.size, dtype=np.int64), counts)
     ys = first[owner] + (np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts))
     xs = x_top[owner] + (ys - top[owner]) * dx[owner]
-    rings = ring[owner]
-    row = rings * (int(height.max()) + 1) + ys
+
+    # The line runs of the merged edges' crossings, in two slices.
+    merged_edges = steep_edges + flat_edges
+    steep_end = int(counts[:steep_edges].sum())
+    flat_end = steep_end + int(counts[steep_edges:merged_edges].sum())
+    seg = _segments(px0[:merged_edges], py0[:merged_edges], px1[:merged_edges], py1[:merged_edges])
+    run_a = np.zeros(total, dtype=np.int64)
+    run_b = np.zeros(total, dtype=np.int64)
+    o = owner[:steep_end]
+    j = (ys[:steep_end] - seg.y0[o]) * seg.step[o]
+    major = seg.major[o]  # dy >= 1: one pixel per row, `_minor_steps(j)` columns along
+    run_a[:steep_end] = seg.x0[o] + (2 * seg.minor[o] * j + major - 1) // (2 * major)
+    run_b[:steep_end] = run_a[:steep_end] + 1
+    o = owner[steep_end:flat_end]
+    j = (ys[steep_end:flat_end] - seg.y0[o]) * seg.step[o]
+    line_dx, line_dy, x0 = seg.dx[o], seg.dy[o], seg.x0[o]  # dy >= 1 and dx >= dy (flat)
+    run_a[steep_end:flat_end] = x0 + np.where(j > 0, -((line_dx - 1 - 2 * line_dx * j) // (2 * line_dy)), 0)
+    run_b[steep_end:flat_end] = x0 + np.where(
+        j < line_dy, -((line_dx - 1 - 2 * line_dx * (j + 1)) // (2 * line_dy)), line_dx + 1
+    )
+
+    height_max = int(height.max()) + 1
+    row = ring[owner] * height_max + ys
     low, high = int(xs.min()), int(xs.max())
     if (high - low) < (1 << 62) // (int(row.max()) + 1):
         order = np.argsort(row * (high - low + 1) + (xs - low))
     else:
         order = np.lexsort((xs, row))
-    ys, xs, rings, row, owner = ys[order], xs[order], rings[order], row[order], owner[order]
+    xs, row, owner, run_a, run_b = xs[order], row[order], owner[order], run_a[order], run_b[order]
     new = np.ones(total, dtype=bool)
     new[1:] = row[1:] != row[:-1]
     group = np.cumsum(new) - 1
@@ -351,25 +378,18 @@ def _fill_spans(
     left = np.maximum(left, 0)
     right = np.minimum(right, width_at - 1) + 1
     keep &= left < right
-    # The crossings' own line runs (edges inside the image only, so the runs are too).
-    seg = segment[owner]
-    has_run = np.flatnonzero(seg >= 0)
-    run_a = np.zeros(total, dtype=np.int64)
-    run_b = np.zeros(total, dtype=np.int64)
-    seg_at = seg[has_run]
-    _, run_a[has_run], run_b[has_run] = _runs(
-        segments, seg_at, (ys[has_run] - segments.y0[seg_at]) * segments.step[seg_at]
-    )
+    has_run = owner < merged_edges
     joined = np.zeros(total, dtype=bool)
     for side in (lefts, rights):
-        join = keep & (seg[side] >= 0) & (run_a[side] <= right) & (run_b[side] >= left)
+        join = keep & has_run[side] & (run_a[side] <= right) & (run_b[side] >= left)
         left = np.where(join, np.minimum(left, run_a[side]), left)
         right = np.where(join, np.maximum(right, run_b[side]), right)
         joined[side] = join
-    alone = np.flatnonzero((seg >= 0) & ~joined)
+    alone = np.flatnonzero(has_run & ~joined)
+    span_rows = np.concatenate([row[lefts][keep], row[alone]])
     return (
-        np.concatenate([rings[lefts][keep], rings[alone]]),
-        np.concatenate([ys[lefts][keep], ys[alone]]),
+        span_rows // height_max,
+        span_rows % height_max,
         np.concatenate([left[keep], run_a[alone]]),
         np.concatenate([right[keep], run_b[alone]]),
     )
