@@ -3,8 +3,11 @@ port semantics. Each test names the behaviour a domain step relies on."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sqlite3
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,6 +20,7 @@ from awsenv import AwsResources
 from fakes import Clock, FakeSource, RecordingQueue, RecordingSnapshots
 
 from encord_mirror.adapters.aws import DynamoStateStore, EventBridgeSink, S3ObjectStore, SqsWorkQueue
+from encord_mirror.domain.codec import encode_event, encode_outcomes, encode_run
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.finalizer import finalize
@@ -415,6 +419,36 @@ def test_outbox_keeps_events_pending_until_sent_and_never_reopens_a_sent_one(sta
     assert state.pending_events(PROJECT) == [older[0], *newer]
     state.mark_events_sent(PROJECT, [older[0].event_id, newer[0].event_id, newer[0].event_id])
     assert state.pending_events(PROJECT) == []
+
+
+def test_both_state_stores_keep_the_codecs_bytes(
+    aws: AwsResources, aws_client: Callable[[str], Any], tmp_path: Path
+) -> None:
+    # Given a run record, a chunk's outcomes and a snapshot event
+    run = _run("r1", 1, unlabelled=("d1",))
+    result = _result("r1", 0, final=True)
+    event = _snap("r1", "annotate-1234abcd")
+    dynamo = DynamoStateStore(aws.table, aws_client("dynamodb"))
+    sqlite = _local("encord_mirror.adapters.local", "SqliteStateStore")(tmp_path / "state.db")
+    # When both stores record them
+    for store in (dynamo, sqlite):
+        store.create_run(run)
+        store.record_chunk(PROJECT, result)
+        store.stage_events(PROJECT, [event])
+    # Then what each holds is domain.codec's encoding, byte for byte
+    client = aws_client("dynamodb")
+
+    def item(sk: str) -> dict[str, Any]:
+        key = {"pk": {"S": f"P#{PROJECT}"}, "sk": {"S": sk}}
+        found: dict[str, Any] = client.get_item(TableName=aws.table, Key=key)["Item"]
+        return found
+
+    assert zlib.decompress(item("RUN#r1")["blob"]["B"]) == encode_run(run)
+    assert zlib.decompress(item("RUN#r1#CHUNK#r1-00000")["blob"]["B"]) == encode_outcomes(result.outcomes)
+    assert item(f"OUTBOX#{event.event_id}")["event"]["S"].encode() == encode_event(event)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        assert db.execute("SELECT record FROM runs").fetchone()[0] == encode_run(run)
+        assert db.execute("SELECT event FROM outbox").fetchone()[0] == encode_event(event)
 
 
 def test_finalizer_retry_on_aws_announces_each_snapshot_once(

@@ -1,11 +1,15 @@
 """JSON shapes shared by the adapters, so a run record, a chunk's outcomes or a snapshot event reads
-the same whichever store or sink holds it (times are ISO 8601 UTC)."""
+the same whichever store or sink holds it (times are ISO 8601 UTC: `iso_utc` writes them, `parse_time`
+reads them). The `encode_*` / `decode_*` pairs are the bytes the state stores keep; adapters hold no
+shapes of their own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from encord_mirror.domain.models import JsonDict, RowOutcome, RunRecord, SnapshotEvent
 from encord_mirror.domain.watermark import iso_utc
@@ -14,8 +18,15 @@ EVENT_SOURCE = "encord-mirror"
 SNAPSHOT_DETAIL_TYPE = "encord-mirror.snapshot.committed"
 
 
-def _time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
+    """A time written by `iso_utc`, back as an aware UTC datetime (None stays None)."""
     return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def require_time(value: str) -> datetime:
+    parsed = parse_time(value)
+    assert parsed is not None
+    return parsed
 
 
 def snapshot_event_detail(event: SnapshotEvent) -> JsonDict:
@@ -67,17 +78,17 @@ def run_to_json(run: RunRecord) -> JsonDict:
 
 
 def run_from_json(data: JsonDict) -> RunRecord:
-    signpost = _time(data["signpost"])
+    signpost = parse_time(data["signpost"])
     assert signpost is not None, "a run record always has its signpost"
     return RunRecord(
         project_hash=data["project_hash"],
         run_id=data["run_id"],
         signpost=signpost,
-        previous_watermark=_time(data["previous_watermark"]),
+        previous_watermark=parse_time(data["previous_watermark"]),
         full=bool(data["full"]),
         chunk_ids=tuple(data["chunk_ids"]),
         unlabelled=tuple(data["unlabelled"]),
-        started_at=_time(data["started_at"]),
+        started_at=parse_time(data["started_at"]),
     )
 
 
@@ -96,9 +107,38 @@ def outcomes_from_json(rows: Sequence[Sequence[Any]]) -> tuple[RowOutcome, ...]:
             status=status,
             key=key,
             old_key=old_key,
-            last_edited_at=_time(edited),
+            last_edited_at=parse_time(edited),
             sha256=sha,
             reason=reason,
         )
         for label_hash, status, key, old_key, edited, sha, reason in rows
     )
+
+
+def encode_run(run: RunRecord) -> bytes:
+    return orjson.dumps(run_to_json(run))
+
+
+def decode_run(raw: bytes) -> RunRecord:
+    return run_from_json(orjson.loads(raw))
+
+
+def encode_outcomes(outcomes: Sequence[RowOutcome]) -> bytes:
+    return orjson.dumps(outcomes_to_json(outcomes))
+
+
+def decode_outcomes(raw: bytes) -> tuple[RowOutcome, ...]:
+    return outcomes_from_json(orjson.loads(raw))
+
+
+def encode_event(event: SnapshotEvent) -> bytes:
+    return orjson.dumps(event_to_json(event))
+
+
+def decode_event(raw: bytes | str) -> SnapshotEvent:
+    return event_from_json(orjson.loads(raw))
+
+
+def encode_event_detail(event: SnapshotEvent) -> str:
+    """The `detail` of a "snapshot committed" event as EventBridge's PutEvents takes it (a JSON string)."""
+    return orjson.dumps(snapshot_event_detail(event)).decode()

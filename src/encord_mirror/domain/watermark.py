@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 from encord_mirror.domain.models import Gap
 
@@ -35,6 +36,12 @@ def require_utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+@overload
+def iso_utc(value: datetime) -> str: ...
+@overload
+def iso_utc(value: None) -> None: ...
+@overload
+def iso_utc(value: datetime | None) -> str | None: ...
 def iso_utc(value: datetime | None) -> str | None:
     """How the lake writes a time: ISO 8601 in UTC (None stays None)."""
     return None if value is None else require_utc(value, "timestamp").isoformat()

@@ -32,27 +32,28 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from botocore.exceptions import ClientError
 
 from encord_mirror.domain.codec import (
-    event_from_json,
-    event_to_json,
-    outcomes_from_json,
-    outcomes_to_json,
-    run_from_json,
-    run_to_json,
+    decode_event,
+    decode_outcomes,
+    decode_run,
+    encode_event,
+    encode_outcomes,
+    encode_run,
+    parse_time,
+    require_time,
 )
 from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
-    RowOutcome,
     RunProgress,
     RunRecord,
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import FinalizeClaim
+from encord_mirror.domain.watermark import iso_utc
 
 INLINE_LIMIT = 300_000  # bytes of compressed blob kept in the item itself (the item limit is 400 KB)
 PART_SIZE = 300_000
@@ -77,14 +78,6 @@ def _micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def _from_iso(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
-
-
-def _require_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value).astimezone(UTC)
-
-
 def _code(error: Any) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -95,22 +88,6 @@ def _s(value: str) -> dict[str, str]:
 
 def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
-
-
-def _encode_run(run: RunRecord) -> bytes:
-    return orjson.dumps(run_to_json(run))
-
-
-def _decode_run(raw: bytes) -> RunRecord:
-    return run_from_json(orjson.loads(raw))
-
-
-def _encode_outcomes(outcomes: Sequence[RowOutcome]) -> bytes:
-    return orjson.dumps(outcomes_to_json(outcomes))
-
-
-def _decode_outcomes(raw: bytes) -> tuple[RowOutcome, ...]:
-    return outcomes_from_json(orjson.loads(raw))
 
 
 class DynamoStateStore:
@@ -243,7 +220,7 @@ class DynamoStateStore:
 
     def get_watermark(self, project_hash: str) -> datetime | None:
         item = self._get(project_hash, "WATERMARK")
-        return None if item is None else _require_iso(item["wm_iso"]["S"])
+        return None if item is None else require_time(item["wm_iso"]["S"])
 
     def set_watermark(self, project_hash: str, value: datetime) -> None:
         """Move the watermark to `value` unless it already stands later (a backwards move is a no-op)."""
@@ -254,7 +231,7 @@ class DynamoStateStore:
                 Key=self._key(project_hash, "WATERMARK"),
                 UpdateExpression="SET wm_us = :v, wm_iso = :iso",
                 ConditionExpression="attribute_not_exists(wm_us) OR wm_us <= :v",
-                ExpressionAttributeValues={":v": _n(micros), ":iso": _s(value.astimezone(UTC).isoformat())},
+                ExpressionAttributeValues={":v": _n(micros), ":iso": _s(iso_utc(value))},
             )
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":
@@ -283,7 +260,7 @@ class DynamoStateStore:
                 "partition_stage": _s(entry.partition_stage),
                 "sha256": _s(entry.sha256),
                 "etag": _s(entry.etag),
-                "synced_at": _s(entry.synced_at.astimezone(UTC).isoformat()),
+                "synced_at": _s(iso_utc(entry.synced_at)),
             }
         )
         if entry.task_status is not None:
@@ -292,7 +269,7 @@ class DynamoStateStore:
             item["stage_uuid"] = _s(entry.stage_uuid)
         if entry.last_edited_at is not None:
             item["edited_us"] = _n(_micros(entry.last_edited_at))
-            item["last_edited_at"] = _s(entry.last_edited_at.astimezone(UTC).isoformat())
+            item["last_edited_at"] = _s(iso_utc(entry.last_edited_at))
         return item
 
     @staticmethod
@@ -304,10 +281,10 @@ class DynamoStateStore:
             branch=item["branch"]["S"],
             key=item["key"]["S"],
             partition_stage=item["partition_stage"]["S"],
-            last_edited_at=_from_iso(item["last_edited_at"]["S"]) if "last_edited_at" in item else None,
+            last_edited_at=parse_time(item["last_edited_at"]["S"]) if "last_edited_at" in item else None,
             sha256=item["sha256"]["S"],
             etag=item["etag"]["S"],
-            synced_at=_require_iso(item["synced_at"]["S"]),
+            synced_at=require_time(item["synced_at"]["S"]),
             task_status=item["task_status"]["S"] if "task_status" in item else None,
             stage_uuid=item["stage_uuid"]["S"] if "stage_uuid" in item else None,
         )
@@ -351,7 +328,7 @@ class DynamoStateStore:
         if self._get(run.project_hash, f"RUN#{run.run_id}") is not None:
             return
         item = self._key(run.project_hash, f"RUN#{run.run_id}")
-        item.update(self._store_blob(run.project_hash, _encode_run(run)))
+        item.update(self._store_blob(run.project_hash, encode_run(run)))
         item.update(
             {
                 "kind": _s("run"),
@@ -370,7 +347,7 @@ class DynamoStateStore:
 
     def get_run(self, project_hash: str, run_id: str) -> RunRecord | None:
         item = self._get(project_hash, f"RUN#{run_id}")
-        return None if item is None else _decode_run(self._load_blob(project_hash, item))
+        return None if item is None else decode_run(self._load_blob(project_hash, item))
 
     def _progress(self, project_hash: str, run_id: str) -> RunProgress:
         item = self._get(project_hash, f"RUN#{run_id}")
@@ -383,7 +360,7 @@ class DynamoStateStore:
         first marks the chunk final, so redeliveries and concurrent deliveries count it once."""
         chunk_key = self._key(project_hash, f"RUN#{result.run_id}#CHUNK#{result.chunk_id}")
         set_blob, remove_blob, blob_values = self._blob_update(
-            self._store_blob(project_hash, _encode_outcomes(result.outcomes))
+            self._store_blob(project_hash, encode_outcomes(result.outcomes))
         )
         values = {
             **blob_values,
@@ -460,7 +437,7 @@ class DynamoStateStore:
             ChunkResult(
                 run_id=run_id,
                 chunk_id=item["sk"]["S"][len(prefix) :],
-                outcomes=_decode_outcomes(self._load_blob(project_hash, item)),
+                outcomes=decode_outcomes(self._load_blob(project_hash, item)),
                 final=bool(item["final"]["BOOL"]),
             )
             for item in self._query(project_hash, prefix)
@@ -501,7 +478,7 @@ class DynamoStateStore:
                 UpdateExpression="SET finalized_at = if_not_exists(finalized_at, :now)"
                 " REMOVE fin_token, fin_expires_us",
                 ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues={":now": _s(datetime.now(UTC).isoformat())},
+                ExpressionAttributeValues={":now": _s(iso_utc(datetime.now(UTC)))},
             )
             return
         try:
@@ -525,7 +502,7 @@ class DynamoStateStore:
             item.update(
                 {
                     "snapshot_id": _s(event.snapshot_id),
-                    "event": _s(orjson.dumps(event_to_json(event)).decode()),
+                    "event": _s(encode_event(event).decode()),
                 }
             )
             try:
@@ -559,7 +536,7 @@ class DynamoStateStore:
         items = sorted(
             self._query(project_hash, "OUTBOX#"), key=lambda i: (i["snapshot_id"]["S"], i["sk"]["S"])
         )
-        return [event_from_json(orjson.loads(item["event"]["S"])) for item in items]
+        return [decode_event(item["event"]["S"]) for item in items]
 
     def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
         # Two writes per event in one transaction: never pending and sent, never neither.
@@ -596,7 +573,7 @@ class DynamoStateStore:
                 }
             )
             if gap.last_edited_at is not None:
-                item["last_edited_at"] = _s(gap.last_edited_at.astimezone(UTC).isoformat())
+                item["last_edited_at"] = _s(iso_utc(gap.last_edited_at))
             requests.append({"PutRequest": {"Item": item}})
         self._batch_write(requests)
 
@@ -611,7 +588,7 @@ class DynamoStateStore:
             Gap(
                 project_hash=project_hash,
                 label_hash=item["label_hash"]["S"],
-                last_edited_at=_from_iso(item["last_edited_at"]["S"]) if "last_edited_at" in item else None,
+                last_edited_at=parse_time(item["last_edited_at"]["S"]) if "last_edited_at" in item else None,
                 run_id=item["run_id"]["S"],
                 reason=item["reason"]["S"],
             )

@@ -5,19 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from botocore.exceptions import ClientError
 
-from encord_mirror.domain.codec import EVENT_SOURCE, SNAPSHOT_DETAIL_TYPE, snapshot_event_detail
+from encord_mirror.domain.codec import EVENT_SOURCE, SNAPSHOT_DETAIL_TYPE, encode_event_detail
 from encord_mirror.domain.models import SendReceipt, SnapshotEvent
 
-DETAIL_TYPE = SNAPSHOT_DETAIL_TYPE
-SOURCE = EVENT_SOURCE
 PUT_EVENTS_MAX = 10
-
-
-def event_detail(event: SnapshotEvent) -> str:
-    return orjson.dumps(snapshot_event_detail(event)).decode()
 
 
 class EventBridgeSink:
@@ -34,9 +27,9 @@ class EventBridgeSink:
             batch = list(events[start : start + PUT_EVENTS_MAX])
             entries = [
                 {
-                    "Source": SOURCE,
-                    "DetailType": DETAIL_TYPE,
-                    "Detail": event_detail(event),
+                    "Source": EVENT_SOURCE,
+                    "DetailType": SNAPSHOT_DETAIL_TYPE,
+                    "Detail": encode_event_detail(event),
                     "EventBusName": self.bus_name,
                     "Resources": [],
                 }

@@ -14,12 +14,12 @@ from typing import Any
 import orjson
 
 from encord_mirror.domain.codec import (
-    event_from_json,
-    event_to_json,
+    decode_event,
+    decode_run,
+    encode_event,
+    encode_run,
     outcomes_from_json,
     outcomes_to_json,
-    run_from_json,
-    run_to_json,
 )
 from encord_mirror.domain.models import ChunkResult, Gap, IndexEntry, RunProgress, RunRecord, SnapshotEvent
 from encord_mirror.domain.ports import FinalizeClaim
@@ -288,7 +288,7 @@ class SqliteStateStore:
         with self._tx() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, 'pending', ?)",
-                [(project_hash, e.event_id, e.snapshot_id, orjson.dumps(event_to_json(e))) for e in events],
+                [(project_hash, e.event_id, e.snapshot_id, encode_event(e)) for e in events],
             )
 
     def pending_events(self, project_hash: str) -> list[SnapshotEvent]:
@@ -301,7 +301,7 @@ class SqliteStateStore:
             )
             .fetchall()
         )
-        return [event_from_json(orjson.loads(r[0])) for r in rows]
+        return [decode_event(r[0]) for r in rows]
 
     def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
         with self._tx() as db:
@@ -356,11 +356,11 @@ def _entry(row: tuple[Any, ...]) -> IndexEntry:
 
 
 def _run_blob(run: RunRecord) -> bytes:
-    return orjson.dumps(run_to_json(run))
+    return encode_run(run)
 
 
 def _run_from(blob: bytes) -> RunRecord:
-    return run_from_json(orjson.loads(blob))
+    return decode_run(blob)
 
 
 def _chunk_blob(result: ChunkResult) -> bytes:
