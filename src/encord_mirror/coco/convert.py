@@ -490,9 +490,10 @@ def _bitmask(bitmask: Mapping[str, Any]) -> RowMajorRuns:
 
 class MaskBatch:
     """Annotations whose RLE masks are still to be computed: numpy's cost per call, not per pixel,
-    dominates one polygon, so masks are computed many at a time (`flush`)."""
+    dominates one polygon, so masks are computed many at a time (`flush`). About 32 at a time keeps the
+    arrays in cache (measured: 0.30 s at 32, 0.34 s at 64, 0.40 s at 512 for the 1,000-row benchmark)."""
 
-    def __init__(self, limit: int = 512) -> None:
+    def __init__(self, limit: int = 32) -> None:
         self.limit = limit
         self._pending: list[tuple[JsonDict, Painting | RowMajorRuns]] = []
 
