@@ -53,7 +53,7 @@ def test_painting_rings_in_order_gives_the_rle_of_the_painted_mask() -> None:
     for _ in range(1200):
         painting, dense = _random_painting(rng, rng.randint(1, 5))
         # When the RLE is computed from spans, without a mask
-        (ours,) = coco_rle_counts([painting])
+        (ours,) = coco_rle_counts([painting]).counts
         # Then it equals pycocotools' encoding of the dense mask
         if ours.tolist() != _coco_counts(dense):
             mismatches.append(painting)
@@ -66,7 +66,7 @@ def test_row_major_runs_turn_into_coco_column_runs() -> None:
     for _ in range(500):
         runs, dense = _random_runs(rng)
         # When turned column-major / Then they are pycocotools' runs of the mask
-        assert coco_rle_counts([runs])[0].tolist() == _coco_counts(dense)
+        assert coco_rle_counts([runs]).counts[0].tolist() == _coco_counts(dense)
 
 
 def test_a_batch_of_mixed_masks_gives_each_its_own_rle() -> None:
@@ -80,5 +80,8 @@ def test_a_batch_of_mixed_masks_gives_each_its_own_rle() -> None:
         dense.append(expected)
     # When computed together
     ours = coco_rle_counts(masks)
-    # Then every mask's counts are those of its own dense mask
-    assert [c.tolist() for c in ours] == [_coco_counts(d) for d in dense]
+    # Then every mask's counts are those of its own dense mask, and so are its box and area
+    assert [c.tolist() for c in ours.counts] == [_coco_counts(d) for d in dense]
+    encoded = [cocomask.encode(np.asfortranarray(d)) for d in dense]
+    assert ours.boxes.tolist() == cocomask.toBbox(encoded).tolist()
+    assert ours.areas.tolist() == [float(cocomask.area(e)) for e in encoded]

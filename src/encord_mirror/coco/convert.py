@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pycocotools import mask as cocomask
 
 from encord_mirror.coco.raster import Painting, RowMajorRuns, coco_rle_counts, decode_rle_string
@@ -508,20 +507,23 @@ class MaskBatch:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        counts = coco_rle_counts([mask for _, mask in pending])
+        done = coco_rle_counts([mask for _, mask in pending])
         rles = cocomask.frPyObjects(
-            [{"size": [m.height, m.width], "counts": c} for (_, m), c in zip(pending, counts, strict=True)],
+            [
+                {"size": [m.height, m.width], "counts": c}
+                for (_, m), c in zip(pending, done.counts, strict=True)
+            ],
             0,
             0,
         )
-        boxes = cocomask.toBbox(rles).tolist()
-        for (body, mask), rle, box, runs in zip(pending, rles, boxes, counts, strict=True):
+        boxes, areas = done.boxes.tolist(), done.areas.tolist()
+        for (body, mask), rle, box, area in zip(pending, rles, boxes, areas, strict=True):
             body["segmentation"] = {
                 "size": [mask.height, mask.width],
                 "counts": rle["counts"].decode("ascii"),
             }
             body["bbox"] = box
-            body["area"] = float(runs[1::2].sum(dtype=np.int64))
+            body["area"] = area
 
 
 def row_annotations(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -137,7 +138,16 @@ class RowMajorRuns:
     height: int
 
 
-def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> list[npt.NDArray[np.uint32]]:
+class Rles(NamedTuple):
+    """COCO RLE counts (column-major, zeros first) of masks, with what `pycocotools.mask.toBbox` and
+    `area` give for them (one row per mask)."""
+
+    counts: list[npt.NDArray[np.uint32]]
+    boxes: npt.NDArray[np.float64]
+    areas: npt.NDArray[np.float64]
+
+
+def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> Rles:
     """For each mask, the COCO RLE counts (column-major, zeros first) that `pycocotools.mask.encode`
     gives for it, without building any mask: rows are kept as spans, and the column runs come from
     where each column changes value, so the cost follows the outlines, not the areas. Many masks are
@@ -466,9 +476,7 @@ def _compose_layers(
     return edges[0::2], edges[1::2]
 
 
-def _column_runs(
-    starts: IntArray, ends: IntArray, slot: int, widths: IntArray, heights: IntArray
-) -> list[npt.NDArray[np.uint32]]:
+def _column_runs(starts: IntArray, ends: IntArray, slot: int, widths: IntArray, heights: IntArray) -> Rles:
     """COCO RLE counts of masks whose set pixels are sorted, disjoint, non-touching flat ranges (mask m
     row-major from m * slot), from where each column changes value."""
     masks = widths.size
@@ -536,7 +544,48 @@ def _column_runs(
         last_change[mask[final]] = local[final]
     runs[ends_at] = sizes - last_change
     counts = runs.astype(np.uint32)
-    return [counts[start : end + 1] for start, end in zip(block.tolist(), ends_at.tolist(), strict=True)]
+    boxes, areas = _boxes(local, mask, per_mask, sizes, heights)
+    return Rles(
+        [counts[start : end + 1] for start, end in zip(block.tolist(), ends_at.tolist(), strict=True)],
+        boxes,
+        areas,
+    )
+
+
+def _boxes(
+    changes: IntArray, mask: IntArray, per_mask: IntArray, sizes: IntArray, heights: IntArray
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """`pycocotools.mask.toBbox` and `area` from the masks' column-major change positions (sorted by mask,
+    then position), quirk included: a run of set pixels across two columns makes the box full height."""
+    masks = sizes.size
+    rank = np.arange(changes.size, dtype=np.int64) - (np.cumsum(per_mask) - per_mask)[mask]
+    opens = np.flatnonzero(rank % 2 == 0)  # a run of set pixels starts at every other change
+    run_mask = mask[opens]
+    start = changes[opens]
+    has_close = rank[opens] + 1 < per_mask[run_mask]
+    end = np.where(has_close, changes[np.minimum(opens + 1, max(changes.size - 1, 0))], sizes[run_mask])
+    areas = np.bincount(run_mask, weights=end - start, minlength=masks).astype(np.float64)
+    boxes = np.zeros((masks, 4), dtype=np.float64)
+    if not opens.size:
+        return boxes, areas
+    height = heights[run_mask]
+    x_start, y_start = start // height, start % height
+    x_end, y_end = (end - 1) // height, (end - 1) % height
+    across = x_start < x_end
+    y_low = np.where(across, 0, np.minimum(y_start, y_end))
+    y_high = np.where(across, height - 1, np.maximum(y_start, y_end))
+    runs_per_mask = np.bincount(run_mask, minlength=masks)
+    some = np.flatnonzero(runs_per_mask)
+    first = (np.cumsum(runs_per_mask) - runs_per_mask)[some]
+    last = first + runs_per_mask[some] - 1
+    x_low, x_high = x_start[first], x_end[last]
+    y_min = np.minimum.reduceat(y_low, first)
+    y_max = np.maximum.reduceat(y_high, first)
+    boxes[some, 0] = x_low
+    boxes[some, 1] = y_min
+    boxes[some, 2] = x_high - x_low + 1
+    boxes[some, 3] = y_max - y_min + 1
+    return boxes, areas
 
 
 def _cancel_pairs(values: IntArray, *, sorted_runs: bool = False) -> IntArray:
