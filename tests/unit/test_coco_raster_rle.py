@@ -85,3 +85,7 @@ def test_a_batch_of_mixed_masks_gives_each_its_own_rle() -> None:
     encoded = [cocomask.encode(np.asfortranarray(d)) for d in dense]
     assert ours.boxes.tolist() == cocomask.toBbox(encoded).tolist()
     assert ours.areas.tolist() == [float(cocomask.area(e)) for e in encoded]
+    # And alone (a batch whose masks all end unset takes a shorter path to boxes and areas)
+    alone = [coco_rle_counts([m]) for m in masks]
+    assert [a.boxes[0].tolist() for a in alone] == ours.boxes.tolist()
+    assert [a.areas[0] for a in alone] == ours.areas.tolist()

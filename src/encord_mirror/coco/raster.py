@@ -558,19 +558,23 @@ def _boxes(
     """`pycocotools.mask.toBbox` and `area` from the masks' column-major change positions (sorted by mask,
     then position), quirk included: a run of set pixels across two columns makes the box full height."""
     masks = sizes.size
-    rank = np.arange(changes.size, dtype=np.int64) - (np.cumsum(per_mask) - per_mask)[mask]
-    opens = np.flatnonzero(rank % 2 == 0)  # a run of set pixels starts at every other change
-    run_mask = mask[opens]
-    start = changes[opens]
-    has_close = rank[opens] + 1 < per_mask[run_mask]
-    end = np.where(has_close, changes[np.minimum(opens + 1, max(changes.size - 1, 0))], sizes[run_mask])
+    if not (per_mask % 2).any():
+        # Every run of set pixels ends before its mask does (the usual case): changes pair up in order.
+        run_mask, start, end = mask[0::2], changes[0::2], changes[1::2]
+    else:
+        rank = np.arange(changes.size, dtype=np.int64) - (np.cumsum(per_mask) - per_mask)[mask]
+        opens = np.flatnonzero(rank % 2 == 0)  # a run of set pixels starts at every other change
+        run_mask = mask[opens]
+        start = changes[opens]
+        has_close = rank[opens] + 1 < per_mask[run_mask]
+        end = np.where(has_close, changes[np.minimum(opens + 1, max(changes.size - 1, 0))], sizes[run_mask])
     areas = np.bincount(run_mask, weights=end - start, minlength=masks).astype(np.float64)
     boxes = np.zeros((masks, 4), dtype=np.float64)
-    if not opens.size:
+    if not start.size:
         return boxes, areas
     height = heights[run_mask]
-    x_start, y_start = start // height, start % height
-    x_end, y_end = (end - 1) // height, (end - 1) % height
+    x_start, y_start = np.divmod(start, height)
+    x_end, y_end = np.divmod(end - 1, height)
     across = x_start < x_end
     y_low = np.where(across, 0, np.minimum(y_start, y_end))
     y_high = np.where(across, height - 1, np.maximum(y_start, y_end))
