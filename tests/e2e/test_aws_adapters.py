@@ -30,6 +30,7 @@ from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
+    Lease,
     RowOutcome,
     RunRecord,
     SnapshotEvent,
@@ -254,6 +255,20 @@ def test_lease_excludes_a_second_owner_until_it_expires(state: StateStore) -> No
     after_expiry = state.acquire_lease(PROJECT, "run-b", T0 + timedelta(seconds=61), 60)
     # Then it is refused, then granted
     assert not held and after_expiry
+
+
+def test_the_lease_says_who_holds_it_since_when_and_until_when(state: StateStore) -> None:
+    # Given no lease, then run-a's lease for 60 s, then run-b's after it expired
+    assert state.get_lease(PROJECT) is None
+    state.acquire_lease(PROJECT, "run-a", T0, 60)
+    held = state.get_lease(PROJECT)
+    state.acquire_lease(PROJECT, "run-b", T0 + timedelta(seconds=61), 60)
+    taken_over = state.get_lease(PROJECT)
+    # Then each read names the holder, when it took the lease and when it expires; released, none
+    assert held == Lease(PROJECT, "run-a", T0, T0 + timedelta(seconds=60))
+    assert taken_over == Lease(PROJECT, "run-b", T0 + timedelta(seconds=61), T0 + timedelta(seconds=121))
+    state.release_lease(PROJECT, "run-b")
+    assert state.get_lease(PROJECT) is None
 
 
 def test_lease_release_only_by_its_owner(state: StateStore) -> None:

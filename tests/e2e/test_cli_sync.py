@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import signal
 import subprocess
 import sys
 import uuid
@@ -207,6 +208,61 @@ def test_a_task_status_change_alone_is_mirrored_by_the_next_reconciling_sync(mir
     [key] = [k for k in mirror.lake.list_keys("labels/") if changed.label_hash in k]
     stored = mirror.lake.get(key)
     assert stored is not None and orjson.loads(stored.body)["mirror"]["task_status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_sync_exits_130_and_frees_the_project_for_the_next_sync(
+    mirror: Mirror, sig: signal.Signals
+) -> None:
+    # Given an Encord that answers slowly, and a first sync running in its own process
+    mirror.emu.latency_s = 0.2
+    argv = [sys.executable, "-m", "encord_mirror", "sync", "--project", mirror.project, "--lake", mirror.dest]
+    argv += ["--ssh-key", str(mirror.key_path), "--encord-domain", mirror.emu.url, "--bundle-size", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    planned: list[str] = []
+    for line in iter(proc.stderr.readline, ""):
+        if " chunks" in line:
+            planned.append(line)
+            break
+
+    # When it is interrupted once its run is planned and its workers are busy
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+
+    # Then it exits 130, saying what it did; the lease is free and the watermark where it was (none)
+    assert planned, err
+    assert proc.returncode == 130, out + err
+    assert f"sync interrupted ({sig.name})" in err and "released the project's lease" in err, err
+    assert "watermark stays at none" in err
+    state = mirror.state()
+    assert state.get_lease(mirror.project) is None and state.get_watermark(mirror.project) is None
+    state.close()
+    # and the next sync starts at once and brings the lake in step
+    mirror.emu.latency_s = 0.0
+    run = mirror.sync()
+    assert run.code == 0 and "skipped" not in run.out + run.err, run.out + run.err
+    mirror.assert_in_step()
+
+
+def test_a_sync_that_finds_the_lease_held_names_the_run_since_when_and_expiry(mirror: Mirror) -> None:
+    # Given another sync's run holding the project's lease
+    state = mirror.state()
+    state.acquire_lease(mirror.project, "20261123T182200.123Z-0badc0de", datetime.now(UTC), 900)
+    lease = state.get_lease(mirror.project)
+    state.close()
+    assert lease is not None and lease.acquired_at is not None
+
+    # When a sync runs
+    run = mirror.sync()
+
+    # Then it skips the project, naming the holding run, since when and when the lease expires
+    assert run.code == 1
+    since, expires = (t.isoformat(timespec="seconds") for t in (lease.acquired_at, lease.expires_at))
+    expected = (
+        f"run 20261123T182200.123Z-0badc0de holds the project's lease since {since}; it expires at {expires}"
+    )
+    assert expected in run.err and expected in run.out
 
 
 def test_deleted_rows_and_data_units_leave_the_current_view(mirror: Mirror) -> None:

@@ -4,6 +4,7 @@ with the fake Encord: every live row exactly once, in the right partition, with 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -14,7 +15,7 @@ from conftest import Mirror
 from fakes import CAR, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
-from encord_mirror.app.local_sync import run_local_sync
+from encord_mirror.app.local_sync import SyncInterruptedError, describe_lease, run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.lake import label_key, run_manifest_key, stage_value
 from encord_mirror.domain.models import (
@@ -358,6 +359,74 @@ def test_a_project_whose_lease_is_held_is_skipped(mirror: Mirror, source: FakeSo
     summary = mirror.sync()
     assert summary.projects[0].status == "lease_held" and not summary.ok
     assert mirror.label_keys() == []
+
+
+def test_a_held_lease_is_reported_with_its_run_since_when_and_expiry(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given a project whose lease another run took ten minutes ago
+    source.add(1)
+    taken = mirror.clock()
+    mirror.state.acquire_lease(PROJECT, "20261101T120000.000Z-0badc0de", taken, 900)
+    mirror.clock.advance(600)
+    messages: list[str] = []
+    # When a sync runs
+    summary = run_local_sync(
+        MirrorConfig(projects=(PROJECT,)),
+        source,
+        mirror.lake,
+        mirror.state,
+        progress=messages.append,
+        clock=mirror.clock,
+    )
+    # Then the skip names the holder, since when it holds the project and when the lease expires
+    (project,) = summary.projects
+    assert project.lease is not None and project.lease.owner == "20261101T120000.000Z-0badc0de"
+    expected = (
+        "run 20261101T120000.000Z-0badc0de holds the project's lease since 2026-11-01T12:00:00+00:00; "
+        "it expires at 2026-11-01T12:15:00+00:00"
+    )
+    assert any(expected in m for m in messages), messages
+    assert expected in describe_lease(project.lease)
+
+
+def test_an_interrupted_sync_stops_releases_the_lease_and_leaves_the_watermark(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given a synced project with new edits, and a user who presses Ctrl-C once the next run is planned
+    source.add(6)
+    mirror.sync()
+    mark = mirror.state.get_watermark(PROJECT)
+    mirror.clock.advance(60)
+    for h in ("label-0001", "label-0002"):
+        source.edit(h)
+    mirror.clock.advance(60)
+
+    def ctrl_c_once_planned(message: str) -> None:
+        if " run " in message:
+            raise KeyboardInterrupt
+
+    source.on_load = lambda: time.sleep(0.2)  # the chunks are still loading when Ctrl-C comes
+
+    # When the sync runs and is interrupted
+    with pytest.raises(SyncInterruptedError) as interrupted:
+        run_local_sync(
+            MirrorConfig(projects=(PROJECT,), bundle_size=1),
+            source,
+            mirror.lake,
+            mirror.state,
+            progress=ctrl_c_once_planned,
+            clock=mirror.clock,
+        )
+    # Then it says which run stopped, the lease is free, the watermark is where it was and no manifest exists
+    error = interrupted.value
+    assert error.project_hash == PROJECT and error.run_id is not None and error.watermark == mark
+    assert mirror.state.get_lease(PROJECT) is None
+    assert mirror.state.get_watermark(PROJECT) == mark
+    assert mirror.lake.get(run_manifest_key(PROJECT, error.run_id)) is None
+    # and the next sync runs at once and completes the work
+    assert mirror.sync().projects[0].status == "synced"
+    assert_lake_matches(mirror, source)
 
 
 def test_a_sync_whose_finalize_fails_raises_and_frees_the_project(mirror: Mirror, source: FakeSource) -> None:

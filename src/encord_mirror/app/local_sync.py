@@ -18,10 +18,34 @@ from encord_mirror.adapters.local.queue import LocalWorkQueue
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.finalizer import COUNTED, FinalizeResult, finalize
-from encord_mirror.domain.models import ChunkMessage, ChunkResult
+from encord_mirror.domain.models import ChunkMessage, ChunkResult, Lease
 from encord_mirror.domain.planner import PlanResult, plan
 from encord_mirror.domain.ports import EventSink, LabelSource, ObjectStore, SnapshotBuilder, StateStore
 from encord_mirror.domain.worker import process_chunk
+
+
+class SyncInterruptedError(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a sync. The project being synced (`project_hash`, run `run_id`; None
+    when no run had started) was left cleanly: its workers stopped, its lease released, its watermark at
+    `watermark` (where it was, unless the run's finalizer had already completed it). `finished` holds the
+    projects synced before the interruption. A KeyboardInterrupt, so callers that only know that still
+    stop."""
+
+    def __init__(
+        self,
+        project_hash: str,
+        run_id: str | None,
+        watermark: datetime | None,
+        finished: tuple[ProjectSummary, ...],
+        signal_name: str,
+    ) -> None:
+        run = f"run {run_id} of project {project_hash}" if run_id else f"project {project_hash} (not started)"
+        super().__init__(f"{signal_name}: sync interrupted during {run}")
+        self.project_hash = project_hash
+        self.run_id = run_id
+        self.watermark = watermark
+        self.finished = finished
+        self.signal_name = signal_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +74,7 @@ class ProjectSummary:
     manifest_key: str | None = None
     seconds: float = 0.0
     errors: tuple[str, ...] = ()
+    lease: Lease | None = None  # status "lease_held": who holds the project, since when, until when
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +125,32 @@ def run_local_sync(
             snapshots=snapshots,
             clock=now,
         )
+        run: list[str] = []  # the run id, once planned
         try:
-            summaries.append(_sync_project(project_hash, config, deps, queue, full, say))
+            summaries.append(_sync_project(project_hash, config, deps, queue, full, say, run))
+        except KeyboardInterrupt as interrupt:
+            # The workers have stopped and the lease is released (see _sync_project): say where things are.
+            raise SyncInterruptedError(
+                project_hash,
+                run[0] if run else None,
+                state.get_watermark(project_hash),
+                tuple(summaries),
+                str(interrupt) or "SIGINT",
+            ) from interrupt
         finally:
             queue.close(cancel=True)  # after a drain nothing is pending; after an error, drop what is
     return SyncSummary(tuple(summaries))
+
+
+def describe_lease(lease: Lease | None) -> str:
+    """Who holds a project's lease, since when and until when, for a message to a user."""
+    if lease is None:
+        return "another sync held the project's lease (released since)"
+    since = f" since {lease.acquired_at.isoformat(timespec='seconds')}" if lease.acquired_at else ""
+    return (
+        f"run {lease.owner} holds the project's lease{since}; it expires at "
+        f"{lease.expires_at.isoformat(timespec='seconds')} unless that run finishes first"
+    )
 
 
 def _sync_project(
@@ -114,6 +160,7 @@ def _sync_project(
     queue: LocalWorkQueue,
     full: bool,
     say: Callable[[str], None],
+    run: list[str],
 ) -> ProjectSummary:
     started = time.perf_counter()
     finished: list[FinalizeResult] = []
@@ -131,24 +178,37 @@ def _sync_project(
         finalize=lambda p, run_id: finished.append(finalize(p, run_id, config, deps)),
         on_chunk=on_chunk,
     )
-    result: PlanResult = plan(project_hash, config, deps, full=full)
-    if result.status == "lease_held":
-        say(f"{project_hash}: skipped, another sync holds the project's lease")
-        return ProjectSummary(
-            project_hash, result.run_id, "lease_held", seconds=time.perf_counter() - started
-        )
-    mode = "full" if result.full else "incremental"
-    say(
-        f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "
-        f"{result.removals} to remove, {result.chunks} chunks"
-    )
     try:
+        result: PlanResult = plan(project_hash, config, deps, full=full)
+    except BaseException:
+        # Interrupted while planning: plan() released the lease; chunks already sent must stop too.
+        queue.close(cancel=True)
+        raise
+    if result.status == "lease_held":
+        say(f"{project_hash}: skipped: {describe_lease(result.lease)}")
+        return ProjectSummary(
+            project_hash,
+            result.run_id,
+            "lease_held",
+            seconds=time.perf_counter() - started,
+            lease=result.lease,
+        )
+    run.append(result.run_id)
+    mode = "full" if result.full else "incremental"
+    try:
+        say(
+            f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "
+            f"{result.removals} to remove, {result.chunks} chunks"
+        )
         queue.drain()
     except BaseException:
         # Interrupted (Ctrl-C) or a finalizer failed: nothing in this process will finish the run. The
-        # watermark did not move, so free the project and let the next sync repeat the work.
-        queue.close(cancel=True)
-        deps.state.release_lease(project_hash, result.run_id)
+        # watermark did not move, so free the project and let the next sync repeat the work; the lease
+        # goes even if a second Ctrl-C cuts the wait for the running chunks short.
+        try:
+            queue.close(cancel=True)
+        finally:
+            deps.state.release_lease(project_hash, result.run_id)
         raise
     closing = next((f for f in finished if f.status == "finalized"), None)
     if closing is None:

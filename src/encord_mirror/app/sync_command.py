@@ -10,19 +10,24 @@ State (watermark, row index, run ledger, gaps) lives in SQLite: `--state PATH`, 
 Keep that file: without it the next run is a full listing that rewrites nothing but re-reads everything.
 Progress goes to stderr, the summary table to stdout. Exit status: 0 when every project synced and no gap
 (failed row) remains, 1 otherwise (gaps are retried by the next run and hold the watermark), 2 for a usage or
-configuration error (the message names the setting).
+configuration error (the message names the setting), 130 when interrupted (Ctrl-C or SIGTERM): the running
+chunks finish, the rest are dropped, the project's lease is released and its watermark stays, so the next
+sync starts at once and repeats the unfinished work.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +42,13 @@ from encord_mirror.adapters.encord_source import (
     EncordSourceError,
 )
 from encord_mirror.adapters.local import LocalQueueError
-from encord_mirror.app.local_sync import ProjectSummary, SyncSummary, run_local_sync
+from encord_mirror.app.local_sync import (
+    ProjectSummary,
+    SyncInterruptedError,
+    SyncSummary,
+    describe_lease,
+    run_local_sync,
+)
 from encord_mirror.cli import CliError
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import ConfigError, MirrorConfig
@@ -68,10 +79,13 @@ class Progress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._started = time.perf_counter()
+        self._lock = threading.Lock()  # worker threads report chunks: one whole line at a time
 
     def __call__(self, message: str) -> None:
         stream = self._stream or sys.stderr
-        print(f"[{time.perf_counter() - self._started:6.1f}s] {message}", file=stream, flush=True)
+        with self._lock:
+            stream.write(f"[{time.perf_counter() - self._started:6.1f}s] {message}\n")
+            stream.flush()
 
 
 # -- building the pieces from the command line ----------------------------------------------------------
@@ -218,7 +232,59 @@ def execute_sync(
         raise SyncAbortedError(f"a sync step failed: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a container stop, `kill`) stops a sync the way Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a test calling main() from a worker): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report_interrupt(exc: KeyboardInterrupt) -> int:
+    if isinstance(exc, SyncInterruptedError):
+        mark = _when(exc.watermark)
+        where = (
+            f"run {exc.run_id} of project {exc.project_hash}" if exc.run_id else f"project {exc.project_hash}"
+        )
+        print(
+            f"encord-mirror: sync interrupted ({exc.signal_name}) during {where}: stopped the workers "
+            f"(chunks already running finished), released the project's lease, watermark stays at {mark}.",
+            file=sys.stderr,
+        )
+        done = ", ".join(p.project_hash for p in exc.finished)
+        if done:
+            print(f"Synced before the interruption: {done}.", file=sys.stderr)
+    else:
+        print(
+            f"encord-mirror: sync interrupted ({exc or 'SIGINT'}) before any project was locked.",
+            file=sys.stderr,
+        )
+    print(
+        "Nothing is lost: rows already written stay, and the next sync starts at once and repeats the rest.",
+        file=sys.stderr,
+    )
+    return 130
+
+
 def sync_main(args: argparse.Namespace) -> int:
+    with _sigterm_interrupts():
+        try:
+            return _sync_main(args)
+        except KeyboardInterrupt as exc:
+            return _report_interrupt(exc)
+
+
+def _sync_main(args: argparse.Namespace) -> int:
     progress = Progress()
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1 (got {args.workers})")
@@ -310,7 +376,7 @@ def format_summary(summary: SyncSummary, target: LakeTarget, state: StateStore |
 def _project_notes(p: ProjectSummary, target: LakeTarget, state: StateStore | None) -> list[str]:
     notes: list[str] = []
     if p.status == "lease_held":
-        notes.append("skipped: another sync holds this project's lease (it expires on its own)")
+        notes.append(f"skipped: {describe_lease(p.lease)}")
     elif p.status == "unfinished":
         notes.append("unfinished: a chunk could not record its result; the next run retries from the mark")
     if p.manifest_key:

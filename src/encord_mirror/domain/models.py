@@ -101,6 +101,16 @@ class StoredObject:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a project: the run id that owns the lease, since when, and when it lapses on its own."""
+
+    project_hash: str
+    owner: str
+    acquired_at: datetime | None  # None for a lease taken by a version that did not record it
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     """The row index: where the lake holds a (label_hash, branch) now, and which version.
 

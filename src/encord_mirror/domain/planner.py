@@ -22,6 +22,7 @@ from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
+    Lease,
     RowMeta,
     RowOutcome,
     RowQuery,
@@ -36,7 +37,8 @@ _POINT_READS_MAX = 1000
 
 @dataclass(frozen=True, slots=True)
 class PlanResult:
-    """What the planner did for one project. `status` "lease_held": another run owns the project."""
+    """What the planner did for one project. `status` "lease_held": another run owns the project
+    (`lease` says which, since when and until when)."""
 
     project_hash: str
     run_id: str
@@ -51,6 +53,7 @@ class PlanResult:
     unlabelled: int = 0
     chunks: int = 0
     send_failed: int = 0  # chunks the queue refused twice: recorded as failed, so the run still finishes
+    lease: Lease | None = None  # the lease that kept this run from starting
 
 
 def new_run_id(now: datetime) -> str:
@@ -73,7 +76,7 @@ def plan(
     run_id = new_run_id(signpost)
     state = deps.state
     if not state.acquire_lease(project_hash, run_id, signpost, config.lease_ttl_seconds):
-        return PlanResult(project_hash, run_id, "lease_held")
+        return PlanResult(project_hash, run_id, "lease_held", lease=state.get_lease(project_hash))
     try:
         return _plan_run(project_hash, run_id, signpost, config, deps, full)
     except BaseException:

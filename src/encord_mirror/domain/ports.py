@@ -15,6 +15,7 @@ from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
+    Lease,
     LoadResult,
     PartitionChanges,
     ProjectInfo,
@@ -85,6 +86,10 @@ class StateStore(Protocol):
     def acquire_lease(self, project_hash: str, owner: str, now: datetime, ttl_s: int) -> bool: ...
 
     def release_lease(self, project_hash: str, owner: str) -> None: ...
+
+    def get_lease(self, project_hash: str) -> Lease | None:
+        """The lease as stored (it may have expired: compare `expires_at` with now)."""
+        ...
 
     # watermark: only ever moves forward
     def get_watermark(self, project_hash: str) -> datetime | None: ...

@@ -2,7 +2,7 @@
 
 | sk                               | item                                                           |
 |----------------------------------|----------------------------------------------------------------|
-| `LEASE`                          | the planner lease: `owner`, `expires_us`, `ttl`                |
+| `LEASE`                          | the planner lease: `owner`, `acquired_us`, `expires_us`, `ttl` |
 | `WATERMARK`                      | `wm_us` (condition: only forward) and `wm_iso`                 |
 | `COUNTER`                        | `run_number` (UpdateItem ADD)                                  |
 | `IDX#<label_hash>`               | the row index (newer-wins on `edited_us`)                      |
@@ -48,6 +48,7 @@ from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
+    Lease,
     RunProgress,
     RunRecord,
     SnapshotEvent,
@@ -76,6 +77,10 @@ def _micros(value: datetime) -> int:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: the state store only takes timezone-aware UTC")
     return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def _code(error: Any) -> str:
@@ -184,6 +189,7 @@ class DynamoStateStore:
             {
                 "owner": _s(owner),
                 "expires_us": _n(_micros(expires)),
+                "acquired_us": _n(_micros(now)),
                 # DynamoDB's TTL sweeps late (up to days): the condition below, not TTL, decides expiry.
                 TTL_ATTRIBUTE: _n(int(expires.timestamp()) + 1),
             }
@@ -215,6 +221,13 @@ class DynamoStateStore:
             # Someone else holds it now (ours expired) or nobody does: nothing of ours to release.
             if _code(error) != "ConditionalCheckFailedException":
                 raise
+
+    def get_lease(self, project_hash: str) -> Lease | None:
+        item = self._get(project_hash, "LEASE")
+        if item is None:
+            return None
+        acquired = _from_micros(int(item["acquired_us"]["N"])) if "acquired_us" in item else None
+        return Lease(project_hash, item["owner"]["S"], acquired, _from_micros(int(item["expires_us"]["N"])))
 
     # -- watermark and run counter ---------------------------------------------------------------
 

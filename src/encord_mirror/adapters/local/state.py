@@ -21,11 +21,20 @@ from encord_mirror.domain.codec import (
     outcomes_from_json,
     outcomes_to_json,
 )
-from encord_mirror.domain.models import ChunkResult, Gap, IndexEntry, RunProgress, RunRecord, SnapshotEvent
+from encord_mirror.domain.models import (
+    ChunkResult,
+    Gap,
+    IndexEntry,
+    Lease,
+    RunProgress,
+    RunRecord,
+    SnapshotEvent,
+)
 from encord_mirror.domain.ports import FinalizeClaim
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL,
+    acquired_at TEXT);
 CREATE TABLE IF NOT EXISTS watermarks (project TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (project TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS row_index (
@@ -74,6 +83,7 @@ class SqliteStateStore:
         self._write_lock = threading.Lock()
         self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
         self._add_columns("row_index", ("task_status", "stage_uuid"))
+        self._add_columns("leases", ("acquired_at",))
 
     def _add_columns(self, table: str, names: Sequence[str]) -> None:
         """Bring a state file written by an older version up to the schema (new columns at the end)."""
@@ -124,12 +134,20 @@ class SqliteStateStore:
         expires = _ts(now + timedelta(seconds=ttl_s))
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(project) DO UPDATE SET"
-                " owner=excluded.owner, expires_at=excluded.expires_at"
+                "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(project) DO UPDATE SET"
+                " owner=excluded.owner, expires_at=excluded.expires_at, acquired_at=excluded.acquired_at"
                 " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
-                (project_hash, owner, expires, _ts(now)),
+                (project_hash, owner, expires, _ts(now), _ts(now)),
             )
             return cur.rowcount == 1
+
+    def get_lease(self, project_hash: str) -> Lease | None:
+        row = (
+            self._db()
+            .execute("SELECT owner, acquired_at, expires_at FROM leases WHERE project = ?", (project_hash,))
+            .fetchone()
+        )
+        return None if row is None else Lease(project_hash, row[0], _dt(row[1]), _need_dt(row[2]))
 
     def release_lease(self, project_hash: str, owner: str) -> None:
         with self._tx() as db:
