@@ -19,6 +19,15 @@ def register(sub: Any) -> None:
         help="SQLite state file (default: LAKE/.mirror-state.sqlite; for S3: ~/.cache/encord-mirror/)",
     )
     sync.add_argument("--full", action="store_true", help="reconcile: list all rows and diff with the index")
+    sync.add_argument(
+        "--reconcile-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="every Nth run of a project reconciles (lists all rows and diffs with the index; the first "
+        "run always does). Stage moves, task-status changes and deletions in Encord do not change a row's "
+        "edit time, so they are seen on reconciling runs only. 1 = every run (default: 12)",
+    )
     sync.add_argument("--workers", type=int, default=4)
     sync.add_argument("--bundle-size", type=int, default=100)
     branches = sync.add_mutually_exclusive_group()

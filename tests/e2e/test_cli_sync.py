@@ -265,6 +265,21 @@ def test_a_sync_that_finds_the_lease_held_names_the_run_since_when_and_expiry(mi
     assert expected in run.err and expected in run.out
 
 
+def test_reconcile_every_1_sees_a_stage_move_on_the_next_plain_sync(mirror: Mirror) -> None:
+    # Given a lake in step, then a data unit moved to "Complete" (its edit time unchanged)
+    _first_sync(mirror)
+    moved = mirror.fixture.by_title("img1.jpg")
+    mirror.emu.move_stage(mirror.project, moved.data_hash, "Complete")
+
+    # When the next sync runs without --full but with --reconcile-every 1
+    run = mirror.sync("--reconcile-every", "1")
+
+    # Then that run reconciled and the lake follows the move
+    assert run.code == 0, run.out + run.err
+    assert "full run" in run.err
+    mirror.assert_in_step()
+
+
 def test_deleted_rows_and_data_units_leave_the_current_view(mirror: Mirror) -> None:
     # Given a lake in step, then one label row and one whole data unit deleted in Encord
     _first_sync(mirror)

@@ -18,7 +18,8 @@ from encord_mirror.app.sync_command import (
     open_target,
     parse_s3_uri,
 )
-from encord_mirror.cli import CliError
+from encord_mirror.cli import CliError, main
+from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.models import BranchSelection, Gap
 
 
@@ -28,6 +29,7 @@ def _args(**overrides: object) -> argparse.Namespace:
         "bundle_size": 100,
         "branch": None,
         "all_branches": False,
+        "reconcile_every": None,
     }
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -44,6 +46,26 @@ def test_a_bundle_size_above_the_cap_is_a_usage_error_naming_setting_and_flag() 
     # When / Then
     with pytest.raises(CliError, match=r"bundle_size.*--bundle-size"):
         config_from_args(_args(bundle_size=1001))
+
+
+def test_reconcile_every_maps_to_the_config_and_a_bad_value_names_the_flag() -> None:
+    # When / Then: unset keeps the config's default, a value sets it, zero is refused naming the flag
+    assert config_from_args(_args()).reconcile_every == MirrorConfig(projects=("p1",)).reconcile_every
+    assert config_from_args(_args(reconcile_every=1)).reconcile_every == 1
+    with pytest.raises(CliError, match=r"reconcile_every.*--reconcile-every"):
+        config_from_args(_args(reconcile_every=0))
+
+
+def test_sync_help_says_stage_moves_and_deletions_are_seen_on_reconciling_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # When `sync --help` is asked for
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    # Then --reconcile-every is there, with what it means for stage moves and deletions
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--reconcile-every N" in text
+    assert "Stage moves, task-status changes and deletions" in text and "reconciling runs only" in text
 
 
 def test_a_project_named_twice_is_a_usage_error_naming_the_flag() -> None:

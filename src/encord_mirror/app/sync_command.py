@@ -2,7 +2,8 @@
 
 ```
 encord-mirror sync --project HASH [--project HASH]... --lake DEST --ssh-key FILE [--encord-domain URL]
-                   [--state PATH] [--full] [--workers N] [--bundle-size N] [--branch NAME | --all-branches]
+                   [--state PATH] [--full] [--reconcile-every N] [--workers N] [--bundle-size N]
+                   [--branch NAME | --all-branches]
 ```
 State (watermark, row index, run ledger, gaps) lives in SQLite: `--state PATH`, by default
 `<lake dir>/.mirror-state.sqlite` for a directory lake (dot names are never listed as lake objects) and
@@ -61,6 +62,7 @@ _FLAG_OF_SETTING = {
     "projects": "--project",
     "branches": "--branch",
     "bundle_size": "--bundle-size",
+    "reconcile_every": "--reconcile-every",
 }
 
 
@@ -101,10 +103,13 @@ def branches_from_args(args: argparse.Namespace) -> BranchSelection:
 
 def config_from_args(args: argparse.Namespace) -> MirrorConfig:
     try:
+        # Unset flags leave MirrorConfig's defaults, so the defaults live in one place.
+        optional = {"reconcile_every": args.reconcile_every}
         return MirrorConfig(
             projects=tuple(args.project),
             branches=branches_from_args(args),
             bundle_size=args.bundle_size,
+            **{name: value for name, value in optional.items() if value is not None},
         )
     except ConfigError as exc:
         flag = _FLAG_OF_SETTING.get(exc.setting)
