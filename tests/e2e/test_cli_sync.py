@@ -29,7 +29,15 @@ from encord_mirror.domain.lake import run_manifest_key
 from encord_mirror.domain.models import BranchSelection
 from encord_mirror.emulator.keys import generate_keypair
 from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import CONSENSUS_BRANCH, Fixture, build_fixture, clone_row, user_client
+from encord_mirror.emulator.testing import (
+    CONSENSUS_BRANCH,
+    Fixture,
+    build_fixture,
+    clone_row,
+    corrupt_row,
+    user_client,
+    without_objects,
+)
 from encord_mirror.emulator.verify import assert_lake_matches, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -378,7 +386,7 @@ def test_a_429_storm_past_every_retry_leaves_a_gap_that_the_next_run_closes(mirr
     state = mirror.state()
     watermark = state.get_watermark(mirror.project)
     edited = mirror.fixture.by_title("img2.jpg")
-    mirror.emu.edit_row(mirror.project, edited.label_hash, _without_objects(edited.row))
+    mirror.emu.edit_row(mirror.project, edited.label_hash, without_objects(edited.row))
     mirror.emu.inject_fault("status", status=429, retry_after=1, count=12, query_type="labelrow")
 
     # When sync runs
@@ -422,8 +430,8 @@ def test_a_poison_row_is_a_gap_that_holds_the_watermark_until_it_is_fixed(mirror
     watermark = state.get_watermark(mirror.project)
     poison = mirror.fixture.by_title("img1.jpg")
     healthy = mirror.fixture.by_title("img2.jpg")
-    mirror.emu.edit_row(mirror.project, poison.label_hash, _corrupt(poison.row))
-    mirror.emu.edit_row(mirror.project, healthy.label_hash, _without_objects(healthy.row))
+    mirror.emu.edit_row(mirror.project, poison.label_hash, corrupt_row(poison.row))
+    mirror.emu.edit_row(mirror.project, healthy.label_hash, without_objects(healthy.row))
 
     # When sync runs
     run = mirror.sync()
@@ -505,7 +513,7 @@ def test_a_listing_that_fails_past_every_retry_stops_the_run_cleanly_and_the_nex
     state = mirror.state()
     watermark = state.get_watermark(mirror.project)
     edited = mirror.fixture.by_title("img2.jpg")
-    mirror.emu.edit_row(mirror.project, edited.label_hash, _without_objects(edited.row))
+    mirror.emu.edit_row(mirror.project, edited.label_hash, without_objects(edited.row))
     mirror.emu.inject_fault("status", status=503, retry_after=1, count=4, query_type="labelrowmetadata")
 
     # When sync runs
@@ -560,27 +568,3 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
     assert "second sync" in done.stdout.lower() and "labels/project=" in done.stdout
     assert any((tmp_path / "lake" / "labels").rglob("*.json"))
-
-
-def _without_objects(row: dict[str, Any]) -> dict[str, Any]:
-    edited = copy.deepcopy(row)
-    edited["object_answers"] = {}
-    for unit in edited["data_units"].values():
-        labels = unit.get("labels") or {}
-        if "objects" in labels:
-            labels["objects"] = []
-        else:
-            unit["labels"] = {}
-    return edited
-
-
-def _corrupt(row: dict[str, Any]) -> dict[str, Any]:
-    broken = copy.deepcopy(row)
-    for unit in broken["data_units"].values():
-        labels = unit.get("labels") or {}
-        frames = [labels] if "objects" in labels else list(labels.values())
-        for frame in frames:
-            for obj in frame.get("objects", []):
-                obj["featureHash"] = "ffffffff"
-                obj.pop("shape", None)
-    return broken

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from encord_mirror.domain.models import BranchSelection, RowQuery
 from encord_mirror.domain.watermark import NaiveDatetimeError
 from encord_mirror.emulator.keys import generate_keypair
 from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import build_fixture
+from encord_mirror.emulator.testing import build_fixture, corrupt_row
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -305,15 +304,8 @@ def test_an_unknown_project_is_a_clear_access_error(env: Env) -> None:
 
 
 def _corrupt(row: dict[str, Any]) -> dict[str, Any]:
-    broken = copy.deepcopy(row)
+    broken = corrupt_row(row)
     broken["object_answers"] = {}
-    for unit in broken["data_units"].values():
-        labels = unit.get("labels") or {}
-        frames = [labels] if "objects" in labels else list(labels.values())
-        for frame in frames:
-            for obj in frame.get("objects", []):
-                obj["featureHash"] = "ffffffff"
-                obj.pop("shape", None)
     broken["classification_answers"] = {
         "d": {"classificationHash": "d", "featureHash": "nope", "classifications": [], "range": [[0, 0]]}
     }

@@ -8,7 +8,6 @@ state, and the emulator must have seen no write.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ from encord_mirror.aws_lambda import wiring
 from encord_mirror.domain.ports import ObjectStore
 from encord_mirror.emulator.keys import generate_keypair
 from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import Fixture, build_fixture, user_client
+from encord_mirror.emulator.testing import Fixture, build_fixture, corrupt_row, user_client, without_objects
 from encord_mirror.emulator.verify import assert_lake_matches, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -284,30 +283,6 @@ def _first_sync(deployment: Deployment) -> None:
     deployment.emu.clear_log()
 
 
-def _without_objects(row: dict[str, Any]) -> dict[str, Any]:
-    edited = copy.deepcopy(row)
-    edited["object_answers"] = {}
-    for unit in edited["data_units"].values():
-        labels = unit.get("labels") or {}
-        if "objects" in labels:
-            labels["objects"] = []
-        else:
-            unit["labels"] = {}
-    return edited
-
-
-def _corrupt(row: dict[str, Any]) -> dict[str, Any]:
-    broken = copy.deepcopy(row)
-    for unit in broken["data_units"].values():
-        labels = unit.get("labels") or {}
-        frames = [labels] if "objects" in labels else list(labels.values())
-        for frame in frames:
-            for obj in frame.get("objects", []):
-                obj["featureHash"] = "ffffffff"
-                obj.pop("shape", None)
-    return broken
-
-
 def test_first_sync_through_the_lambdas_mirrors_the_project(deployment: Deployment) -> None:
     # Given a project and an empty lake / When the schedule fires and the queues drain
     response = deployment.schedule()
@@ -428,8 +403,8 @@ def test_a_poison_row_goes_to_the_dlq_as_a_gap_that_holds_the_watermark(deployme
     watermark = state.get_watermark(deployment.project)
     poison = deployment.fixture.by_title("img1.jpg")
     healthy = deployment.fixture.by_title("img2.jpg")
-    deployment.emu.edit_row(deployment.project, poison.label_hash, _corrupt(poison.row))
-    deployment.emu.edit_row(deployment.project, healthy.label_hash, _without_objects(healthy.row))
+    deployment.emu.edit_row(deployment.project, poison.label_hash, corrupt_row(poison.row))
+    deployment.emu.edit_row(deployment.project, healthy.label_hash, without_objects(healthy.row))
 
     # When the schedule fires and the queues drain (the chunk fails on each of its deliveries)
     deployment.schedule()

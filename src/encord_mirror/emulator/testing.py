@@ -323,3 +323,29 @@ def emulator_env(directory: Path, *, extra_images: int = 0, **emulator_kwargs: A
     key_path, public_key = generate_keypair(directory / "keys")
     with Emulator(directory / "fixture", authorized_keys=[public_key], **emulator_kwargs) as emu:
         yield EmulatorEnv(emu, fixture, key_path, public_key)
+
+
+def without_objects(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a label row dict with every object removed: a valid edit that changes its content."""
+    edited = copy.deepcopy(row)
+    edited["object_answers"] = {}
+    for unit in edited["data_units"].values():
+        labels = unit.get("labels") or {}
+        if "objects" in labels:
+            labels["objects"] = []
+        else:
+            unit["labels"] = {}
+    return edited
+
+
+def corrupt_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a label row dict that the SDK cannot parse: objects of an unknown feature, without shape."""
+    broken = copy.deepcopy(row)
+    for unit in broken["data_units"].values():
+        labels = unit.get("labels") or {}
+        frames = [labels] if "objects" in labels else list(labels.values())
+        for frame in frames:
+            for obj in frame.get("objects", []):
+                obj["featureHash"] = "ffffffff"
+                obj.pop("shape", None)
+    return broken
