@@ -89,3 +89,20 @@ def test_a_batch_of_mixed_masks_gives_each_its_own_rle() -> None:
     alone = [coco_rle_counts([m]) for m in masks]
     assert [a.boxes[0].tolist() for a in alone] == ours.boxes.tolist()
     assert [a.areas[0] for a in alone] == ours.areas.tolist()
+
+
+def test_masks_with_nothing_to_paint_are_empty() -> None:
+    # Given a painting without rings, one with an empty ring, a one-point ring and an empty bitmask
+    masks: list[Painting | RowMajorRuns] = [
+        Painting([], [], 5, 4),
+        Painting([[]], [1], 3, 3),
+        Painting([[(1, 1)]], [1], 3, 3),
+        RowMajorRuns(decode_rle_string(""), 2, 2),
+    ]
+    # When computed, together and the first alone
+    together, alone = coco_rle_counts(masks), coco_rle_counts(masks[:1])
+    # Then only the point is painted
+    assert [c.tolist() for c in together.counts] == [[20], [9], [4, 1, 4], [4]]
+    assert together.boxes.tolist()[2] == [1.0, 1.0, 1.0, 1.0]
+    assert together.areas.tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert alone.counts[0].tolist() == [20]

@@ -171,7 +171,7 @@ def coco_rle_counts(masks: Sequence[Painting | RowMajorRuns]) -> Rles:
         ring_ids, ys, a, b = ring_spans(rings, widths[ring_mask], heights[ring_mask])
         owner = ring_mask[ring_ids]
         offset = bases[owner] + ys * widths[owner]
-        bits = _COUNTER_BITS if max(len(r) for r in rings) <= _MAX_SMALL_RING else 32
+        bits = _COUNTER_BITS if max((len(r) for r in rings), default=0) <= _MAX_SMALL_RING else 32
         painted = _compose(layer[ring_ids], offset + a, offset + b, slot, values, bits)
         starts.append(painted[0])
         ends.append(painted[1])
