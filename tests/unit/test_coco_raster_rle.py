@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from pycocotools import mask as cocomask
 
+from encord_mirror.coco import raster
 from encord_mirror.coco.raster import Painting, RowMajorRuns, coco_rle_counts, decode_rle_string, fill_poly
 
 
@@ -69,8 +71,14 @@ def test_row_major_runs_turn_into_coco_column_runs() -> None:
         assert coco_rle_counts([runs]).counts[0].tolist() == _coco_counts(dense)
 
 
-def test_a_batch_of_mixed_masks_gives_each_its_own_rle() -> None:
-    # Given one batch of paintings (one with more rings than one sweep takes) and bitmask runs, mixed
+@pytest.mark.parametrize("positions", ["32-bit", "64-bit"])
+def test_a_batch_of_mixed_masks_gives_each_its_own_rle(
+    positions: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one batch of paintings (one with more rings than one sweep takes) and bitmask runs, mixed,
+    # with pixel positions in 32 bits (any batch of ordinary images) or 64 (huge ones)
+    if positions == "64-bit":
+        monkeypatch.setattr(raster, "_INT32_LIMIT", 0)
     rng = random.Random("batch")
     masks: list[Painting | RowMajorRuns] = []
     dense: list[np.ndarray] = []
