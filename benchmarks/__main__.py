@@ -17,6 +17,9 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every Encord request")
     parser.add_argument("--workers", type=int, default=1, help="mirror worker threads (1 = like for like)")
     parser.add_argument("--mirror-coco", default="off", help="the mirror's --coco mode in the mirror suite")
+    parser.add_argument(
+        "--coco-baseline-max", type=int, default=10_000, help="largest size CocoExporter runs at (quadratic)"
+    )
     parser.add_argument("--suite", choices=["mirror", "coco", "all"], default="all")
     parser.add_argument("--out", default=".bench/results.json")
     args = parser.parse_args()
@@ -34,7 +37,7 @@ def main() -> int:
     if args.suite in ("coco", "all"):
         from benchmarks import coco_bench
 
-        results["coco"] = coco_bench.run(sizes)
+        results["coco"] = coco_bench.run(sizes, args.coco_baseline_max)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"results written to {args.out}")
