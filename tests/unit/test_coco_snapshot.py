@@ -19,6 +19,7 @@ from encord_mirror.coco.snapshot import CocoSnapshotBuilder, SnapshotConflictErr
 from encord_mirror.domain.lake import label_key, latest_key
 from encord_mirror.domain.models import Partition, PartitionChanges, ProjectInfo
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
+from encord_mirror.domain.rowdoc import content_sha256
 
 PROJECT = "p-0001"
 ANNOTATE, REVIEW = "annotate-1a2b3c4d", "review-5e6f7a8b"
@@ -44,7 +45,8 @@ def _rows(n: int) -> list[dict[str, Any]]:
 
 
 def _write(lake: ObjectStore, row: dict[str, Any], stage: str = ANNOTATE) -> str:
-    doc = {**row, "mirror": {"stage_uuid": "u", "stage_title": stage, "task_status": "QUEUED", "sha256": "x"}}
+    doc = {**row, "mirror": {"stage_uuid": "u", "stage_title": stage, "task_status": "QUEUED"}}
+    doc["mirror"]["sha256"] = content_sha256(doc)
     lake.put(label_key(PROJECT, "main", stage, row["label_hash"]), orjson.dumps(doc))
     return str(row["label_hash"])
 
@@ -99,7 +101,7 @@ def test_first_snapshot_holds_every_row_and_pycocotools_reads_it(lake: ObjectSto
     assert manifest["coco"]["sha256"] == hashlib.sha256(coco_body).hexdigest()
     for h in hashes:
         stored = lake.get(label_key(PROJECT, "main", ANNOTATE, h))
-        assert manifest["rows"][h]["sha256"] == hashlib.sha256(stored.body).hexdigest()  # type: ignore[union-attr]
+        assert manifest["rows"][h]["sha256"] == orjson.loads(stored.body)["mirror"]["sha256"]  # type: ignore[union-attr]
         assert manifest["rows"][h]["last_edited_at"]
     # and pycocotools loads it, with a mask for every annotation that has an area
     api = COCO()

@@ -345,7 +345,9 @@ class CocoSnapshotBuilder:
             "data_hash": row.get("data_hash"),
             "data_title": row.get("data_title"),
             "last_edited_at": mirror.get("last_edited_at") or row.get("last_edited_at"),
-            "sha256": hashlib.sha256(body).hexdigest(),
+            # The row's own content hash, as its object and the run manifests carry it (so the three join);
+            # the bytes' hash only for an object without one.
+            "sha256": mirror.get("sha256") or hashlib.sha256(body).hexdigest(),
             "images": len(images),
             "annotations": len(annotations),
         }

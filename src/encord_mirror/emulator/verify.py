@@ -4,22 +4,34 @@ The contract checked, for one project: every live label row on a mirrored branch
 once, at `labels/project=<p>/branch=<b>/stage=<s>/<label_hash>.json` for its current workflow stage; its
 body holds every key of the row's `to_encord_dict()` with the same value, plus the added `mirror` key
 naming the stage and task status; and nothing else lives under the project's `labels/` prefix.
+
+`snapshot_differences` checks the COCO side of the contract against the lake itself: each partition's
+latest snapshot equals a fresh conversion of the partition's current rows, with a right manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
-from encord_mirror.domain.lake import label_key, stage_value
-from encord_mirror.domain.models import BranchSelection
+from encord_mirror.coco.convert import Ontology, RowOntologyMismatchError, convert
+from encord_mirror.domain.finalizer import partition_of
+from encord_mirror.domain.lake import label_key, latest_key, snapshot_key, stage_value
+from encord_mirror.domain.models import BranchSelection, JsonDict, Partition
 from encord_mirror.domain.ports import ObjectStore
 
 MIRROR_KEY = "mirror"
 MAIN_ONLY = BranchSelection()
 TruthRow = Mapping[str, Any]
+_SORTED = orjson.OPT_SORT_KEYS
 
 
 class LakeMismatchError(AssertionError):
@@ -123,3 +135,296 @@ def assert_lake_matches(
     differences = lake_differences(lake, truth, project_hash, branches, include=include)
     if differences:
         raise LakeMismatchError(project_hash, differences)
+
+
+# -- COCO snapshots ------------------------------------------------------------------------------------
+
+
+def snapshot_differences(
+    lake: ObjectStore, project_hash: str, ontology: Mapping[str, Any], *, encord_compatible: bool
+) -> list[str]:
+    """Every way a project's latest COCO snapshots differ from a fresh conversion of the lake's rows.
+
+    For each partition with live rows under `labels/` or a `latest.json` under `coco/`:
+    - its latest snapshot's coco.json equals `convert(rows, ontology, encord_compatible=...)` of the
+      partition's rows (in label-hash order, as the builder orders them), up to ids and order: images are
+      matched by file name, annotations by content with their image's file name in place of `image_id`
+      and their object hash in place of `track_id` (a track id must never join two objects);
+    - a partition whose rows all left keeps a latest snapshot that is empty (the product writes one when
+      its last row leaves; a partition that never had a row has none);
+    - `latest.json` and `manifest.json` agree, and the manifest is right: partition, mode, counts, the
+      sha256 and size of coco.json's bytes, one entry per live row with the object's `mirror.sha256` and
+      `mirror.last_edited_at`, and rows added, changed and removed since the previous snapshot;
+    - pycocotools' `COCO` indexes it, and `annToMask` gives an image-sized mask for every annotation that
+      has an area (with pixels set, unless the area is under one pixel).
+
+    A row the converter refuses (an object the ontology lacks) is expected to be left out of the snapshot.
+    In compatible mode the reference takes dynamic attribute answers from each row's own frames, as the
+    snapshot builder does by design (see `coco/snapshot.py`: CocoExporter's cross-row quirk is not
+    reproduced), and everything else from the compatible conversion.
+    """
+    rows_by_partition: dict[Partition, dict[str, tuple[bytes, JsonDict]]] = defaultdict(dict)
+    for key in lake.list_keys(f"labels/project={project_hash}/"):
+        stored = lake.get(key) if key.endswith(".json") else None
+        if stored is None:
+            continue
+        label_hash = key.rsplit("/", 1)[-1].removesuffix(".json")
+        rows_by_partition[partition_of(key)][label_hash] = (stored.body, orjson.loads(stored.body))
+    partitions = set(rows_by_partition)
+    for key in lake.list_keys(f"coco/project={project_hash}/"):
+        parts = key.split("/")
+        if len(parts) == 5 and parts[4] == "latest.json":
+            values = [p.partition("=")[2] for p in parts[1:4]]
+            partitions.add(Partition(values[0], unquote(values[1]), values[2]))
+    differences: list[str] = []
+    for part in sorted(partitions):
+        found = _partition_differences(
+            lake, part, rows_by_partition.get(part, {}), ontology, encord_compatible
+        )
+        where = f"{part.branch}/{part.stage}"
+        differences.extend(f"snapshot {where}: {d}" for d in found)
+    return differences
+
+
+def assert_snapshots_match(
+    lake: ObjectStore, project_hash: str, ontology: Mapping[str, Any], *, encord_compatible: bool
+) -> None:
+    """Raise `LakeMismatchError` listing every difference `snapshot_differences` finds."""
+    differences = snapshot_differences(lake, project_hash, ontology, encord_compatible=encord_compatible)
+    if differences:
+        raise LakeMismatchError(project_hash, differences)
+
+
+def _read(lake: ObjectStore, key: str) -> tuple[bytes, Any] | None:
+    stored = lake.get(key)
+    return None if stored is None else (stored.body, orjson.loads(stored.body))
+
+
+def _partition_differences(
+    lake: ObjectStore,
+    part: Partition,
+    rows: Mapping[str, tuple[bytes, JsonDict]],
+    ontology: Mapping[str, Any],
+    compatible: bool,
+) -> list[str]:
+    latest_obj = _read(lake, latest_key(part.project_hash, part.branch, part.stage))
+    if latest_obj is None:
+        return [f"no latest.json, but {len(rows)} live rows"]
+    latest = latest_obj[1]
+    manifest_obj = _read(lake, str(latest.get("manifest")))
+    coco_obj = _read(lake, str(latest.get("coco")))
+    if manifest_obj is None or coco_obj is None:
+        return [f"latest.json points at a missing manifest or coco.json: {latest}"]
+    manifest, (coco_body, coco) = manifest_obj[1], coco_obj
+    live, refused = _convertible(rows, ontology, compatible)
+    out = [
+        f"row {h} cannot be converted: {why}" for h, why in sorted(refused.items()) if h in manifest["rows"]
+    ]
+    out += _manifest_differences(lake, part, latest, manifest, coco_body, coco, live)
+    expected = _reference(sorted(live.items()), ontology, compatible)
+    out += _coco_differences(expected, coco)
+    if not live and (coco["images"] or coco["annotations"]):
+        out.append("the partition has no live rows, but its latest snapshot is not empty")
+    out += _pycocotools_differences(coco)
+    return out
+
+
+def _convertible(
+    rows: Mapping[str, tuple[bytes, JsonDict]], ontology: Mapping[str, Any], compatible: bool
+) -> tuple[dict[str, JsonDict], dict[str, str]]:
+    """The rows the converter accepts, and why it refuses the others."""
+    parsed = {h: doc for h, (_body, doc) in rows.items()}
+    try:
+        convert(list(parsed.values()), ontology, encord_compatible=compatible)
+        return parsed, {}
+    except (RowOntologyMismatchError, KeyError, TypeError, ValueError):
+        pass  # find which rows, one by one (the slow path; only taken when a row is refused)
+    live: dict[str, JsonDict] = {}
+    refused: dict[str, str] = {}
+    for label_hash, doc in parsed.items():
+        try:
+            convert([doc], ontology, encord_compatible=compatible)
+            live[label_hash] = doc
+        except (RowOntologyMismatchError, KeyError, TypeError, ValueError) as exc:
+            refused[label_hash] = f"{type(exc).__name__}: {exc}"
+    return live, refused
+
+
+def _manifest_differences(
+    lake: ObjectStore,
+    part: Partition,
+    latest: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    coco_body: bytes,
+    coco: Mapping[str, Any],
+    live: Mapping[str, JsonDict],
+) -> list[str]:
+    out: list[str] = []
+    sid = manifest.get("snapshot_id")
+    for field_name in ("snapshot_id", "run_id", "created_at", "counts"):
+        if latest.get(field_name) != manifest.get(field_name):
+            out.append(f"latest.json {field_name} {latest.get(field_name)!r} != manifest's")
+    expected_keys = {
+        "manifest": snapshot_key(part.project_hash, part.branch, part.stage, str(sid), "manifest.json"),
+        "coco": snapshot_key(part.project_hash, part.branch, part.stage, str(sid), "coco.json"),
+    }
+    out += [
+        f"latest.json {k} is {latest.get(k)!r}, not {v!r}"
+        for k, v in expected_keys.items()
+        if latest.get(k) != v
+    ]
+    where = (manifest.get("project_hash"), manifest.get("branch"), manifest.get("stage"))
+    if where != (part.project_hash, part.branch, part.stage):
+        out.append(f"manifest names partition {where}")
+    if not manifest.get("run_id") or not manifest.get("ontology_hash"):
+        out.append("manifest lacks its run id or ontology hash")
+    try:
+        created = datetime.fromisoformat(str(manifest.get("created_at")))
+        if created.utcoffset() is None:
+            out.append(f"manifest created_at {manifest.get('created_at')!r} has no time zone")
+    except ValueError:
+        out.append(f"manifest created_at {manifest.get('created_at')!r} is not ISO 8601")
+    counts = {"rows": len(live), "images": len(coco["images"]), "annotations": len(coco["annotations"])}
+    if manifest.get("counts") != counts:
+        out.append(f"manifest counts {manifest.get('counts')} != {counts}")
+    blob = manifest.get("coco") or {}
+    if blob.get("sha256") != hashlib.sha256(coco_body).hexdigest() or blob.get("bytes") != len(coco_body):
+        out.append("manifest's coco sha256 or size is not coco.json's")
+    if blob.get("uri") != lake.uri(expected_keys["coco"]):
+        out.append(f"manifest's coco uri {blob.get('uri')!r} is not coco.json's")
+    records: Mapping[str, Mapping[str, Any]] = manifest.get("rows") or {}
+    for label_hash in sorted(set(live) - set(records)):
+        out.append(f"stale: live row {label_hash} is not in the snapshot's manifest")
+    for label_hash in sorted(set(records) - set(live)):
+        out.append(f"stale: the manifest lists row {label_hash}, which is not live in the partition")
+    for label_hash in sorted(set(records) & set(live)):
+        mirror = live[label_hash].get(MIRROR_KEY) or {}
+        record = records[label_hash]
+        for name in ("sha256", "last_edited_at"):
+            if record.get(name) != mirror.get(name):
+                out.append(
+                    f"stale: row {label_hash} {name} is {record.get(name)!r} in the manifest, "
+                    f"{mirror.get(name)!r} in the lake"
+                )
+    out += _change_differences(lake, part, manifest, records)
+    return out
+
+
+def _change_differences(
+    lake: ObjectStore, part: Partition, manifest: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """added / changed / removed must be the difference of this manifest's rows and the previous one's."""
+    previous_id = manifest.get("previous_snapshot_id")
+    before: Mapping[str, Mapping[str, Any]] = {}
+    if previous_id is not None:
+        key = snapshot_key(part.project_hash, part.branch, part.stage, str(previous_id), "manifest.json")
+        previous = _read(lake, key)
+        if previous is None:
+            return [f"the previous snapshot {previous_id} has no manifest"]
+        before = previous[1].get("rows") or {}
+    changes = manifest.get("changes") or {}
+    expected = {
+        "added": sorted(set(records) - set(before)),
+        "removed": sorted(set(before) - set(records)),
+        "changed": sorted(
+            h for h in set(records) & set(before) if records[h]["sha256"] != before[h]["sha256"]
+        ),
+    }
+    return [
+        f"manifest changes.{name} {changes.get(name)} != {want} (against snapshot {previous_id})"
+        for name, want in expected.items()
+        if changes.get(name) != want
+    ]
+
+
+def _reference(rows: list[tuple[str, JsonDict]], ontology: Mapping[str, Any], compatible: bool) -> JsonDict:
+    docs = [doc for _h, doc in rows]
+    expected = convert(docs, ontology, encord_compatible=compatible)
+    if not compatible:
+        return expected
+    own_frames = convert(docs, ontology, encord_compatible=False)["annotations"]
+    index = Ontology.from_dict(ontology)
+    feature_of = {category: feature for feature, category in index.category_ids.items()}
+    for ann, own in zip(expected["annotations"], own_frames, strict=True):
+        attributes = index.object_attributes.get(feature_of[ann["category_id"]], [])
+        for attr in attributes:
+            if attr.dynamic:
+                for name in attr.option_labels if attr.kind == "checklist" else (attr.name,):
+                    ann["attributes"]["classifications"][name] = own["attributes"]["classifications"][name]
+    return expected
+
+
+def _normalised(coco: Mapping[str, Any]) -> tuple[list[bytes], list[bytes], list[str]]:
+    """Images and annotations without ids, sorted; plus any track id shared by two objects."""
+    names = {image["id"]: image.get("file_name") for image in coco["images"]}
+    images = sorted(
+        orjson.dumps({k: v for k, v in i.items() if k != "id"}, option=_SORTED) for i in coco["images"]
+    )
+    annotations = []
+    track_objects: dict[Any, set[str]] = defaultdict(set)
+    for ann in coco["annotations"]:
+        body = {k: v for k, v in ann.items() if k != "id"}
+        body["image_id"] = names.get(ann["image_id"], f"<no image {ann['image_id']}>")
+        attributes = dict(body["attributes"])
+        track_objects[attributes.pop("track_id", None)].add(str(attributes.get("encord_track_uuid")))
+        body["attributes"] = attributes
+        annotations.append(orjson.dumps(body, option=_SORTED))
+    shared = [f"track id {t} joins objects {sorted(o)}" for t, o in track_objects.items() if len(o) > 1]
+    return images, sorted(annotations), shared
+
+
+def _coco_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name in ("info", "categories"):
+        if expected[name] != actual.get(name):
+            out.append(f"{name} differ: {actual.get(name)!r} != {expected[name]!r}")
+    if len({i["id"] for i in actual["images"]}) != len(actual["images"]):
+        out.append("image ids are not unique")
+    if len({a["id"] for a in actual["annotations"]}) != len(actual["annotations"]):
+        out.append("annotation ids are not unique")
+    want_images, want_anns, _ = _normalised(expected)
+    got_images, got_anns, shared = _normalised(actual)
+    out += shared
+    for what, want, got in (("image", want_images, got_images), ("annotation", want_anns, got_anns)):
+        missing, extra = _multiset_minus(want, got), _multiset_minus(got, want)
+        out += [f"{what} missing: {m[:300].decode()}" for m in missing[:5]]
+        out += [f"{what} not in a fresh conversion: {e[:300].decode()}" for e in extra[:5]]
+        if len(missing) > 5 or len(extra) > 5:
+            out.append(f"... {len(missing)} {what}s missing and {len(extra)} extra in all")
+    return out
+
+
+def _multiset_minus(a: list[bytes], b: list[bytes]) -> list[bytes]:
+    left = Counter(a)
+    left.subtract(Counter(b))
+    return sorted(item for item, n in left.items() for _ in range(n))
+
+
+def _pycocotools_differences(coco: Mapping[str, Any]) -> list[str]:
+    from pycocotools.coco import COCO
+
+    api = COCO()
+    api.dataset = orjson.loads(orjson.dumps(coco))  # a copy: COCO keeps references into it
+    out: list[str] = []
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
+            api.createIndex()
+    except Exception as exc:
+        return [f"pycocotools cannot index it: {type(exc).__name__}: {exc}"]
+    for ann in api.dataset["annotations"]:
+        if not ann.get("area"):
+            continue
+        try:
+            mask = api.annToMask(ann)
+        except Exception as exc:
+            out.append(f"annToMask fails on annotation {ann['id']}: {type(exc).__name__}: {exc}")
+            continue
+        image = api.imgs[ann["image_id"]]
+        if mask.shape != (image["height"], image["width"]):
+            out.append(
+                f"annToMask of annotation {ann['id']} is {mask.shape}, "
+                f"its image {image['height']}x{image['width']}"
+            )
+        elif not mask.any() and ann["area"] >= 1:
+            out.append(f"annToMask of annotation {ann['id']} (area {ann['area']}) sets no pixel")
+    return out
