@@ -8,6 +8,7 @@ state, and the emulator must have seen no write.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,16 +22,28 @@ from lambda_support import FakeLambdaContext, load_event, load_handler
 
 from encord_mirror.adapters.aws import DynamoStateStore, S3ObjectStore
 from encord_mirror.aws_lambda import wiring
+from encord_mirror.domain.models import BranchSelection
 from encord_mirror.domain.ports import ObjectStore
 from encord_mirror.emulator.keys import generate_keypair
 from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import Fixture, build_fixture, corrupt_row, user_client, without_objects
-from encord_mirror.emulator.verify import assert_lake_matches, lake_differences
+from encord_mirror.emulator.testing import (
+    BASE_TIME,
+    CONSENSUS_BRANCH,
+    Fixture,
+    FixtureRow,
+    build_fixture,
+    clone_row,
+    corrupt_row,
+    user_client,
+    without_objects,
+)
+from encord_mirror.emulator.verify import MAIN_ONLY, assert_lake_matches, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 LAKE_PREFIX = "mirror"
 BUNDLE_SIZE = 4
+ALL_BRANCHES = BranchSelection("all")
 
 
 class WorkerKilledError(BaseException):
@@ -84,6 +97,9 @@ class Poller:
     batch_size: int = 10
     invocations: int = 0
     crashes: int = 0
+    # Records left on the queue for redelivery: reported in batchItemFailures, or in a failed invocation
+    # (Powertools fails the whole invocation when every record of the batch failed).
+    failed_records: int = 0
 
     def poll(self, runtime: wiring.Runtime | None = None) -> int:
         """One receive + invoke + delete cycle; returns how many records were delivered."""
@@ -109,8 +125,10 @@ class Poller:
             # A failed invocation: Lambda deletes nothing; every record reappears after the visibility
             # timeout.
             self.crashes += 1
+            self.failed_records += len(messages)
             return
         failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+        self.failed_records += len(failed)
         for message in messages:
             if message["MessageId"] not in failed:
                 self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
@@ -217,8 +235,12 @@ class Deployment:
         log = self.emu.request_log()
         return sum(e["uids"] for e in log if e["query_type"] == "labelrow" and e["query_method"] == "GET")
 
-    def assert_in_step(self) -> None:
-        assert_lake_matches(self.lake, self.emu.state(self.project), self.project)
+    def refused(self) -> int:
+        """How many API requests Encord answered 429."""
+        return sum(1 for e in self.emu.request_log() if e["status"] == 429)
+
+    def assert_in_step(self, branches: BranchSelection = MAIN_ONLY) -> None:
+        assert_lake_matches(self.lake, self.emu.state(self.project), self.project, branches)
         assert self.emu.writes() == [], "the mirror must never write to Encord"
         assert self.dlq_depth() == 0
 
@@ -276,11 +298,26 @@ def deployment(
     wiring.reset_caches()
 
 
-def _first_sync(deployment: Deployment) -> None:
+def _first_sync(deployment: Deployment, branches: BranchSelection = MAIN_ONLY) -> None:
     deployment.schedule()
     deployment.drain()
-    deployment.assert_in_step()
+    deployment.assert_in_step(branches)
     deployment.emu.clear_log()
+
+
+def _redeploy(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """Change the functions' environment, as a stack update does: the next invocation is a cold start."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    wiring.reset_caches()
+
+
+def _on_branch(base: FixtureRow, branch: str) -> dict[str, Any]:
+    """A new row of `base`'s data unit on another (consensus) branch, with its own label hash."""
+    row = clone_row(base.row, data_title=base.row["data_title"], edited=BASE_TIME, branch=branch)
+    row["data_hash"] = base.data_hash
+    row["data_units"] = copy.deepcopy(base.row["data_units"])
+    return row
 
 
 def test_first_sync_through_the_lambdas_mirrors_the_project(deployment: Deployment) -> None:
@@ -444,4 +481,144 @@ def test_a_row_dropped_from_a_bundle_is_retried_by_redelivery_not_skipped(deploy
     assert deployment.work.invocations > 1
     deployment.assert_in_step()
     assert deployment.state.list_gaps(deployment.project) == []
+    assert deployment.manifests()[-1]["counts"]["failed"] == 0
+
+
+def test_all_branches_mirrors_every_consensus_branch_and_a_new_one_after_a_full_sync_request(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment that mirrors every branch, in step after its first sync
+    _redeploy(monkeypatch, BRANCH_MODE="all")
+    _first_sync(deployment, ALL_BRANCHES)
+    assert any(f"branch={CONSENSUS_BRANCH}/" in k for k in deployment.lake.list_keys("labels/"))
+
+    # When a second annotator's branch appears on img2 in Encord, the first annotator's branch row is
+    # deleted, and a user asks for a full sync
+    base = deployment.fixture.by_title("img2.jpg")
+    added = _on_branch(base, "consensus-annotator-2")
+    deployment.emu.add_row(deployment.project, added, stamp=True)
+    dropped = deployment.fixture.by_title("img1.jpg", branch=CONSENSUS_BRANCH)
+    deployment.emu.delete_row(deployment.project, dropped.label_hash)
+    deployment.request_sync(full=True)
+    deployment.drain()
+
+    # Then the new row alone was initialised, it lives in its own branch partition at img2's stage next
+    # to img2's main copy, the deleted branch row is gone, and the lake equals every branch of Encord
+    assert deployment.initialised() == 1
+    keys = list(deployment.lake.list_keys("labels/"))
+    [new_key] = [k for k in keys if added["label_hash"] in k]
+    [main_key] = [k for k in keys if base.label_hash in k]
+    assert "/branch=consensus-annotator-2/" in new_key and "/branch=main/" in main_key
+    assert new_key.split("/stage=")[1].split("/")[0] == main_key.split("/stage=")[1].split("/")[0]
+    assert not any(f"branch={CONSENSUS_BRANCH}/" in k for k in keys)
+    deployment.assert_in_step(ALL_BRANCHES)
+    manifest = deployment.manifests()[-1]
+    assert (manifest["counts"]["written"], manifest["counts"]["removed"]) == (1, 1)
+    assert sorted(manifest["unlabelled"]) == sorted(deployment.emu.unlabelled(deployment.project))
+
+
+def test_unlabelled_data_units_are_recorded_in_the_manifest_and_never_initialised(
+    deployment: Deployment,
+) -> None:
+    # Given a data unit with no label row (initialising it through the SDK would create one)
+    unlabelled = deployment.emu.unlabelled(deployment.project)
+    assert unlabelled
+
+    # When the first sync runs, then a user asks for another full sync (each lists the unit again)
+    response = deployment.schedule()
+    deployment.drain()
+    deployment.request_sync(full=True)
+    deployment.drain()
+
+    # Then both runs recorded it as unlabelled, no label row was created (no labelrow PUT, no write at
+    # all), Encord still has it unlabelled, and the lake holds the labelled rows only
+    assert response["runs"][0]["unlabelled"] == len(unlabelled)
+    manifests = deployment.manifests()
+    assert len(manifests) == 2
+    assert all(sorted(m["unlabelled"]) == sorted(unlabelled) for m in manifests)
+    log = deployment.emu.request_log()
+    assert not [e for e in log if e["query_type"] == "labelrow" and e["query_method"] == "PUT"]
+    assert deployment.emu.unlabelled(deployment.project) == unlabelled
+    deployment.assert_in_step()
+
+
+def test_a_short_429_storm_is_absorbed_by_the_sdks_retries_without_a_redelivery(
+    deployment: Deployment,
+) -> None:
+    # Given Encord answering 429 (Retry-After: 1) to the next two bundle requests
+    deployment.emu.inject_fault("status", status=429, retry_after=1, count=2, query_type="labelrow")
+
+    # When the first sync runs through the queues
+    response = deployment.schedule()
+    deployment.drain()
+
+    # Then Encord did refuse twice, yet no chunk failed: every row was initialised once, by an answered
+    # bundle, and the run finished in step with the watermark at its signpost
+    [run] = response["runs"]
+    assert deployment.refused() == 2
+    assert deployment.work.failed_records == 0 and deployment.work.crashes == 0
+    answered = [
+        e
+        for e in deployment.emu.request_log()
+        if e["query_type"] == "labelrow" and e["query_method"] == "GET" and e["status"] == 200
+    ]
+    assert sum(e["uids"] for e in answered) == run["to_sync"]
+    deployment.assert_in_step()
+    watermark = deployment.state.get_watermark(deployment.project)
+    assert watermark is not None and watermark.isoformat() == run["signpost"]
+
+
+def test_a_429_storm_past_the_sdks_retries_fails_the_chunk_and_its_redelivery_completes_the_run(
+    deployment: Deployment,
+) -> None:
+    # Given a lake in step, two rows edited in Encord, then a 429 (Retry-After: 1) storm on the next five
+    # bundle requests: one more than the SDK's four attempts
+    _first_sync(deployment)
+    state = deployment.state
+    watermark = state.get_watermark(deployment.project)
+    for title in ("img1.jpg", "img2.jpg"):
+        edited = deployment.fixture.by_title(title)
+        deployment.emu.edit_row(deployment.project, edited.label_hash, without_objects(edited.row))
+    deployment.emu.inject_fault("status", status=429, retry_after=1, count=5, query_type="labelrow")
+
+    # When the schedule fires and the worker takes the run's one chunk during the storm
+    [run] = deployment.schedule()["runs"]
+    assert run["chunks"] == 1
+    assert deployment.work.poll() == 1
+
+    # Then the chunk is reported failed for redelivery, no gap is recorded, nothing was finalized, the
+    # watermark held and the lake still lacks the edits
+    assert deployment.work.failed_records == 1 and deployment.refused() == 4
+    assert state.list_gaps(deployment.project) == []
+    assert len(deployment.manifests()) == 1
+    assert state.get_watermark(deployment.project) == watermark
+    assert lake_differences(deployment.lake, deployment.emu.state(deployment.project), deployment.project)
+
+    # When SQS redelivers it after the visibility timeout, while the storm ends
+    deployment.drain()
+
+    # Then the run completes: lake in step, no gap, both rows written, the watermark at this run's signpost
+    assert deployment.work.failed_records == 1 and deployment.refused() == 5
+    deployment.assert_in_step()
+    assert state.list_gaps(deployment.project) == []
+    counts = deployment.manifests()[-1]["counts"]
+    assert counts["failed"] == 0 and counts["written"] == 2
+    after = state.get_watermark(deployment.project)
+    assert after is not None and after.isoformat() == run["signpost"]
+
+
+def test_a_sustained_rate_limit_slows_the_lambdas_but_loses_nothing(deployment: Deployment) -> None:
+    # Given Encord admitting 2 requests a second, one at a time (429 + Retry-After: 1 beyond that)
+    deployment.emu.set_rate_limit(2.0, burst=1, retry_after=1)
+
+    # When the first sync runs through the queues
+    deployment.schedule()
+    deployment.drain()
+
+    # Then Encord did refuse requests, yet every refusal was retried within the SDK: no chunk failed and
+    # the lake is complete
+    assert deployment.refused() > 0
+    assert deployment.work.failed_records == 0
+    deployment.emu.set_rate_limit(None)
+    deployment.assert_in_step()
     assert deployment.manifests()[-1]["counts"]["failed"] == 0
