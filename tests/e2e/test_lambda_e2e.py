@@ -608,8 +608,8 @@ def test_a_429_storm_past_the_sdks_retries_fails_the_chunk_and_its_redelivery_co
 
 
 def test_a_sustained_rate_limit_slows_the_lambdas_but_loses_nothing(deployment: Deployment) -> None:
-    # Given Encord admitting 2 requests a second, one at a time (429 + Retry-After: 1 beyond that)
-    deployment.emu.set_rate_limit(2.0, burst=1, retry_after=1)
+    # Given Encord admitting 4 requests a second, 2 at once (429 + Retry-After: 1 beyond that)
+    deployment.emu.set_rate_limit(4.0, burst=2, retry_after=1)
 
     # When the first sync runs through the queues
     deployment.schedule()
