@@ -32,6 +32,8 @@ MIRROR_KEY = "mirror"
 MAIN_ONLY = BranchSelection()
 TruthRow = Mapping[str, Any]
 _SORTED = orjson.OPT_SORT_KEYS
+# What the snapshot builder catches when it leaves a row out of a snapshot.
+_REFUSALS = (RowOntologyMismatchError, KeyError, TypeError, ValueError)
 
 
 class LakeMismatchError(AssertionError):
@@ -216,12 +218,19 @@ def _partition_differences(
     if manifest_obj is None or coco_obj is None:
         return [f"latest.json points at a missing manifest or coco.json: {latest}"]
     manifest, (coco_body, coco) = manifest_obj[1], coco_obj
-    live, refused = _convertible(rows, ontology, compatible)
+    live: Mapping[str, JsonDict] = {h: doc for h, (_body, doc) in rows.items()}
+    refused: dict[str, str] = {}
+    try:
+        expected = _reference(sorted(live.items()), ontology, compatible)
+    except _REFUSALS:
+        live, refused = _convertible(live, ontology, compatible)
+        expected = _reference(sorted(live.items()), ontology, compatible)
     out = [
         f"row {h} cannot be converted: {why}" for h, why in sorted(refused.items()) if h in manifest["rows"]
     ]
+    if manifest.get("encord_compatible") is not compatible:
+        out.append(f"manifest says encord_compatible={manifest.get('encord_compatible')!r}")
     out += _manifest_differences(lake, part, latest, manifest, coco_body, coco, live)
-    expected = _reference(sorted(live.items()), ontology, compatible)
     out += _coco_differences(expected, coco)
     if not live and (coco["images"] or coco["annotations"]):
         out.append("the partition has no live rows, but its latest snapshot is not empty")
@@ -230,22 +239,16 @@ def _partition_differences(
 
 
 def _convertible(
-    rows: Mapping[str, tuple[bytes, JsonDict]], ontology: Mapping[str, Any], compatible: bool
+    rows: Mapping[str, JsonDict], ontology: Mapping[str, Any], compatible: bool
 ) -> tuple[dict[str, JsonDict], dict[str, str]]:
-    """The rows the converter accepts, and why it refuses the others."""
-    parsed = {h: doc for h, (_body, doc) in rows.items()}
-    try:
-        convert(list(parsed.values()), ontology, encord_compatible=compatible)
-        return parsed, {}
-    except (RowOntologyMismatchError, KeyError, TypeError, ValueError):
-        pass  # find which rows, one by one (the slow path; only taken when a row is refused)
+    """The rows the converter accepts on their own, and why it refuses the others (as the builder does)."""
     live: dict[str, JsonDict] = {}
     refused: dict[str, str] = {}
-    for label_hash, doc in parsed.items():
+    for label_hash, doc in rows.items():
         try:
             convert([doc], ontology, encord_compatible=compatible)
             live[label_hash] = doc
-        except (RowOntologyMismatchError, KeyError, TypeError, ValueError) as exc:
+        except _REFUSALS as exc:
             refused[label_hash] = f"{type(exc).__name__}: {exc}"
     return live, refused
 
