@@ -326,3 +326,30 @@ def test_a_finalizer_killed_mid_way_is_retried_to_fresh_snapshots_and_one_event_
     assert state.pending_events(mirror.project) == []
     assert finalize(mirror.project, run.run_id, config, deps).status == "already_finalized"
     state.close()
+
+
+def test_snapshots_below_the_announce_threshold_are_committed_fresh_but_not_announced(mirror: Mirror) -> None:
+    # Given a mirror that announces only snapshots adding or changing at least one annotation, synced once
+    config = MirrorConfig(projects=(mirror.project,))
+    source = EncordLabelSource.from_key_file(mirror.key_path, domain=mirror.emu.url)
+    lake, state = mirror.lake, SqliteStateStore(mirror.root / ".mirror-state.sqlite")
+    builder = snapshot_builder(lake, announce_min_annotations=1)
+    run_local_sync(config, source, lake, state, snapshots=builder)
+    assert len(mirror.events()) == 4
+
+    # When one row loses every object and a labelled image moves to another stage
+    emptied = _image_rows(mirror, "Review")[0]
+    mirror.emu.edit_row(mirror.project, emptied["label_hash"], without_objects(emptied["row"]))
+    moved = _image_rows(mirror, "Annotate")[0]
+    mirror.emu.move_stage(mirror.project, moved["data_hash"], "Complete")
+    mirror.emu.clear_log()
+    run_local_sync(config, source, lake, state, full=True, snapshots=builder)
+    state.close()
+
+    # Then all three touched partitions have fresh snapshots, but only the one that gained annotations
+    # (Complete) is announced: the others only lost some
+    assert_lake_matches(lake, mirror.emu.state(mirror.project), mirror.project)
+    assert snapshot_differences(lake, mirror.project, mirror.ontology, encord_compatible=False) == []
+    assert one_event_per_snapshot_differences(mirror.events(), lake, mirror.project, min_annotations=1) == []
+    assert len(committed_snapshots(lake, mirror.project)) == 7
+    assert [e["stage"] for e in mirror.events()[4:]] == [mirror.stages["Complete"]]

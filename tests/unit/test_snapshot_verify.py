@@ -210,3 +210,18 @@ def test_compatible_snapshots_take_dynamic_answers_from_each_rows_own_frames(tmp
     # Then each video has its own dynamic answer, and the helper accepts it
     assert {a["attributes"]["encord_track_uuid"] for a in moving} == {"o-car-a", "o-car-b"}
     assert _differences(lake, True) == []
+
+
+def test_a_row_the_converter_refuses_is_expected_to_be_left_out(tmp_path: Path) -> None:
+    # Given a partition where one row holds an object of a feature the ontology lacks
+    lake = LocalLake(tmp_path / "lake")
+    rows = fixture().rows()
+    bad = orjson.loads(orjson.dumps(rows[0]))
+    next(iter(bad["data_units"].values()))["labels"]["objects"][0]["featureHash"] = "f-unknown"
+    hashes = [_write(lake, r) for r in [bad, *rows[1:]]]
+    # When the builder snapshots it (leaving that row out and naming it)
+    _refresh(lake, False, "20261123T120000.000Z-a", hashes)
+    _, manifest, _ = _latest(lake)
+    assert list(manifest["changes"]["skipped"]) == [bad["label_hash"]]
+    # Then the helper expects exactly that
+    assert _differences(lake, False) == []
