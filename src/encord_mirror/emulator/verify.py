@@ -165,13 +165,14 @@ def snapshot_differences(
     snapshot builder does by design (see `coco/snapshot.py`: CocoExporter's cross-row quirk is not
     reproduced), and everything else from the compatible conversion.
     """
-    rows_by_partition: dict[Partition, dict[str, tuple[bytes, JsonDict]]] = defaultdict(dict)
+    rows_by_partition: dict[Partition, dict[str, JsonDict]] = defaultdict(dict)
     for key in lake.list_keys(f"labels/project={project_hash}/"):
-        stored = lake.get(key) if key.endswith(".json") else None
-        if stored is None:
-            continue
-        label_hash = key.rsplit("/", 1)[-1].removesuffix(".json")
-        rows_by_partition[partition_of(key)][label_hash] = (stored.body, orjson.loads(stored.body))
+        if key.count("/") != 4 or not key.endswith(".json"):
+            continue  # not a row of a partition: `lake_differences` reports it as misplaced
+        stored = lake.get(key)
+        if stored is not None:
+            label_hash = key.rsplit("/", 1)[-1].removesuffix(".json")
+            rows_by_partition[partition_of(key)][label_hash] = orjson.loads(stored.body)
     partitions = set(rows_by_partition)
     for key in lake.list_keys(f"coco/project={project_hash}/"):
         parts = key.split("/")
@@ -205,7 +206,7 @@ def _read(lake: ObjectStore, key: str) -> tuple[bytes, Any] | None:
 def _partition_differences(
     lake: ObjectStore,
     part: Partition,
-    rows: Mapping[str, tuple[bytes, JsonDict]],
+    rows: Mapping[str, JsonDict],
     ontology: Mapping[str, Any],
     compatible: bool,
 ) -> list[str]:
@@ -218,7 +219,7 @@ def _partition_differences(
     if manifest_obj is None or coco_obj is None:
         return [f"latest.json points at a missing manifest or coco.json: {latest}"]
     manifest, (coco_body, coco) = manifest_obj[1], coco_obj
-    live: Mapping[str, JsonDict] = {h: doc for h, (_body, doc) in rows.items()}
+    live: Mapping[str, JsonDict] = rows
     refused: dict[str, str] = {}
     try:
         expected = _reference(sorted(live.items()), ontology, compatible)
