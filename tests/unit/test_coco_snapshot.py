@@ -405,3 +405,190 @@ def test_a_row_that_does_not_match_the_ontology_is_left_out_and_named() -> None:
     assert "f-unknown" in manifest["changes"]["skipped"][bad["label_hash"]]
     assert not any("d-row-street" in i["file_name"] for i in coco["images"])
     assert event is not None and event.detail["changes"]["rows_skipped"] == 1
+
+
+# -- the compacted form: what a refresh reads, and snapshots it cannot carry over -------------------
+
+
+def _snapshot_file(lake: MemoryLake, name: str) -> str:
+    latest = orjson.loads(lake.objects[latest_key(PROJECT, "main", ANNOTATE)][0])
+    return str(latest["manifest"]).replace("manifest.json", name)
+
+
+def _as_written_by_the_previous_version(lake: MemoryLake) -> None:
+    """Rewrites the latest snapshot's rows.tsv in the form the previous version wrote: a `#next` line with
+    the id counters, then `label_hash TAB ids TAB images TAB annotations` with the row's COCO JSON itself."""
+    rows_key, coco_key = _snapshot_file(lake, "rows.tsv"), _snapshot_file(lake, "coco.json")
+    header, *lines = lake.objects[rows_key][0].rstrip(b"\n").split(b"\n")
+    coco = lake.objects[coco_key][0]
+    images_at = coco.index(b',"images":[') + len(b',"images":[')
+    parsed = [line.split(b"\t") for line in lines]
+    images_len = sum(int(p[1]) + 1 for p in parsed if int(p[1])) - 1
+    annotations_at = images_at + max(images_len, 0) + len(b'],"annotations":[')
+    out = [b"#next\t" + orjson.dumps(orjson.loads(header.split(b"\t", 1)[1])["next"])]
+    for label_hash, n_images, n_annotations, _record, state in parsed:
+        images, annotations = (
+            coco[images_at : images_at + int(n_images)],
+            coco[annotations_at : annotations_at + int(n_annotations)],
+        )
+        images_at += int(n_images) + 1 if int(n_images) else 0
+        annotations_at += int(n_annotations) + 1 if int(n_annotations) else 0
+        out.append(b"\t".join((label_hash, state, images, annotations)))
+    lake.objects[rows_key] = (b"\n".join(out) + b"\n", '"old"')
+
+
+def _edit_one_and_refresh(lake: MemoryLake, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    _move_box(rows[0])
+    _write(lake, rows[0])
+    lake.gets.clear()
+    event = CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes([rows[0]["label_hash"]]), run_id="20261123T121500Z-bbbb", now=NOW
+    )
+    return rows[0], event
+
+
+def _full_rebuild(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    fresh = MemoryLake()
+    hashes = [_write(fresh, r) for r in rows]
+    CocoSnapshotBuilder(fresh, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T130000Z-dddd", now=NOW
+    )
+    return _snapshot(fresh)[0]
+
+
+def test_a_refresh_reads_the_previous_rows_tsv_and_coco_json_but_not_its_manifest() -> None:
+    # Given a partition of 12 rows with a snapshot
+    lake = MemoryLake()
+    rows = _rows(12)
+    hashes = [_write(lake, r) for r in rows]
+    CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    previous = {name: _snapshot_file(lake, name) for name in ("manifest.json", "rows.tsv", "coco.json")}
+    # When one row is edited and the partition refreshed
+    edited, _ = _edit_one_and_refresh(lake, rows)
+    # Then the previous snapshot's per-row bytes come from rows.tsv and coco.json, never its manifest
+    assert previous["rows.tsv"] in lake.gets and previous["coco.json"] in lake.gets
+    assert previous["manifest.json"] not in lake.gets
+    # and the new manifest still lists every row, the counts match the COCO file, and only the edit changed
+    coco, manifest = _snapshot(lake)
+    assert manifest["incremental"] is True and sorted(manifest["rows"]) == sorted(hashes)
+    assert manifest["counts"] == {
+        "rows": 12,
+        "images": len(coco["images"]),
+        "annotations": len(coco["annotations"]),
+    }
+    assert manifest["changes"]["changed"] == [edited["label_hash"]]
+    assert _normalised(coco) == _normalised(_full_rebuild(rows))
+
+
+def test_a_snapshot_written_by_the_previous_version_is_refreshed_incrementally_keeping_its_ids() -> None:
+    # Given a partition whose latest snapshot has the previous version's rows.tsv
+    lake = MemoryLake()
+    rows = _rows(12)
+    hashes = [_write(lake, r) for r in rows]
+    CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    before, _ = _snapshot(lake)
+    _as_written_by_the_previous_version(lake)
+    # When one row is edited and the partition refreshed
+    edited, event = _edit_one_and_refresh(lake, rows)
+    # Then the refresh is incremental: only the edited row was read, and every other annotation kept its id
+    assert [k for k in lake.gets if k.startswith("labels/")] == [
+        label_key(PROJECT, "main", ANNOTATE, edited["label_hash"])
+    ]
+    after, manifest = _snapshot(lake)
+    assert manifest["incremental"] is True and manifest["changes"]["changed"] == [edited["label_hash"]]
+    assert event is not None and event.detail["changes"]["annotations_changed"] == 1
+    old = {a["id"]: a for a in before["annotations"]}
+    moved = [a for a in after["annotations"] if old.get(a["id"]) != a]
+    assert len(moved) == 1 and moved[0]["bbox"][0] == 10.0
+    assert {a["id"] for a in after["annotations"]} == set(old)
+    # and its content is a full rebuild's
+    assert _normalised(after) == _normalised(_full_rebuild(rows))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["rows.tsv unreadable", "rows.tsv missing", "coco.json does not fit rows.tsv", "coco.json missing"],
+)
+def test_a_previous_snapshot_that_cannot_be_carried_over_makes_the_refresh_rebuild_cleanly(
+    damage: str,
+) -> None:
+    # Given a partition of 8 rows whose latest snapshot's compacted form is damaged
+    lake = MemoryLake()
+    rows = _rows(8)
+    hashes = [_write(lake, r) for r in rows]
+    CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    rows_key, coco_key = _snapshot_file(lake, "rows.tsv"), _snapshot_file(lake, "coco.json")
+    if damage == "rows.tsv unreadable":
+        lake.objects[rows_key] = (b"#v2\t{not json\nx\t1\n", '"bad"')
+    elif damage == "rows.tsv missing":
+        del lake.objects[rows_key]
+    elif damage == "coco.json does not fit rows.tsv":
+        lake.objects[coco_key] = (lake.objects[coco_key][0].replace(b'"id":', b'"id": '), '"bad"')
+    else:
+        del lake.objects[coco_key]
+    # When one row is edited and the partition refreshed
+    edited, event = _edit_one_and_refresh(lake, rows)
+    # Then every row was read again and the snapshot is a full rebuild's, ids numbered afresh
+    assert len([k for k in lake.gets if k.startswith("labels/")]) == 8
+    coco, manifest = _snapshot(lake)
+    assert manifest["incremental"] is False and event is not None
+    assert coco == _full_rebuild(rows)
+    # and the manifest still compares the rows with the previous snapshot's (from its manifest)
+    assert manifest["changes"]["changed"] == [edited["label_hash"]] and manifest["changes"]["added"] == []
+
+
+def test_masks_are_computed_in_batches_across_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 40 rows, 10 of them with masks (a bitmask and a polygon with holes each)
+    import encord_mirror.coco.convert as convert
+
+    calls: list[int] = []
+    real = convert.coco_rle_counts
+
+    def counting(masks: Any) -> Any:
+        calls.append(len(masks))
+        return real(masks)
+
+    monkeypatch.setattr(convert, "coco_rle_counts", counting)
+    lake = MemoryLake()
+    rows = _rows(40)
+    hashes = [_write(lake, r) for r in rows]
+    # When the partition's first snapshot is built
+    CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    # Then the masks of many rows went through one numpy call, not one call per row
+    assert sum(calls) >= 20 and len(calls) <= 2
+    # and the snapshot has every mask, as a conversion row by row gives it
+    coco, _ = _snapshot(lake)
+    assert sum(1 for a in coco["annotations"] if isinstance(a["segmentation"], dict)) == sum(calls)
+    monkeypatch.setattr(convert, "coco_rle_counts", real)
+    assert _normalised(coco) == _normalised(_full_rebuild(rows))
+
+
+def test_a_row_whose_mask_cannot_be_computed_is_left_out_and_the_rows_batched_with_it_are_not() -> None:
+    # Given 12 rows with masks computed in one batch, one of them with a bitmask without a width
+    lake = MemoryLake()
+    rows = _rows(12)
+    bad = rows[4]
+    [unit] = bad["data_units"].values()
+    [bitmask] = [o for o in unit["labels"]["objects"] if o["shape"] == "bitmask"]
+    bitmask["bitmask"]["width"] = None
+    hashes = [_write(lake, r) for r in rows]
+    # When the partition's first snapshot is built
+    event = CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    # Then the bad row is left out and named, and the other rows are all there with their masks
+    coco, manifest = _snapshot(lake)
+    assert list(manifest["changes"]["skipped"]) == [bad["label_hash"]]
+    assert "TypeError" in manifest["changes"]["skipped"][bad["label_hash"]]
+    assert event is not None and event.detail["changes"]["rows_skipped"] == 1
+    others = [r for r in rows if r is not bad]
+    assert sorted(manifest["rows"]) == sorted(r["label_hash"] for r in others)
+    assert _normalised(coco) == _normalised(_full_rebuild(others))

@@ -509,6 +509,10 @@ class MaskBatch:
         self.limit = limit
         self._pending: list[tuple[JsonDict, Painting | RowMajorRuns]] = []
 
+    def __len__(self) -> int:
+        """How many masks are still to be computed (a caller sharing the batch across rows waits for 0)."""
+        return len(self._pending)
+
     def add(self, body: JsonDict, mask: Painting | RowMajorRuns) -> None:
         self._pending.append((body, mask))
         if len(self._pending) >= self.limit:

@@ -9,13 +9,17 @@ coco/project=<p>/branch=<b>/stage=<s>/latest.json                            the
 
 The snapshot id is the run id (`<YYYYmmddTHHMMSS.mmmZ>-<hex>`: it sorts by run start), so a retried finalizer
 finds its own snapshot and returns the same event instead of writing a second one. A refresh reads
-`latest.json`, the previous snapshot's manifest and rows.tsv, and only the changed rows; it reads every
+`latest.json`, the previous snapshot's rows.tsv and coco.json, and only the changed rows; it reads every
 row of the partition only for the partition's first snapshot and after the ontology changed.
 
 Ids are stable: a row keeps its image ids per (data_hash, frame), its annotation ids per (data_hash, frame,
 object_hash) and its track ids per object_hash across refreshes; new ones are numbered on from counters kept
-in rows.tsv. rows.tsv holds each row's ids and its COCO images and annotations as JSON bytes, so a refresh
-copies unchanged rows into the new coco.json without parsing them.
+in rows.tsv. rows.tsv holds, per row in label-hash order, its ids, its manifest entry and the byte lengths
+of its images and annotations in coco.json, so a refresh splices the unchanged rows' bytes (of coco.json,
+rows.tsv and the manifest) into the new snapshot without parsing them: its cost follows the changed rows,
+apart from copying the unchanged bytes, which an immutable coco.json needs. rows.tsv is internal: one
+written by an earlier version (`#next` header) is read once as the previous snapshot, and one that cannot
+be read makes the refresh rebuild the partition from all its rows.
 
 In compatible mode a snapshot reproduces CocoExporter's per-row output; its one cross-row quirk (dynamic
 answers read from the first row, by image id) is not reproduced, since it would tie every row's attributes
@@ -24,10 +28,13 @@ to the other rows: dynamic answers come from each row's own frames.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -37,6 +44,7 @@ from encord_mirror.coco.convert import (
     Converter,
     ImageEntry,
     ImageKey,
+    MaskBatch,
     Ontology,
     RowOntologyMismatchError,
     info,
@@ -44,11 +52,21 @@ from encord_mirror.coco.convert import (
     row_annotations,
     row_images,
 )
+from encord_mirror.coco.raster import Painting, RowMajorRuns
 from encord_mirror.domain.lake import label_key, latest_key, partition_prefix, snapshot_key
 from encord_mirror.domain.models import JsonDict, Partition, PartitionChanges, ProjectInfo, SnapshotEvent
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
 ROWS_FILE = "rows.tsv"
+_ROWS_V2 = b"#v2\t"
+_ROWS_V1 = b"#next\t"  # written before rows.tsv pointed into coco.json: it held the rows' COCO bytes itself
+_IMAGES_OPEN = b',"images":['
+_ANNOTATIONS_OPEN = b'],"annotations":['
+_COCO_CLOSE = b"]}"
+# What makes one row unconvertible: it is left out of the snapshot and named in the manifest.
+_ROW_ERRORS = (RowOntologyMismatchError, orjson.JSONDecodeError, KeyError, TypeError, ValueError)
+# Converted rows waiting for their masks; the mask queue is flushed early when this many wait.
+_WAITING_ROWS = 64
 
 
 class SnapshotConflictError(RuntimeError):
@@ -67,39 +85,201 @@ class _RowState:
 
 
 @dataclass(slots=True)
-class _Fragment:
-    """One row's share of a snapshot, kept as JSON bytes: unchanged rows are copied, never parsed."""
+class _PrevRow:
+    """A row of the previous snapshot as spans of its files, copied into the next one unless touched.
+    Images and annotations are relative to the start of coco.json's `images` and `annotations` arrays."""
 
-    state_json: bytes  # the row's _RowState
+    record: bytes  # its manifest entry (JSON)
+    i0: int
+    i1: int
+    a0: int
+    a1: int
+    s0: int  # its ids (_RowState JSON) in rows.tsv
+    s1: int
+    l0: int  # its whole line in rows.tsv
+    l1: int
+
+
+@dataclass(slots=True)
+class _Previous:
+    """What a refresh needs of the previous snapshot. `coco` is None when its bytes and ids cannot be
+    carried over (another ontology, or files that do not fit together): the refresh then rebuilds."""
+
+    ontology_hash: str | None
+    counters: dict[str, int]
+    counts: dict[str, int]  # images, annotations
+    rows: dict[str, _PrevRow]
+    rows_body: bytes
+    images_len: int  # the bytes inside coco.json's images array
+    annotations_len: int
+    coco: bytes | None = None
+    images_at: int = 0  # where that array's content starts in coco.json
+    annotations_at: int = 0
+
+
+@dataclass(slots=True)
+class _Converted:
+    """A row converted in this refresh whose masks may still be in the shared queue."""
+
+    images: list[JsonDict]
+    annotations: list[JsonDict]
+    state: bytes
+    record: JsonDict
+
+
+@dataclass(slots=True)
+class _NewRow:
+    """A row converted in this refresh, serialised."""
+
+    record: bytes
+    sha256: str
+    n_images: int
+    n_annotations: int
     images: bytes  # its COCO images: JSON objects joined by commas
-    annotations_json: bytes  # its COCO annotations, likewise
-    record: JsonDict = field(default_factory=dict)  # its manifest entry, when converted in this refresh
-
-    def state(self) -> _RowState:
-        return _RowState(**orjson.loads(self.state_json))
-
-    def annotations(self) -> list[JsonDict]:
-        parsed: list[JsonDict] = orjson.loads(b"[" + self.annotations_json + b"]")
-        return parsed
+    annotations: bytes  # its COCO annotations, likewise
+    state: bytes
 
 
-def _read_fragments(body: bytes) -> tuple[dict[str, int], dict[str, _Fragment]]:
-    """rows.tsv: a `#next` line with the id counters, then `label_hash TAB state TAB images TAB annotations`
-    per row (orjson escapes tabs and newlines inside strings, so they only ever separate fields)."""
+def _parse_rows(body: bytes) -> tuple[JsonDict, dict[str, _PrevRow], int, int]:
+    """rows.tsv: a `#v2` line (JSON: ontology_hash, next id counters, counts), then per row in label-hash
+    order `label_hash TAB images_bytes TAB annotations_bytes TAB manifest_entry TAB ids`, where the byte
+    counts measure the row's objects in coco.json's arrays (joined by commas, rows with none skipped).
+    orjson escapes tabs and newlines inside strings, so they only ever separate fields."""
+    end = body.index(b"\n")
+    header: JsonDict = orjson.loads(body[len(_ROWS_V2) : end])
+    rows: dict[str, _PrevRow] = {}
+    find = body.index
+    images = annotations = 0
+    pos, size = end + 1, len(body)
+    while pos < size:
+        t1 = find(b"\t", pos)
+        t2 = find(b"\t", t1 + 1)
+        t3 = find(b"\t", t2 + 1)
+        t4 = find(b"\t", t3 + 1)
+        end = find(b"\n", t4)
+        n_images, n_annotations = int(body[t1 + 1 : t2]), int(body[t2 + 1 : t3])
+        rows[body[pos:t1].decode()] = _PrevRow(
+            body[t3 + 1 : t4],
+            images,
+            images + n_images,
+            annotations,
+            annotations + n_annotations,
+            t4 + 1,
+            end,
+            pos,
+            end + 1,
+        )
+        if n_images:
+            images += n_images + 1
+        if n_annotations:
+            annotations += n_annotations + 1
+        pos = end + 1
+    return header, rows, max(images - 1, 0), max(annotations - 1, 0)
+
+
+def _rows_line(label_hash: str, row: _NewRow) -> bytes:
+    return (
+        b"\t".join(
+            (
+                label_hash.encode(),
+                b"%d" % len(row.images),
+                b"%d" % len(row.annotations),
+                row.record,
+                row.state,
+            )
+        )
+        + b"\n"
+    )
+
+
+def _migrate_v1(body: bytes, manifest: Mapping[str, Any]) -> bytes:
+    """An earlier version's rows.tsv (`#next` counters, then `label_hash TAB ids TAB images TAB
+    annotations`) with its manifest, as today's rows.tsv: its coco.json is laid out the same way."""
     header, *lines = body.split(b"\n")
-    counters: dict[str, int] = orjson.loads(header.split(b"\t", 1)[1])
-    rows: dict[str, _Fragment] = {}
+    head = {
+        "ontology_hash": manifest.get("ontology_hash"),
+        "next": orjson.loads(header[len(_ROWS_V1) :]),
+        "counts": {k: manifest["counts"][k] for k in ("images", "annotations")},
+    }
+    out = [_ROWS_V2 + orjson.dumps(head) + b"\n"]
+    records = manifest["rows"]
     for line in lines:
         if line:
             label_hash, state, images, annotations = line.split(b"\t", 3)
-            rows[label_hash.decode()] = _Fragment(state, images, annotations)
-    return counters, rows
+            record = orjson.dumps(records[label_hash.decode()])
+            out.append(_rows_line(label_hash.decode(), _NewRow(record, "", 0, 0, images, annotations, state)))
+    return b"".join(out)
 
 
-def _write_fragments(counters: dict[str, int], rows: list[tuple[str, _Fragment]]) -> bytes:
-    lines = [b"#next\t" + orjson.dumps(counters)]
-    lines += [b"\t".join((h.encode(), f.state_json, f.images, f.annotations_json)) for h, f in rows]
-    return b"\n".join(lines) + b"\n"
+class _Splice:
+    """The pieces of a body made of new items and spans of a previous body, `sep` between items; spans
+    that follow each other there are copied as one piece (the unchanged rows between two changed ones)."""
+
+    def __init__(self, source: bytes | None, sep: bytes) -> None:
+        self._view = memoryview(source if source is not None else b"")
+        self._sep = sep
+        self._pieces: list[bytes | memoryview] = []
+        self._start = self._end = -1
+
+    def copy(self, start: int, end: int) -> None:
+        if start == end:
+            return
+        if self._start >= 0 and start == self._end + len(self._sep):
+            self._end = end
+        else:
+            self._close()
+            self._start, self._end = start, end
+
+    def add(self, piece: bytes) -> None:
+        if piece:
+            self._close()
+            self._pieces.append(piece)
+
+    def _close(self) -> None:
+        if self._start >= 0:
+            self._pieces.append(self._view[self._start : self._end])
+            self._start = self._end = -1
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The pieces with `sep` between them, for one `b"".join` with the rest of the file."""
+        self._close()
+        if not self._sep:
+            return self._pieces
+        out: list[bytes | memoryview] = []
+        for piece in self._pieces:
+            if out:
+                out.append(self._sep)
+            out.append(piece)
+        return out
+
+
+class _RowMasks(MaskBatch):
+    """One mask queue across rows (numpy's cost is per call, not per mask). A batch that fails is computed
+    again row by row, so that only the row whose mask is bad is left out (named in `failed`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.row = ""  # the row whose masks are being added
+        self.failed: dict[str, str] = {}
+        self._owners: list[tuple[str, JsonDict, Painting | RowMajorRuns]] = []
+
+    def add(self, body: JsonDict, mask: Painting | RowMajorRuns) -> None:
+        self._owners.append((self.row, body, mask))
+        super().add(body, mask)
+
+    def flush(self) -> None:
+        owners, self._owners = self._owners, []
+        try:
+            super().flush()
+        except _ROW_ERRORS:
+            for row, items in groupby(owners, key=itemgetter(0)):
+                alone = MaskBatch()
+                try:
+                    for _, body, mask in items:
+                        alone.add(body, mask)
+                    alone.flush()
+                except _ROW_ERRORS as exc:
+                    self.failed[row] = f"{type(exc).__name__}: {exc}"
 
 
 def _ikey(key: ImageKey) -> str:
@@ -142,6 +322,19 @@ class CocoSnapshotBuilder:
     def refresh(
         self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
     ) -> SnapshotEvent | None:
+        # Conversion makes many small objects and no cycles: with the cyclic collector on, each of its full
+        # passes walks every row converted so far again (as in `convert.convert`).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._refresh(project, changes, run_id=run_id, now=now)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _refresh(
+        self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
+    ) -> SnapshotEvent | None:
         part = changes.partition
         sid = snapshot_id_for(run_id)
         latest_k = latest_key(part.project_hash, part.branch, part.stage)
@@ -158,91 +351,143 @@ class CocoSnapshotBuilder:
 
         converter = self._converter(project)
         ohash = ontology_hash(project)
-        prev_manifest: JsonDict | None = None
-        prev_rows: dict[str, _Fragment] | None = None
-        counters = {"image": 0, "annotation": 0, "track": 0}
-        if latest is not None:
-            prev_id = latest["snapshot_id"]
-            prev_manifest = self._read_json(self._key(part, prev_id, "manifest.json"))
-            if prev_manifest is not None and prev_manifest.get("ontology_hash") == ohash:
-                stored_rows = self._lake.get(self._key(part, prev_id, ROWS_FILE))
-                if stored_rows is not None:
-                    counters, prev_rows = _read_fragments(stored_rows.body)
-        incremental = prev_rows is not None and prev_manifest is not None
-        old_rows: dict[str, _Fragment] = prev_rows or {}
-        old_records: dict[str, JsonDict] = dict(prev_manifest["rows"]) if prev_manifest else {}
-        if incremental:
+        prev = self._previous(part, latest["snapshot_id"], ohash) if latest is not None else None
+        prev_rows: dict[str, _PrevRow] = prev.rows if prev is not None else {}
+        carried = prev if prev is not None and prev.coco is not None else None
+        if carried is not None:
+            counters = dict(carried.counters)
             touched = sorted(set(changes.upserted) | set(changes.removed))
         else:
             # No usable previous snapshot: the first one of the partition, or the ontology changed (the ids
             # restart then, but the manifest still compares rows with the previous snapshot's).
+            counters = {"image": 0, "annotation": 0, "track": 0}
             prefix = partition_prefix("labels", part.project_hash, part.branch, part.stage)
             listed = (
                 k[len(prefix) : -len(".json")] for k in self._lake.list_keys(prefix) if k.endswith(".json")
             )
             touched = sorted(set(listed) | set(changes.removed))
 
-        rows_out: dict[str, _Fragment] = {}
+        new_rows: dict[str, _NewRow] = {}
         gone: set[str] = set()
         skipped: dict[str, str] = {}
+        ann_changes = {"added": 0, "changed": 0, "removed": 0}
+        masks = _RowMasks()
+        waiting: list[tuple[str, _Converted]] = []
+
+        def finish_waiting() -> None:
+            masks.flush()
+            for label_hash, converted in waiting:
+                if label_hash in masks.failed:
+                    gone.add(label_hash)
+                    skipped[label_hash] = masks.failed[label_hash]
+                    continue
+                old = carried.rows.get(label_hash) if carried is not None else None
+                new_rows[label_hash] = self._serialise(converted, carried, old, ann_changes)
+            waiting.clear()
+
         for label_hash in touched:
             stored = self._lake.get(label_key(part.project_hash, part.branch, part.stage, label_hash))
             if stored is None:
                 gone.add(label_hash)
                 continue
-            old = old_rows.get(label_hash)
+            old = carried.rows.get(label_hash) if carried is not None else None
+            masks.row = label_hash
             try:
-                rows_out[label_hash] = self._convert_row(
-                    converter, orjson.loads(stored.body), stored.body, old.state() if old else None, counters
+                old_state = (
+                    _RowState(**orjson.loads(carried.rows_body[old.s0 : old.s1]))
+                    if carried is not None and old is not None
+                    else None
                 )
-            except (RowOntologyMismatchError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                converted = self._convert_row(
+                    converter, orjson.loads(stored.body), stored.body, old_state, counters, masks
+                )
+            except _ROW_ERRORS as exc:
                 # One bad row must not hold back the partition's snapshot: it is left out and named in the
                 # manifest, and comes back when it is fixed (touched again) or the ontology changes.
                 gone.add(label_hash)
                 skipped[label_hash] = f"{type(exc).__name__}: {exc}"
+                continue
+            waiting.append((label_hash, converted))
+            # A row is serialised once its masks are computed: as soon as the shared queue is empty.
+            if not masks or len(waiting) >= _WAITING_ROWS:
+                finish_waiting()
+        finish_waiting()
 
         # What changed since the previous snapshot, by row and by annotation (only touched rows are parsed).
-        added = sorted(h for h in rows_out if h not in old_records)
+        old_records = {h: orjson.loads(prev_rows[h].record) for h in touched if h in prev_rows}
+        added = sorted(h for h in new_rows if h not in prev_rows)
         changed = sorted(
-            h
-            for h in rows_out
-            if h in old_records and old_records[h]["sha256"] != rows_out[h].record["sha256"]
+            h for h in new_rows if h in old_records and old_records[h]["sha256"] != new_rows[h].sha256
         )
-        removed = sorted(h for h in gone if h in old_records)
-        if incremental and not (added or changed or removed):
-            return None
-        old_by_id = {a["id"]: a for h in touched if h in old_rows for a in old_rows[h].annotations()}
-        new_anns = [a for h in rows_out for a in rows_out[h].annotations()]
-        new_ids = {a["id"] for a in new_anns}
-        ann_added = sum(1 for a in new_anns if a["id"] not in old_by_id)
-        ann_changed = sum(1 for a in new_anns if a["id"] in old_by_id and old_by_id[a["id"]] != a)
-        ann_removed = sum(1 for i in old_by_id if i not in new_ids)
+        removed = sorted(h for h in gone if h in prev_rows)
+        if carried is not None:
+            if not (added or changed or removed):
+                return None
+            ann_changes["removed"] += sum(int(old_records[h]["annotations"]) for h in removed)
+            n_images = carried.counts["images"] - sum(int(r["images"]) for r in old_records.values())
+            n_annotations = carried.counts["annotations"] - sum(
+                int(r["annotations"]) for r in old_records.values()
+            )
+        else:
+            n_images = n_annotations = 0
+        n_images += sum(r.n_images for r in new_rows.values())
+        n_annotations += sum(r.n_annotations for r in new_rows.values())
 
-        # Assemble from bytes: unchanged rows are copied, never parsed; rows in label-hash order.
-        fragments = {h: f for h, f in old_rows.items() if h not in gone and h not in rows_out}
-        fragments.update(rows_out)
-        order = sorted(fragments)
-        records = {h: fragments[h].record if h in rows_out else old_records[h] for h in order}
-        first_title = next((records[h].get("data_title") for h in order), None)
+        # Assemble from bytes, rows in label-hash order: unchanged rows are spliced from the previous
+        # snapshot's files (runs of them in one piece), never parsed.
+        kept = (h for h in carried.rows if h not in gone and h not in new_rows) if carried else ()
+        order = sorted([*kept, *new_rows])
+        source = carried.coco if carried is not None else None
+        images, annotations = _Splice(source, b","), _Splice(source, b",")
+        lines = _Splice(carried.rows_body if carried is not None else None, b"")
+        entries: list[bytes] = []
+        for h in order:
+            new = new_rows.get(h)
+            if new is None and carried is not None:
+                old = carried.rows[h]
+                images.copy(carried.images_at + old.i0, carried.images_at + old.i1)
+                annotations.copy(carried.annotations_at + old.a0, carried.annotations_at + old.a1)
+                lines.copy(old.l0, old.l1)
+                record = old.record
+            elif new is not None:
+                images.add(new.images)
+                annotations.add(new.annotations)
+                lines.add(_rows_line(h, new))
+                record = new.record
+            entries += (b",\n    " if entries else b"\n    ", orjson.dumps(h), b": ", record)
+        first_title = None
+        if order:
+            first = new_rows[order[0]].record if order[0] in new_rows else prev_rows[order[0]].record
+            first_title = orjson.loads(first).get("data_title")
         coco_body = b"".join(
             [
                 b'{"info":',
                 orjson.dumps(info(None if first_title is None else str(first_title))),
                 b',"categories":',
                 orjson.dumps(converter.ontology.categories),
-                b',"images":[',
-                b",".join(fragments[h].images for h in order if fragments[h].images),
-                b'],"annotations":[',
-                b",".join(fragments[h].annotations_json for h in order if fragments[h].annotations_json),
-                b"]}",
+                _IMAGES_OPEN,
+                *images.parts(),
+                _ANNOTATIONS_OPEN,
+                *annotations.parts(),
+                _COCO_CLOSE,
             ]
         )
-        rows_body = _write_fragments(counters, [(h, fragments[h]) for h in order])
-        n_images = sum(int(records[h]["images"]) for h in order)
-        n_annotations = sum(int(records[h]["annotations"]) for h in order)
+        # The rows' COCO bytes and the previous coco.json are in the new one now: let them go.
+        del images, annotations
+        new_rows.clear()
+        if carried is not None:
+            carried.coco = None
+        head = {
+            "ontology_hash": ohash,
+            "next": counters,
+            "counts": {"images": n_images, "annotations": n_annotations},
+        }
+        rows_body = b"".join([_ROWS_V2, orjson.dumps(head), b"\n", *lines.parts()])
+        del lines
         keys = {name: self._key(part, sid, name) for name in ("coco.json", ROWS_FILE, "manifest.json")}
         self._put_once(keys["coco.json"], coco_body)
         self._put_once(keys[ROWS_FILE], rows_body)
+        del rows_body
         manifest: JsonDict = {
             "snapshot_id": sid,
             "run_id": run_id,
@@ -253,16 +498,16 @@ class CocoSnapshotBuilder:
             "previous_snapshot_id": latest["snapshot_id"] if latest else None,
             "ontology_hash": ohash,
             "encord_compatible": self._compatible,
-            "incremental": incremental,
-            "counts": {"rows": len(records), "images": n_images, "annotations": n_annotations},
+            "incremental": carried is not None,
+            "counts": {"rows": len(order), "images": n_images, "annotations": n_annotations},
             "changes": {
                 "added": added,
                 "changed": changed,
                 "removed": removed,
-                "skipped": skipped,
-                "annotations_added": ann_added,
-                "annotations_changed": ann_changed,
-                "annotations_removed": ann_removed,
+                "skipped": dict(sorted(skipped.items())),
+                "annotations_added": ann_changes["added"],
+                "annotations_changed": ann_changes["changed"],
+                "annotations_removed": ann_changes["removed"],
             },
             "coco": {
                 "key": keys["coco.json"],
@@ -271,18 +516,102 @@ class CocoSnapshotBuilder:
                 "bytes": len(coco_body),
             },
             "manifest_uri": self._lake.uri(keys["manifest.json"]),
-            "rows": records,
         }
+        del coco_body
+        # "rows" goes last, spliced in as its entries' bytes: one row per line.
+        top = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+        manifest_body = b"".join(
+            [top[:-2], b',\n  "rows": {', *entries, b"\n  }" if entries else b"}", b"\n}"]
+        )
         try:
-            self._lake.put(
-                keys["manifest.json"], orjson.dumps(manifest, option=orjson.OPT_INDENT_2), if_none_match=True
-            )
+            self._lake.put(keys["manifest.json"], manifest_body, if_none_match=True)
         except PreconditionFailedError:
             manifest = self._read_json(keys["manifest.json"]) or manifest
         self._move_latest(part, manifest, latest_obj)
         return self._event(part, manifest)
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _previous(self, part: Partition, snapshot_id: str, ohash: str) -> _Previous | None:
+        """The previous snapshot as far as it can be read; `coco` is set only if it can be carried over."""
+        stored = self._lake.get(self._key(part, snapshot_id, ROWS_FILE))
+        body = stored.body if stored is not None else b""
+        manifest: Any = None
+        prev: _Previous | None = None
+        try:
+            if not body.startswith(_ROWS_V2):
+                manifest = self._read_json(self._key(part, snapshot_id, "manifest.json"))
+                ok = manifest is not None and body.startswith(_ROWS_V1)
+                body = _migrate_v1(body, manifest) if ok else b""
+            if body:
+                header, rows, images_len, annotations_len = _parse_rows(body)
+                counters = {k: int(header["next"][k]) for k in ("image", "annotation", "track")}
+                counts = {k: int(header["counts"][k]) for k in ("images", "annotations")}
+                prev = _Previous(
+                    header.get("ontology_hash"), counters, counts, rows, body, images_len, annotations_len
+                )
+        except _ROW_ERRORS:
+            prev = None
+        if prev is None:
+            # No readable rows.tsv: the manifest still says which rows the snapshot held, for the changes.
+            if manifest is None:
+                manifest = self._read_json(self._key(part, snapshot_id, "manifest.json"))
+            if manifest is None:
+                return None
+            rows = {h: _PrevRow(orjson.dumps(r), 0, 0, 0, 0, 0, 0, 0, 0) for h, r in manifest["rows"].items()}
+            return _Previous(manifest.get("ontology_hash"), {}, {}, rows, b"", 0, 0)
+        if prev.ontology_hash == ohash:
+            coco = self._lake.get(self._key(part, snapshot_id, "coco.json"))
+            if coco is not None:
+                self._attach(prev, coco.body)
+        return prev
+
+    @staticmethod
+    def _attach(prev: _Previous, coco: bytes) -> None:
+        """Carry `coco` over if rows.tsv's byte counts lay it out exactly; else the refresh rebuilds."""
+        # The first `,"images":[` outside a string: inside one its quotes would be escaped.
+        start = coco.find(_IMAGES_OPEN)
+        if start < 0:
+            return
+        images_at = start + len(_IMAGES_OPEN)
+        images_end = images_at + prev.images_len
+        annotations_at = images_end + len(_ANNOTATIONS_OPEN)
+        if (
+            coco[images_end:annotations_at] == _ANNOTATIONS_OPEN
+            and len(coco) == annotations_at + prev.annotations_len + len(_COCO_CLOSE)
+            and coco.endswith(_COCO_CLOSE)
+        ):
+            prev.coco, prev.images_at, prev.annotations_at = coco, images_at, annotations_at
+
+    def _serialise(
+        self,
+        converted: _Converted,
+        carried: _Previous | None,
+        old: _PrevRow | None,
+        ann_changes: dict[str, int],
+    ) -> _NewRow:
+        images = orjson.dumps(converted.images)[1:-1]
+        annotations = orjson.dumps(converted.annotations)[1:-1]
+        if carried is None or carried.coco is None or old is None:
+            ann_changes["added"] += len(converted.annotations)
+        else:
+            at = carried.annotations_at
+            before = {a["id"]: a for a in orjson.loads(b"[" + carried.coco[at + old.a0 : at + old.a1] + b"]")}
+            after: list[JsonDict] = orjson.loads(b"[" + annotations + b"]")
+            after_ids = {a["id"] for a in after}
+            ann_changes["added"] += sum(1 for a in after if a["id"] not in before)
+            ann_changes["changed"] += sum(1 for a in after if a["id"] in before and before[a["id"]] != a)
+            ann_changes["removed"] += sum(1 for i in before if i not in after_ids)
+        record = converted.record
+        return _NewRow(
+            orjson.dumps(record),
+            str(record["sha256"]),
+            len(converted.images),
+            len(converted.annotations),
+            images,
+            annotations,
+            converted.state,
+        )
+
     def _converter(self, project: ProjectInfo) -> Converter:
         key = ontology_hash(project)
         if key not in self._converters:
@@ -298,7 +627,9 @@ class CocoSnapshotBuilder:
         body: bytes,
         old: _RowState | None,
         counters: dict[str, int],
-    ) -> _Fragment:
+        masks: MaskBatch,
+    ) -> _Converted:
+        """The row's images and annotations with their ids; its masks are left in `masks`."""
         old = old or _RowState({}, {}, {})
         state = _RowState({}, {}, {})
 
@@ -325,7 +656,9 @@ class CocoSnapshotBuilder:
             )
         annotations: list[JsonDict] = []
         ann: AnnotationEntry
-        for ann in row_annotations(converter, row, entries, lambda key: state.images[_ikey(key)]):
+        for ann in row_annotations(
+            converter, row, entries, lambda key: state.images[_ikey(key)], None, masks
+        ):
             k = f"{_ikey(ann.image_key)}/{ann.object_hash}"
             if k in state.annotations:
                 ann_id = next_id("annotation")  # the same object twice on one frame: keep both
@@ -354,7 +687,7 @@ class CocoSnapshotBuilder:
         state_json = orjson.dumps(
             {"images": state.images, "annotations": state.annotations, "tracks": state.tracks}
         )
-        return _Fragment(state_json, orjson.dumps(images)[1:-1], orjson.dumps(annotations)[1:-1], record)
+        return _Converted(images, annotations, state_json, record)
 
     def _key(self, part: Partition, snapshot_id: str, name: str) -> str:
         return snapshot_key(part.project_hash, part.branch, part.stage, snapshot_id, name)
