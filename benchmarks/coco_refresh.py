@@ -4,9 +4,9 @@ The partition's rows (the main branch of a generated project) go into a `LocalLa
 directory; `CocoSnapshotBuilder` builds the first snapshot, then 1% of the rows are rewritten (a new edit
 time and one object moved, so their annotations change too) and the partition is refreshed with only
 those rows as changed. Prints one JSON line: both times, how many row objects each read, the bytes of
-snapshot files (under `coco/`) each read and wrote, and each step's peak resident memory. The rows are
-streamed into the lake rather than held, so the peak is the builder's own (Linux: the peak is reset before
-each step through /proc/self/clear_refs; elsewhere it is the process's peak so far).
+snapshot files (under `coco/`) each read and wrote, and each step's peak memory. Each step runs in a
+process of its own, and its peak is the resident memory it added to what that process held before it
+(Linux: the peak is reset through /proc/self/clear_refs; elsewhere it is the process's peak so far).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import gc
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,75 +88,111 @@ def _nudge(row: dict[str, Any]) -> None:
                     return
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--project", required=True)
-    parser.add_argument("--fraction", type=float, default=0.01)
-    args = parser.parse_args()
-    project_dir = Path(args.data) / args.project
-    ontology = orjson.loads((project_dir / "project.json").read_bytes())["ontology"]
+def _step(lake_dir: Path, ontology_file: Path, hashes_file: Path, run_id: str) -> dict[str, Any]:
+    """One refresh in this (fresh) process, with only these rows as changed: its time, reads, writes and
+    peak memory above what the process held before it (imports, the builder)."""
+    ontology = orjson.loads(ontology_file.read_bytes())
     part = Partition("p", "main", "s")
     project = ProjectInfo("p", "P", "o", ontology, ())
-    with tempfile.TemporaryDirectory(prefix="coco-refresh-") as tmp:
-        lake = CountingLake(Path(tmp), partition_prefix("labels", "p", "main", "s"))
+    lake = CountingLake(lake_dir, partition_prefix("labels", "p", "main", "s"))
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    hashes = tuple(orjson.loads(hashes_file.read_bytes()))
+    gc.collect()
+    _reset_peak()
+    before = _peak_mb()
+    started = time.perf_counter()
+    event = builder.refresh(project, PartitionChanges(part, hashes, ()), run_id=run_id, now=datetime.now(UTC))
+    seconds = time.perf_counter() - started
+    return {
+        "s": seconds,
+        "row_reads": lake.row_reads,
+        "peak_mb": _peak_mb() - before,
+        "snapshot_mb_read": lake.coco_read / 1e6,
+        "snapshot_mb_written": lake.coco_written / 1e6,
+        "changes": event.detail["changes"] if event is not None else {},
+    }
+
+
+def _child(tmp: Path, hashes: list[str], run_id: str) -> dict[str, Any]:
+    (tmp / ".hashes.json").write_bytes(orjson.dumps(hashes))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.coco_refresh",
+            "--step",
+            run_id,
+            "--lake",
+            str(tmp / "lake"),
+            "--ontology",
+            str(tmp / ".ontology.json"),
+            "--hashes",
+            str(tmp / ".hashes.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"refresh step failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = orjson.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data")
+    parser.add_argument("--project")
+    parser.add_argument("--fraction", type=float, default=0.01)
+    parser.add_argument("--step", help=argparse.SUPPRESS)  # a child: one refresh with this run id
+    parser.add_argument("--lake", help=argparse.SUPPRESS)
+    parser.add_argument("--ontology", help=argparse.SUPPRESS)
+    parser.add_argument("--hashes", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        result = _step(Path(args.lake), Path(args.ontology), Path(args.hashes), args.step)
+        print(orjson.dumps(result).decode())
+        return 0
+    if not (args.data and args.project):
+        parser.error("--data and --project are required")
+    project_dir = Path(args.data) / args.project
+    with tempfile.TemporaryDirectory(prefix="coco-refresh-") as name:
+        tmp = Path(name)
+        ontology = orjson.loads((project_dir / "project.json").read_bytes())["ontology"]
+        (tmp / ".ontology.json").write_bytes(orjson.dumps(ontology))
+        lake = LocalLake(tmp / "lake")
         hashes: list[str] = []
-        row: dict[str, Any] = {}
         with (project_dir / "rows.jsonl").open("rb") as lines:
             for line in lines:
                 row = orjson.loads(line)["row"] if line.strip() else {}
                 if row.get("branch_name") == "main" and row.get("label_hash"):
                     lake.put(label_key("p", "main", "s", row["label_hash"]), orjson.dumps(row))
                     hashes.append(row["label_hash"])
-        del row
-        gc.collect()
-        builder = CocoSnapshotBuilder(lake, encord_compatible=False)
-        _reset_peak()
-        started = time.perf_counter()
-        builder.refresh(
-            project,
-            PartitionChanges(part, tuple(hashes), ()),
-            run_id="20260101T000000Z-a",
-            now=datetime.now(UTC),
-        )
-        first_s, first_reads, first_peak = time.perf_counter() - started, lake.row_reads, _peak_mb()
-        first_io = (lake.coco_read, lake.coco_written)
-
+        # Each step in a process of its own, so that its peak memory is its own.
+        first = _child(tmp, hashes, "20260101T000000Z-a")
         changed = random.Random(1).sample(hashes, max(1, round(len(hashes) * args.fraction)))
         for label_hash in changed:
             key = label_key("p", "main", "s", label_hash)
             row = orjson.loads(lake.get(key).body)  # type: ignore[union-attr]
             _nudge(row)
             lake.put(key, orjson.dumps(row))
-        del row
-        gc.collect()
-        lake.reset()
-        _reset_peak()
-        started = time.perf_counter()
-        event = builder.refresh(
-            project,
-            PartitionChanges(part, tuple(changed), ()),
-            run_id="20260101T000100Z-b",
-            now=datetime.now(UTC),
-        )
-        refresh_s, refresh_reads, refresh_peak = time.perf_counter() - started, lake.row_reads, _peak_mb()
-        refresh_io = (lake.coco_read, lake.coco_written)
-    changes = event.detail["changes"] if event is not None else {}
+        refresh = _child(tmp, changed, "20260101T000100Z-b")
+    changes = refresh["changes"]
     print(
         orjson.dumps(
             {
                 "rows": len(hashes),
                 "changed_rows": len(changed),
-                "first_s": first_s,
-                "first_row_reads": first_reads,
-                "refresh_s": refresh_s,
-                "refresh_row_reads": refresh_reads,
-                "first_peak_mb": first_peak,
-                "refresh_peak_mb": refresh_peak,
-                "first_snapshot_mb_read": first_io[0] / 1e6,
-                "first_snapshot_mb_written": first_io[1] / 1e6,
-                "refresh_snapshot_mb_read": refresh_io[0] / 1e6,
-                "refresh_snapshot_mb_written": refresh_io[1] / 1e6,
+                "first_s": first["s"],
+                "first_row_reads": first["row_reads"],
+                "refresh_s": refresh["s"],
+                "refresh_row_reads": refresh["row_reads"],
+                "first_peak_mb": first["peak_mb"],
+                "refresh_peak_mb": refresh["peak_mb"],
+                "first_snapshot_mb_read": first["snapshot_mb_read"],
+                "first_snapshot_mb_written": first["snapshot_mb_written"],
+                "refresh_snapshot_mb_read": refresh["snapshot_mb_read"],
+                "refresh_snapshot_mb_written": refresh["snapshot_mb_written"],
                 "rows_changed": changes.get("rows_changed"),
                 "annotations_changed": changes.get("annotations_changed"),
             }
