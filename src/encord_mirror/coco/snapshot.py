@@ -435,7 +435,7 @@ class CocoSnapshotBuilder:
 
         # Assemble from bytes, rows in label-hash order: unchanged rows are spliced from the previous
         # snapshot's files (runs of them in one piece), never parsed.
-        kept = (h for h in carried.rows if h not in gone and h not in new_rows) if carried else ()
+        kept = (h for h in carried.rows if h not in gone and h not in new_rows) if carried is not None else ()
         order = sorted([*kept, *new_rows])
         source = carried.coco if carried is not None else None
         images, annotations = _Splice(source, b","), _Splice(source, b",")
