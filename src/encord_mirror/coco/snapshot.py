@@ -129,15 +129,17 @@ class _Converted:
 
 @dataclass(slots=True)
 class _NewRow:
-    """A row converted in this refresh, serialised."""
+    """A row converted in this refresh, serialised. Every bytes object here is built by a join or a slice:
+    orjson's own results take at least 4 KiB each, which a few per row would make the largest cost."""
 
-    record: bytes
     sha256: str
+    data_title: Any
     n_images: int
     n_annotations: int
     images: bytes  # its COCO images: JSON objects joined by commas
     annotations: bytes  # its COCO annotations, likewise
-    state: bytes
+    line: bytes  # its rows.tsv line
+    entry: bytes  # its manifest entry, `"label_hash": {...}`
 
 
 def _parse_rows(body: bytes) -> tuple[JsonDict, dict[str, _PrevRow], int, int]:
@@ -177,19 +179,12 @@ def _parse_rows(body: bytes) -> tuple[JsonDict, dict[str, _PrevRow], int, int]:
     return header, rows, max(images - 1, 0), max(annotations - 1, 0)
 
 
-def _rows_line(label_hash: str, row: _NewRow) -> bytes:
-    return (
-        b"\t".join(
-            (
-                label_hash.encode(),
-                b"%d" % len(row.images),
-                b"%d" % len(row.annotations),
-                row.record,
-                row.state,
-            )
-        )
-        + b"\n"
-    )
+def _rows_line(label_hash: bytes, images: bytes, annotations: bytes, record: bytes, state: bytes) -> bytes:
+    return b"\t".join((label_hash, b"%d" % len(images), b"%d" % len(annotations), record, state + b"\n"))
+
+
+def _entry(label_hash: str, record: bytes) -> bytes:
+    return b"".join((orjson.dumps(label_hash), b": ", record))
 
 
 def _migrate_v1(body: bytes, manifest: Mapping[str, Any]) -> bytes:
@@ -207,7 +202,7 @@ def _migrate_v1(body: bytes, manifest: Mapping[str, Any]) -> bytes:
         if line:
             label_hash, state, images, annotations = line.split(b"\t", 3)
             record = orjson.dumps(records[label_hash.decode()])
-            out.append(_rows_line(label_hash.decode(), _NewRow(record, "", 0, 0, images, annotations, state)))
+            out.append(_rows_line(label_hash, images, annotations, record, state))
     return b"".join(out)
 
 
@@ -382,7 +377,7 @@ class CocoSnapshotBuilder:
                     skipped[label_hash] = masks.failed[label_hash]
                     continue
                 old = carried.rows.get(label_hash) if carried is not None else None
-                new_rows[label_hash] = self._serialise(converted, carried, old, ann_changes)
+                new_rows[label_hash] = self._serialise(label_hash, converted, carried, old, ann_changes)
             waiting.clear()
 
         for label_hash in touched:
@@ -448,17 +443,20 @@ class CocoSnapshotBuilder:
                 images.copy(carried.images_at + old.i0, carried.images_at + old.i1)
                 annotations.copy(carried.annotations_at + old.a0, carried.annotations_at + old.a1)
                 lines.copy(old.l0, old.l1)
-                record = old.record
+                entries.append(_entry(h, old.record))
             elif new is not None:
                 images.add(new.images)
                 annotations.add(new.annotations)
-                lines.add(_rows_line(h, new))
-                record = new.record
-            entries += (b",\n    " if entries else b"\n    ", orjson.dumps(h), b": ", record)
+                lines.add(new.line)
+                entries.append(new.entry)
         first_title = None
         if order:
-            first = new_rows[order[0]].record if order[0] in new_rows else prev_rows[order[0]].record
-            first_title = orjson.loads(first).get("data_title")
+            first = new_rows.get(order[0])
+            first_title = (
+                first.data_title
+                if first is not None
+                else orjson.loads(prev_rows[order[0]].record).get("data_title")
+            )
         coco_body = b"".join(
             [
                 b'{"info":',
@@ -520,9 +518,11 @@ class CocoSnapshotBuilder:
         del coco_body
         # "rows" goes last, spliced in as its entries' bytes: one row per line.
         top = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
-        manifest_body = b"".join(
-            [top[:-2], b',\n  "rows": {', *entries, b"\n  }" if entries else b"}", b"\n}"]
-        )
+        parts = [top[:-2], b',\n  "rows": {']
+        if entries:
+            parts += [b"\n    ", b",\n    ".join(entries), b"\n  "]
+        manifest_body = b"".join([*parts, b"}\n}"])
+        del parts, entries
         try:
             self._lake.put(keys["manifest.json"], manifest_body, if_none_match=True)
         except PreconditionFailedError:
@@ -584,6 +584,7 @@ class CocoSnapshotBuilder:
 
     def _serialise(
         self,
+        label_hash: str,
         converted: _Converted,
         carried: _Previous | None,
         old: _PrevRow | None,
@@ -602,14 +603,16 @@ class CocoSnapshotBuilder:
             ann_changes["changed"] += sum(1 for a in after if a["id"] in before and before[a["id"]] != a)
             ann_changes["removed"] += sum(1 for i in before if i not in after_ids)
         record = converted.record
+        record_json = orjson.dumps(record)
         return _NewRow(
-            orjson.dumps(record),
             str(record["sha256"]),
+            record.get("data_title"),
             len(converted.images),
             len(converted.annotations),
             images,
             annotations,
-            converted.state,
+            _rows_line(label_hash.encode(), images, annotations, record_json, converted.state),
+            _entry(label_hash, record_json),
         )
 
     def _converter(self, project: ProjectInfo) -> Converter:
