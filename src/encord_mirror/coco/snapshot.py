@@ -471,7 +471,7 @@ class CocoSnapshotBuilder:
             ]
         )
         # The rows' COCO bytes and the previous coco.json are in the new one now: let them go.
-        del images, annotations
+        del images, annotations, source
         new_rows.clear()
         if carried is not None:
             carried.coco = None
