@@ -31,8 +31,10 @@ from encord_mirror.domain.models import (
     Gap,
     IndexEntry,
     Lease,
+    Partition,
     RowOutcome,
     RunRecord,
+    SnapshotDebt,
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError, StateStore
@@ -434,6 +436,25 @@ def test_outbox_keeps_events_pending_until_sent_and_never_reopens_a_sent_one(sta
     assert state.pending_events(PROJECT) == [older[0], *newer]
     state.mark_events_sent(PROJECT, [older[0].event_id, newer[0].event_id, newer[0].event_id])
     assert state.pending_events(PROJECT) == []
+
+
+def test_snapshot_debts_are_one_per_partition_and_settle_only_the_version_read(state: StateStore) -> None:
+    review = Partition(PROJECT, "consensus/1#a", "review-5678abcd")
+    annotate = Partition(PROJECT, "main", "annotate-1234abcd")
+    other = Partition("proj-other", "main", "annotate-1234abcd")
+    # Given two partitions owed by run r1, one owed again by r2, and a debt of another project
+    state.owe_snapshots([SnapshotDebt(review, "r1", "S3 down"), SnapshotDebt(annotate, "r1", "S3 down")])
+    state.owe_snapshots([SnapshotDebt(review, "r2", "timeout"), SnapshotDebt(other, "r2", "x")])
+    # Then each partition is owed once, by its latest failure, sorted by partition
+    owed = state.owed_snapshots(PROJECT)
+    assert owed == [SnapshotDebt(review, "r2", "timeout"), SnapshotDebt(annotate, "r1", "S3 down")]
+    # When a finalizer that read r1's debts settles them / Then r2's debt stays
+    state.settle_snapshots([SnapshotDebt(review, "r1", "S3 down"), SnapshotDebt(annotate, "r1", "S3 down")])
+    assert state.owed_snapshots(PROJECT) == [SnapshotDebt(review, "r2", "timeout")]
+    state.settle_snapshots(state.owed_snapshots(PROJECT))
+    state.settle_snapshots([SnapshotDebt(review, "r2", "timeout")])  # idempotent
+    assert state.owed_snapshots(PROJECT) == []
+    assert [d.partition for d in state.owed_snapshots("proj-other")] == [other]
 
 
 def test_both_state_stores_keep_the_codecs_bytes(

@@ -224,11 +224,13 @@ class FinalizerKilledError(BaseException):
 
 @dataclass
 class KillingLake:
-    """The lake, until the first write whose key `kill_at` picks: there the process 'dies', once."""
+    """The lake, until the first write whose key `kill_at` picks: there the process 'dies', once. With
+    `error`, every write `kill_at` picks fails with the exception it makes instead."""
 
     inner: ObjectStore
     kill_at: Callable[[str], bool]
     killed: bool = False
+    error: Callable[[str], Exception] | None = None
 
     def get(self, key: str) -> Any:
         return self.inner.get(key)
@@ -242,6 +244,8 @@ class KillingLake:
         if_none_match: bool = False,
         content_type: str = "application/json",
     ) -> str:
+        if self.error is not None and self.kill_at(key):
+            raise self.error(key)
         if not self.killed and self.kill_at(key):
             self.killed = True
             raise FinalizerKilledError(f"killed before writing {key}")
@@ -326,6 +330,47 @@ def test_a_finalizer_killed_mid_way_is_retried_to_fresh_snapshots_and_one_event_
     assert state.pending_events(mirror.project) == []
     assert finalize(mirror.project, run.run_id, config, deps).status == "already_finalized"
     state.close()
+
+
+def test_a_failed_snapshot_is_owed_and_the_next_sync_rebuilds_it_though_nothing_changed(
+    mirror: Mirror,
+) -> None:
+    # Given a synced project
+    config = MirrorConfig(projects=(mirror.project,))
+    source = EncordLabelSource.from_key_file(mirror.key_path, domain=mirror.emu.url)
+    lake, state = mirror.lake, SqliteStateStore(mirror.root / ".mirror-state.sqlite")
+    run_local_sync(config, source, lake, state, snapshots=snapshot_builder(lake))
+    # When rows move from Annotate to Review and the sync's snapshot writes fail
+    for item in [r for r in mirror.truth() if r["stage"] == "Annotate"][:2]:
+        mirror.emu.move_stage(mirror.project, item["data_hash"], "Review")
+    failing = KillingLake(
+        lake,
+        kill_at=lambda key: key.startswith("coco/") and "/snapshots/" in key,
+        error=lambda key: OSError(f"disk full writing {key}"),
+    )
+    summary = run_local_sync(config, source, failing, state, full=True, snapshots=snapshot_builder(failing))
+    state.close()
+    # Then the rows are synced and the watermark moved, but the sync is not OK: two snapshots are owed,
+    # the run manifest says why, and the two partitions' latest snapshots are stale
+    [run] = summary.projects
+    assert run.status == "synced" and run.gaps_open == 0 and run.moved == 2
+    assert not summary.ok and run.snapshots_owed == 2
+    assert all("disk full" in error for error in run.errors) and len(run.errors) == 2
+    assert_lake_matches(lake, mirror.emu.state(mirror.project), mirror.project)
+    stale = snapshot_differences(lake, mirror.project, mirror.ontology, encord_compatible=False)
+    assert {d.split(":")[0] for d in stale} == {
+        f"snapshot main/{mirror.stages['Annotate']}",
+        f"snapshot main/{mirror.stages['Review']}",
+    }
+
+    # When the next `encord-mirror sync` runs with nothing changed in Encord (it must exit 0)
+    mirror.sync("corrected")
+    # Then it rebuilt both snapshots: every latest snapshot is fresh, announced once, and nothing is owed
+    mirror.assert_contract("corrected")
+    assert mirror.latest("main", "Review")["incremental"] is True
+    check = SqliteStateStore(mirror.root / ".mirror-state.sqlite")
+    assert check.owed_snapshots(mirror.project) == []
+    check.close()
 
 
 def test_snapshots_below_the_announce_threshold_are_committed_fresh_but_not_announced(mirror: Mirror) -> None:

@@ -212,16 +212,26 @@ def test_every_dead_letter_queue_has_a_depth_alarm(template: dict[str, Any]) -> 
     assert dlqs and dlqs == alarmed
 
 
-def test_watermark_lag_alarm_watches_the_metric_the_finalizer_emits(template: dict[str, Any]) -> None:
-    from encord_mirror.aws_lambda.observability import WATERMARK_LAG_METRIC
+@pytest.mark.parametrize(
+    ("alarm_name", "metric", "threshold"),
+    [
+        ("WatermarkLagAlarm", "WATERMARK_LAG_METRIC", {"Ref": "WatermarkLagAlarmSeconds"}),
+        ("SnapshotsOwedAlarm", "SNAPSHOTS_OWED_METRIC", 0),
+    ],
+)
+def test_metric_alarms_watch_the_metrics_the_handlers_emit(
+    template: dict[str, Any], alarm_name: str, metric: str, threshold: object
+) -> None:
+    from encord_mirror.aws_lambda import observability
 
-    alarm = template["Resources"]["WatermarkLagAlarm"]["Properties"]
+    alarm = template["Resources"][alarm_name]["Properties"]
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert alarm["MetricName"] == WATERMARK_LAG_METRIC
+    assert alarm["MetricName"] == getattr(observability, metric)
     assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
     # Powertools adds the service as the metric's one default dimension.
     assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
-    assert alarm["Threshold"] == {"Ref": "WatermarkLagAlarmSeconds"}
+    assert alarm["Threshold"] == threshold
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
 def test_environment_variables_equal_the_settings_fields(template: dict[str, Any]) -> None:

@@ -388,6 +388,41 @@ def test_an_incremental_snapshot_has_the_content_of_a_full_rebuild() -> None:
     assert len(incremental["annotations"]) == len(full["annotations"]) > 0
 
 
+def test_a_rescan_catches_up_with_changes_it_was_not_told_of_and_keeps_the_ids_of_the_rest() -> None:
+    # Given a partition of 10 rows with a snapshot
+    lake = MemoryLake()
+    rows = _rows(12)
+    hashes = [_write(lake, r) for r in rows[:10]]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-a", now=NOW)
+    before, _ = _snapshot(lake)
+    # and changes whose refresh failed (one edited, one removed, one added), so nobody names them now
+    _move_box(rows[0])
+    _write(lake, rows[0])
+    lake.delete(label_key(PROJECT, "main", ANNOTATE, rows[3]["label_hash"]))
+    _write(lake, rows[10])
+    # When the partition is rescanned with no changes named
+    rescan = PartitionChanges(Partition(PROJECT, "main", ANNOTATE), (), (), rescan=True)
+    event = builder.refresh(_project(), rescan, run_id="20261123T121500Z-b", now=NOW)
+    # Then the snapshot has every change, as a full rebuild would, and says what changed
+    after, manifest = _snapshot(lake)
+    assert event is not None
+    live = [r for i, r in enumerate(rows[:11]) if i != 3]
+    assert _normalised(after) == _normalised(_full_rebuild(live))
+    changes = manifest["changes"]
+    assert (changes["added"], changes["changed"], changes["removed"]) == (
+        [rows[10]["label_hash"]],
+        [rows[0]["label_hash"]],
+        [rows[3]["label_hash"]],
+    )
+    # and the rows it did not change keep their image ids
+    untouched = rows[5]
+    assert _image_ids(after, untouched) == _image_ids(before, untouched)
+    # When it is rescanned again with nothing changed / Then no snapshot is made
+    again = builder.refresh(_project(), rescan, run_id="20261123T123000Z-c", now=NOW)
+    assert again is None
+
+
 def test_a_row_that_does_not_match_the_ontology_is_left_out_and_named() -> None:
     # Given three rows, one of them holding an object whose feature hash the ontology lacks
     lake = MemoryLake()

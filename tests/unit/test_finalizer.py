@@ -41,12 +41,17 @@ BRANCH = "labels/project=proj-0001/branch=consensus%2F1/stage=annotate-5a5a0001/
 
 
 def _ran(
-    state: SqliteStateStore, clock: Clock, *outcomes: RowOutcome, prev: datetime | None = None
+    state: SqliteStateStore,
+    clock: Clock,
+    *outcomes: RowOutcome,
+    prev: datetime | None = None,
+    run_id: str = "run-1",
 ) -> RunRecord:
     """A run of one chunk, recorded as finished with these outcomes."""
-    run = RunRecord(PROJECT, "run-1", clock(), prev, False, ("run-1-00000",), ("data-unlabelled",), clock())
+    chunk = f"{run_id}-00000"
+    run = RunRecord(PROJECT, run_id, clock(), prev, False, (chunk,), ("data-unlabelled",), clock())
     state.create_run(run)
-    state.record_chunk(PROJECT, ChunkResult("run-1", "run-1-00000", outcomes, final=True))
+    state.record_chunk(PROJECT, ChunkResult(run_id, chunk, outcomes, final=True))
     return run
 
 
@@ -147,6 +152,49 @@ def test_a_failing_snapshot_is_recorded_and_does_not_hold_the_run(
     assert result.status == "finalized" and state.get_watermark(PROJECT) == result.watermark_after
     assert "snapshot store unavailable" in result.errors[0]
     assert _manifest(lake)["errors"] == list(result.errors)
+    assert result.snapshots_owed == 1 and _manifest(lake)["snapshots_owed"] == 1
+
+
+def test_a_failed_snapshot_is_owed_until_a_later_finalizer_rebuilds_it(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given run 1 wrote l2 into Review and moved it out of Annotate, and both snapshots failed
+    _ran(state, clock, RowOutcome("l2", "moved", key=NEW, old_key=OLD))
+    first = finalize(PROJECT, "run-1", CONFIG, replace(deps, snapshots=RecordingSnapshots(fail=True)))
+    review = partition_of(NEW)
+    annotate = partition_of(OLD)
+    assert first.snapshots_owed == 2
+    assert {(d.partition, d.run_id) for d in state.owed_snapshots(PROJECT)} == {
+        (review, "run-1"),
+        (annotate, "run-1"),
+    }
+    # When run 2 touched only the branch partition and its finalizer's snapshot step works again
+    clock.advance(60)
+    _ran(state, clock, RowOutcome("l3", "removed", old_key=BRANCH), run_id="run-2")
+    snapshots = RecordingSnapshots()
+    second = finalize(PROJECT, "run-2", CONFIG, replace(deps, snapshots=snapshots))
+    # Then the owed partitions are rebuilt by rescanning them, the branch one incrementally, and nothing
+    # is owed any more
+    calls = {c.partition: c for c, _ in snapshots.calls}
+    assert set(calls) == {review, annotate, partition_of(BRANCH)}
+    assert calls[review].rescan and calls[annotate].rescan and not calls[partition_of(BRANCH)].rescan
+    assert second.snapshots_owed == 0 and second.errors == ()
+    assert state.owed_snapshots(PROJECT) == []
+    assert len(second.snapshots) == 3
+
+
+def test_a_snapshot_that_fails_again_stays_owed_by_the_latest_run(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+    finalize(PROJECT, "run-1", CONFIG, replace(deps, snapshots=RecordingSnapshots(fail=True)))
+    clock.advance(60)
+    _ran(state, clock, run_id="run-2")  # a run that changed nothing
+    failing = RecordingSnapshots(fail=True)
+    second = finalize(PROJECT, "run-2", CONFIG, replace(deps, snapshots=failing))
+    assert [(c.partition, c.rescan) for c, _ in failing.calls] == [(partition_of(NEW), True)]
+    assert second.snapshots_owed == 1
+    assert [(d.partition, d.run_id) for d in state.owed_snapshots(PROJECT)] == [(partition_of(NEW), "run-2")]
 
 
 def test_the_manifest_has_counts_rows_and_unlabelled(
@@ -291,6 +339,8 @@ def test_snapshots_are_skipped_with_a_reason_when_project_info_fails(
     result = finalize(PROJECT, "run-1", CONFIG, deps)
     assert result.status == "finalized" and "encord down" in result.errors[0]
     assert _manifest(lake)["errors"] == list(result.errors)
+    # and the partition is owed its snapshot, for the next finalizer
+    assert [d.partition for d in state.owed_snapshots(PROJECT)] == [partition_of(NEW)]
 
 
 def test_a_finalizer_that_fails_still_frees_the_project(

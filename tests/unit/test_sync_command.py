@@ -130,3 +130,19 @@ def test_the_summary_names_each_gap_with_its_reason_and_says_what_to_do(tmp_path
     assert "gap: row-1: corrupt label row" in text
     assert "NOT IN STEP" in text and "OK:" not in text
     assert "2026-01-01T00:00:00+00:00" in text
+
+
+def test_an_owed_snapshot_makes_the_sync_not_ok_and_the_summary_says_so(tmp_path: Path) -> None:
+    # Given a run whose rows all synced but one partition's snapshot failed
+    lake = LocalLake(tmp_path / "lake")
+    error = "snapshot main/review-1234abcd: OSError: disk full (owed: the next run rebuilds it)"
+    project = ProjectSummary("p1", "run-1", "synced", written=2, snapshots_owed=1, errors=(error,))
+    summary = SyncSummary((project,))
+    target = LakeTarget(lake, str(lake.root), tmp_path / "state.sqlite")
+    # When the summary is formatted / Then the sync is not OK (the CLI exits 1), and the summary says why
+    text = format_summary(summary, target)
+    assert not summary.ok
+    assert f"error: {error}" in text
+    assert "NOT IN STEP: 1 COCO snapshot(s) failed and stay stale" in text and "row(s)" not in text
+    # and once nothing is owed it is OK again
+    assert SyncSummary((ProjectSummary("p1", "run-2", "synced"),)).ok

@@ -68,6 +68,7 @@ class ProjectSummary:
     stale: int = 0
     unlabelled: int = 0
     gaps_open: int = 0
+    snapshots_owed: int = 0  # partitions whose COCO snapshot failed: stale until a later run rebuilds them
     dead_letters: int = 0
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
@@ -86,9 +87,16 @@ class SyncSummary:
         return sum(p.gaps_open for p in self.projects)
 
     @property
+    def snapshots_owed(self) -> int:
+        return sum(p.snapshots_owed for p in self.projects)
+
+    @property
     def ok(self) -> bool:
-        """Every project synced and no gap remains (the CLI exits 0 only then)."""
-        return all(p.status == "synced" and p.gaps_open == 0 and p.dead_letters == 0 for p in self.projects)
+        """Every project synced, no gap remains and no snapshot is owed (the CLI exits 0 only then)."""
+        return all(
+            p.status == "synced" and p.gaps_open == 0 and p.snapshots_owed == 0 and p.dead_letters == 0
+            for p in self.projects
+        )
 
     @property
     def seconds(self) -> float:
@@ -232,6 +240,7 @@ def _sync_project(
         stale=counts.get("stale", 0),
         unlabelled=result.unlabelled,
         gaps_open=closing.gaps_open if closing else len(deps.state.list_gaps(project_hash)),
+        snapshots_owed=closing.snapshots_owed if closing else 0,
         dead_letters=len(queue.dead_letters),
         watermark_before=result.previous_watermark,
         watermark_after=closing.watermark_after if closing else deps.state.get_watermark(project_hash),

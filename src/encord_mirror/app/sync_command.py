@@ -371,9 +371,15 @@ def format_summary(summary: SyncSummary, target: LakeTarget, state: StateStore |
     if summary.ok:
         out.append(f"OK: in step, no gaps ({summary.seconds:.2f}s)")
     else:
+        problems = []
+        if summary.gaps_open:
+            problems.append(f"{summary.gaps_open} row(s) failed and hold the watermark")
+        if summary.snapshots_owed:
+            problems.append(f"{summary.snapshots_owed} COCO snapshot(s) failed and stay stale")
+        if not problems:
+            problems.append("see the notes above")
         out.append(
-            f"NOT IN STEP: {summary.gaps_open} row(s) failed. They hold the watermark and the next run "
-            "retries them: run `encord-mirror sync` again."
+            f"NOT IN STEP: {'; '.join(problems)}. The next run retries them: run `encord-mirror sync` again."
         )
     return "\n".join(out)
 

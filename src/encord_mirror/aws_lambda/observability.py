@@ -13,6 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from encord_mirror.domain.ports import StateStore
 
 WATERMARK_LAG_METRIC = "WatermarkLagSeconds"
+SNAPSHOTS_OWED_METRIC = "SnapshotsOwed"  # per finalized run: partitions whose COCO snapshot is stale
 
 
 def _dumps(value: Any) -> str:

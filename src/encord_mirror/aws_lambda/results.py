@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from encord_mirror.aws_lambda.observability import metrics
+from encord_mirror.aws_lambda.observability import SNAPSHOTS_OWED_METRIC, metrics
 from encord_mirror.domain.finalizer import FinalizeResult
 from encord_mirror.domain.models import ChunkResult
 from encord_mirror.domain.planner import PlanResult
@@ -91,6 +91,7 @@ def finalize_summary(result: FinalizeResult) -> dict[str, Any]:
     if result.status == "finalized":
         metrics.add_metric(name="RunsFinalized", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="GapsOpen", unit=MetricUnit.Count, value=result.gaps_open)
+        metrics.add_metric(name=SNAPSHOTS_OWED_METRIC, unit=MetricUnit.Count, value=result.snapshots_owed)
     return {
         "project_hash": result.project_hash,
         "run_id": result.run_id,
@@ -101,5 +102,6 @@ def finalize_summary(result: FinalizeResult) -> dict[str, Any]:
         "gaps_open": result.gaps_open,
         "manifest_key": result.manifest_key,
         "snapshots": [s.snapshot_id for s in result.snapshots],
+        "snapshots_owed": result.snapshots_owed,
         "errors": list(result.errors),
     }

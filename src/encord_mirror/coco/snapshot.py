@@ -349,18 +349,21 @@ class CocoSnapshotBuilder:
         prev = self._previous(part, latest["snapshot_id"], ohash) if latest is not None else None
         prev_rows: dict[str, _PrevRow] = prev.rows if prev is not None else {}
         carried = prev if prev is not None and prev.coco is not None else None
-        if carried is not None:
+        if carried is not None and not changes.rescan:
             counters = dict(carried.counters)
             touched = sorted(set(changes.upserted) | set(changes.removed))
+        elif carried is not None:
+            # An earlier refresh failed: which rows changed since the previous snapshot is not known, so
+            # every row there and every row of the snapshot is checked (unchanged ones keep their ids).
+            counters = dict(carried.counters)
+            touched = sorted(
+                self._listed(part) | set(carried.rows) | set(changes.upserted) | set(changes.removed)
+            )
         else:
             # No usable previous snapshot: the first one of the partition, or the ontology changed (the ids
             # restart then, but the manifest still compares rows with the previous snapshot's).
             counters = {"image": 0, "annotation": 0, "track": 0}
-            prefix = partition_prefix("labels", part.project_hash, part.branch, part.stage)
-            listed = (
-                k[len(prefix) : -len(".json")] for k in self._lake.list_keys(prefix) if k.endswith(".json")
-            )
-            touched = sorted(set(listed) | set(changes.removed))
+            touched = sorted(self._listed(part) | set(changes.removed))
 
         new_rows: dict[str, _NewRow] = {}
         gone: set[str] = set()
@@ -691,6 +694,11 @@ class CocoSnapshotBuilder:
             {"images": state.images, "annotations": state.annotations, "tracks": state.tracks}
         )
         return _Converted(images, annotations, state_json, record)
+
+    def _listed(self, part: Partition) -> set[str]:
+        """The label hashes the lake holds in the partition now."""
+        prefix = partition_prefix("labels", part.project_hash, part.branch, part.stage)
+        return {k[len(prefix) : -len(".json")] for k in self._lake.list_keys(prefix) if k.endswith(".json")}
 
     def _key(self, part: Partition, snapshot_id: str, name: str) -> str:
         return snapshot_key(part.project_hash, part.branch, part.stage, snapshot_id, name)

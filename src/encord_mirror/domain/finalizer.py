@@ -5,6 +5,10 @@ the COCO snapshots of the touched partitions and announce them, then write the r
 create-only, so a manifest's presence means the run's effects are all in place; only then is the run
 marked finalized. The lease is released at the end, however the finalizer ends.
 
+A snapshot refresh that fails does not fail the run (its rows are synced and the watermark has moved):
+the partition is recorded as owed a snapshot in the state store, and every later finalizer of the project
+rebuilds it, checking all its rows, until one succeeds.
+
 Every step is safe to redo, so a finalizer that died half-way (an exception, a Lambda timeout, a killed
 process) is simply run again: the watermark only moves forward, a snapshot refresh returns the same event
 for the same (run, partition), and the manifest is create-only. A finalizer that raised drops its claim, so
@@ -19,7 +23,8 @@ The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC):
  "previous_watermark" (when planned), "watermark_before" (when finalized), "watermark" (committed),
  "counts": {"written", "unchanged", "moved", "removed", "failed", "stale"}, "gaps_open", "chunks",
  "unlabelled": [data hashes], "rows": [{"label_hash", "status", "key", "old_key", "last_edited_at",
- "sha256", "reason"}], "snapshots": [{"snapshot_id", "branch", "stage"}], "errors": [...]}
+ "sha256", "reason"}], "snapshots": [{"snapshot_id", "branch", "stage"}], "snapshots_owed",
+ "errors": [...]}
 ```
 """
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 from urllib.parse import unquote
@@ -45,6 +50,7 @@ from encord_mirror.domain.models import (
     PartitionChanges,
     RowOutcome,
     RunRecord,
+    SnapshotDebt,
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import PreconditionFailedError
@@ -64,6 +70,7 @@ class FinalizeResult:
     gaps_open: int = 0
     manifest_key: str | None = None
     snapshots: tuple[SnapshotEvent, ...] = ()
+    snapshots_owed: int = 0  # partitions whose snapshot failed: stale until a later finalizer rebuilds them
     errors: tuple[str, ...] = ()  # snapshot or event failures: recorded in the manifest, never fatal
 
 
@@ -124,7 +131,7 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
     if after is not None and after != before:
         state.set_watermark(project_hash, after)
 
-    snapshots, errors = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
+    snapshots, errors, owed = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
     errors.extend(_announce(project_hash, snapshots, deps))
 
     counts = Counter({status: 0 for status in COUNTED})
@@ -134,6 +141,7 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
     manifest["snapshots"] = [
         {"snapshot_id": s.snapshot_id, "branch": s.branch, "stage": s.stage} for s in snapshots
     ]
+    manifest["snapshots_owed"] = owed
     manifest["errors"] = errors
     # Create-only: manifests are immutable, and whatever already holds this (unique) run's key stays.
     with contextlib.suppress(PreconditionFailedError):
@@ -148,6 +156,7 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
         gaps_open=len(gaps),
         manifest_key=manifest_key,
         snapshots=tuple(snapshots),
+        snapshots_owed=owed,
         errors=tuple(errors),
     )
 
@@ -199,27 +208,47 @@ def touched_partitions(outcomes: list[RowOutcome]) -> list[PartitionChanges]:
 
 def _refresh_snapshots(
     project_hash: str, run_id: str, outcomes: list[RowOutcome], deps: MirrorDeps, now: datetime
-) -> tuple[list[SnapshotEvent], list[str]]:
-    changes = touched_partitions(outcomes)
-    if deps.snapshots is None or not changes:
-        return [], []
+) -> tuple[list[SnapshotEvent], list[str], int]:
+    """Refresh the run's touched partitions and every partition still owed a snapshot (rescanned: its
+    refresh failed in an earlier run, after the watermark had moved past its rows). A refresh that fails
+    is owed until one succeeds, so a stale snapshot is never forgotten. Returns the events, the errors and
+    how many partitions are still owed."""
+    if deps.snapshots is None:
+        return [], [], 0
+    state = deps.state
+    owed = {d.partition: d for d in state.owed_snapshots(project_hash)}
+    todo = {c.partition: c for c in touched_partitions(outcomes)}
+    for part in owed:
+        todo[part] = replace(todo.get(part, PartitionChanges(part, (), ())), rescan=True)
+    if not todo:
+        return [], [], 0
     events: list[SnapshotEvent] = []
     errors: list[str] = []
+    failed: list[SnapshotDebt] = []
     try:
         project = deps.source.project_info(project_hash)
     except Exception as exc:
-        return [], [f"snapshots skipped: project info: {type(exc).__name__}: {exc}"]
-    for change in changes:
-        try:
-            event = deps.snapshots.refresh(project, change, run_id=run_id, now=now)
-        except Exception as exc:
-            # The labels are synced and the watermark is right; a snapshot that failed is rebuilt from the
-            # previous one the next time its partition changes, and the manifest says what went wrong.
-            errors.append(f"snapshot {change.partition}: {type(exc).__name__}: {exc}")
-            continue
-        if event is not None:
-            events.append(event)
-    return events, errors
+        reason = f"project info: {type(exc).__name__}: {exc}"
+        errors.append(f"snapshots skipped: {reason}")
+        failed = [SnapshotDebt(part, run_id, reason) for part in todo]
+    else:
+        for part, change in sorted(todo.items()):
+            try:
+                event = deps.snapshots.refresh(project, change, run_id=run_id, now=now)
+            except Exception as exc:
+                # The labels are synced and the watermark has moved: the partition is owed a snapshot,
+                # which the next finalizer of the project rebuilds; the manifest says what went wrong.
+                reason = f"{type(exc).__name__}: {exc}"
+                errors.append(f"snapshot {part}: {reason} (owed: the next run rebuilds it)")
+                failed.append(SnapshotDebt(part, run_id, reason))
+                continue
+            if part in owed:
+                state.settle_snapshots([owed[part]])
+            if event is not None:
+                events.append(event)
+    # Recorded before the manifest: a finalizer that cannot record a debt fails, and is retried.
+    state.owe_snapshots(failed)
+    return events, errors, len(failed)
 
 
 def _manifest(

@@ -238,3 +238,17 @@ class PartitionChanges:
     partition: Partition
     upserted: tuple[str, ...]
     removed: tuple[str, ...]
+    # Check every row of the partition, not only these: an earlier snapshot of it failed (see SnapshotDebt).
+    rescan: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDebt:
+    """A partition whose snapshot refresh failed after its rows were synced: its latest snapshot is stale
+    until a finalizer rebuilds it (every later finalizer of the project tries, with `rescan`). `run_id`
+    is the run whose refresh failed last, and versions the debt: settling a debt that failed again since
+    it was read keeps it."""
+
+    partition: Partition
+    run_id: str
+    reason: str

@@ -24,6 +24,7 @@ from encord_mirror.domain.models import (
     RunProgress,
     RunRecord,
     SendReceipt,
+    SnapshotDebt,
     SnapshotEvent,
     StoredObject,
 )
@@ -152,6 +153,19 @@ class StateStore(Protocol):
 
     def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
         """Idempotent: a sent event is never pending again."""
+        ...
+
+    # snapshot debts: partitions whose snapshot refresh failed, rebuilt by a later finalizer
+    def owe_snapshots(self, debts: Sequence[SnapshotDebt]) -> None:
+        """Record each debt (one per partition: a newer one replaces it)."""
+        ...
+
+    def owed_snapshots(self, project_hash: str) -> list[SnapshotDebt]:
+        """The project's debts, by partition."""
+        ...
+
+    def settle_snapshots(self, debts: Sequence[SnapshotDebt]) -> None:
+        """Remove each debt unless its partition was owed again since (by another run id)."""
         ...
 
     # gaps

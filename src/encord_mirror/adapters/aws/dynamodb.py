@@ -12,15 +12,17 @@
 | `RUN#<run_id>#CHUNK#<chunk_id>`  | a chunk result (`blob`), `final`                               |
 | `OUTBOX#<event_id>`              | a snapshot event recorded, not yet sent (`event`: its JSON)    |
 | `SENT#<event_id>`                | a snapshot event sent (moved here from OUTBOX# atomically)     |
+| `DEBT#<branch>/<stage>`          | a partition whose snapshot is owed: `branch`, `stage`,         |
+|                                  | `run_id`, `reason` (branch percent-encoded in the key)         |
 | `BLOB#<sha256>#<n>`              | a part of a blob too large for one item (content-addressed)    |
 
 Run records and chunk results are zlib-compressed JSON in one binary attribute; above
 `INLINE_LIMIT` they go to content-addressed part items, so a 1000-row chunk or a run with 100k
 unlabelled data units never hits DynamoDB's 400 KB item limit, and two deliveries of the same
 chunk writing at once can't interleave their parts. Ledger items and sent-event markers carry a `ttl`
-(the table's TTL attribute) so finished runs age out; the index, gaps, watermark, counter and pending
-events never expire. Pending and sent events are separate kinds so that reading the outbox reads only what
-is pending.
+(the table's TTL attribute) so finished runs age out; the index, gaps, watermark, counter, snapshot
+debts and pending events never expire. Pending and sent events are separate kinds so that reading the
+outbox reads only what is pending.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from botocore.exceptions import ClientError
 
@@ -49,8 +52,10 @@ from encord_mirror.domain.models import (
     Gap,
     IndexEntry,
     Lease,
+    Partition,
     RunProgress,
     RunRecord,
+    SnapshotDebt,
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import FinalizeClaim
@@ -570,6 +575,50 @@ class DynamoStateStore:
                     }
                 )
             self._client.transact_write_items(TransactItems=actions)
+
+    # -- snapshot debts ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _debt_sk(partition: Partition) -> str:
+        return f"DEBT#{quote(partition.branch, safe='')}/{partition.stage}"
+
+    def owe_snapshots(self, debts: Sequence[SnapshotDebt]) -> None:
+        for debt in debts:
+            item = self._key(debt.partition.project_hash, self._debt_sk(debt.partition))
+            item.update(
+                {
+                    "branch": _s(debt.partition.branch),
+                    "stage": _s(debt.partition.stage),
+                    "run_id": _s(debt.run_id),
+                    "reason": _s(debt.reason),
+                }
+            )
+            self._client.put_item(TableName=self.table_name, Item=item)
+
+    def owed_snapshots(self, project_hash: str) -> list[SnapshotDebt]:
+        debts = [
+            SnapshotDebt(
+                Partition(project_hash, item["branch"]["S"], item["stage"]["S"]),
+                item["run_id"]["S"],
+                item["reason"]["S"],
+            )
+            for item in self._query(project_hash, "DEBT#")
+        ]
+        return sorted(debts, key=lambda d: d.partition)
+
+    def settle_snapshots(self, debts: Sequence[SnapshotDebt]) -> None:
+        for debt in debts:
+            try:
+                self._client.delete_item(
+                    TableName=self.table_name,
+                    Key=self._key(debt.partition.project_hash, self._debt_sk(debt.partition)),
+                    ConditionExpression="run_id = :run",
+                    ExpressionAttributeValues={":run": _s(debt.run_id)},
+                )
+            except ClientError as error:
+                # Owed again since it was read (or already settled): what is there now stays.
+                if _code(error) != "ConditionalCheckFailedException":
+                    raise
 
     # -- gaps ------------------------------------------------------------------------------------
 

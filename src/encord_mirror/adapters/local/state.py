@@ -26,8 +26,10 @@ from encord_mirror.domain.models import (
     Gap,
     IndexEntry,
     Lease,
+    Partition,
     RunProgress,
     RunRecord,
+    SnapshotDebt,
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import FinalizeClaim
@@ -51,6 +53,8 @@ CREATE TABLE IF NOT EXISTS finalize_claims (project TEXT NOT NULL, run_id TEXT N
 CREATE TABLE IF NOT EXISTS outbox (project TEXT NOT NULL, event_id TEXT NOT NULL, snapshot_id TEXT NOT NULL,
     status TEXT NOT NULL, event BLOB NOT NULL, PRIMARY KEY (project, event_id));
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (project, status);
+CREATE TABLE IF NOT EXISTS snapshot_debts (project TEXT NOT NULL, branch TEXT NOT NULL, stage TEXT NOT NULL,
+    run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, branch, stage));
 CREATE TABLE IF NOT EXISTS gaps (project TEXT NOT NULL, label_hash TEXT NOT NULL, last_edited_at TEXT,
     run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, label_hash));
 """
@@ -328,6 +332,33 @@ class SqliteStateStore:
                 [(project_hash, i) for i in event_ids],
             )
 
+    # snapshot debts
+    def owe_snapshots(self, debts: Sequence[SnapshotDebt]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO snapshot_debts VALUES (?, ?, ?, ?, ?)",
+                [(*_partition(d.partition), d.run_id, d.reason) for d in debts],
+            )
+
+    def owed_snapshots(self, project_hash: str) -> list[SnapshotDebt]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT project, branch, stage, run_id, reason FROM snapshot_debts WHERE project = ?"
+                " ORDER BY branch, stage",
+                (project_hash,),
+            )
+            .fetchall()
+        )
+        return [SnapshotDebt(Partition(r[0], r[1], r[2]), r[3], r[4]) for r in rows]
+
+    def settle_snapshots(self, debts: Sequence[SnapshotDebt]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "DELETE FROM snapshot_debts WHERE project = ? AND branch = ? AND stage = ? AND run_id = ?",
+                [(*_partition(d.partition), d.run_id) for d in debts],
+            )
+
     # gaps
     def add_gaps(self, gaps: Sequence[Gap]) -> None:
         with self._tx() as db:
@@ -354,6 +385,10 @@ class SqliteStateStore:
             .fetchall()
         )
         return [Gap(r[0], r[1], _dt(r[2]), r[3], r[4]) for r in rows]
+
+
+def _partition(p: Partition) -> tuple[str, str, str]:
+    return (p.project_hash, p.branch, p.stage)
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:
