@@ -31,6 +31,11 @@ ANNOTATE = Stage("5a5a0001-0000-0000-0000-000000000001", "Annotate", "ANNOTATION
 REVIEW = Stage("5a5a0002-0000-0000-0000-000000000002", "Review", "REVIEW")
 COMPLETE = Stage("5a5a0003-0000-0000-0000-000000000003", "Complete", "DONE")
 CAR, PERSON, WEATHER = "feat-car", "feat-person", "feat-weather"
+# The features the fake rows use, as `OntologyStructure.to_dict()` lists them (only the hashes matter here).
+ONTOLOGY = {
+    "objects": [{"featureNodeHash": CAR}, {"featureNodeHash": PERSON}],
+    "classifications": [{"featureNodeHash": WEATHER}],
+}
 
 
 class Clock:
@@ -190,7 +195,7 @@ class FakeSource:
 
     # -- the LabelSource port --
     def project_info(self, project_hash: str) -> ProjectInfo:
-        return ProjectInfo(project_hash, "Fake project", "onto-1", {}, (ANNOTATE, REVIEW, COMPLETE))
+        return ProjectInfo(project_hash, "Fake project", "onto-1", ONTOLOGY, (ANNOTATE, REVIEW, COMPLETE))
 
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         with self._lock:

@@ -33,6 +33,40 @@ def register(sub: Any) -> None:
     branches = sync.add_mutually_exclusive_group()
     branches.add_argument("--branch", default=None, metavar="NAME", help="this branch only")
     branches.add_argument("--all-branches", action="store_true", help="mirror every consensus branch")
+    filters = sync.add_argument_group(
+        "filters", "what is mirrored; changing them makes the next run sync every selected row again"
+    )
+    filters.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="only this workflow stage (title or uuid); repeatable",
+    )
+    filters.add_argument(
+        "--exclude-stage", action="append", default=[], metavar="STAGE", help="never this stage; repeatable"
+    )
+    filters.add_argument(
+        "--task-status",
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="only rows with this task status (QUEUED, ASSIGNED, IN_REVIEW, RETURNED, COMPLETED); repeatable",
+    )
+    filters.add_argument(
+        "--object-feature",
+        action="append",
+        default=None,
+        metavar="HASH",
+        help="keep only objects of this ontology feature hash in each row (repeatable; default: all)",
+    )
+    filters.add_argument(
+        "--classification-feature",
+        action="append",
+        default=None,
+        metavar="HASH",
+        help="keep only classifications of this feature hash (repeatable; default: all)",
+    )
     sync.add_argument(
         "--coco",
         choices=("corrected", "encord-compatible", "off"),

@@ -100,6 +100,7 @@ def _run(run_id: str, chunks: int, *, unlabelled: tuple[str, ...] = ()) -> RunRe
         chunk_ids=tuple(f"{run_id}-{i:05d}" for i in range(chunks)),
         unlabelled=unlabelled,
         started_at=T0,
+        filters="0123456789abcdef.fedcba9876543210",
     )
 
 
@@ -302,6 +303,15 @@ def test_watermark_only_moves_forward(state: StateStore) -> None:
     assert state.get_watermark(PROJECT) == T0
     state.set_watermark(PROJECT, T0 + timedelta(seconds=1))
     assert state.get_watermark(PROJECT) == T0 + timedelta(seconds=1)
+
+
+def test_the_filters_fingerprint_is_kept_per_project(state: StateStore) -> None:
+    assert state.get_filters(PROJECT) is None
+    state.set_filters(PROJECT, "aaaa.bbbb")
+    state.set_filters(PROJECT, "aaaa.cccc")
+    state.set_filters("proj-other", "dddd.eeee")
+    assert state.get_filters(PROJECT) == "aaaa.cccc"
+    assert state.get_filters("proj-other") == "dddd.eeee"
 
 
 def test_run_numbers_count_up_from_one_without_duplicates(state: StateStore) -> None:

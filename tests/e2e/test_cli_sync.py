@@ -339,6 +339,37 @@ def test_a_named_branch_mirrors_only_that_branch(mirror: Mirror) -> None:
     assert not any("branch=main/" in k for k in mirror.lake.list_keys("labels/"))
 
 
+def test_a_stage_filter_change_brings_the_lake_in_line_on_the_next_sync(mirror: Mirror) -> None:
+    # Given a lake in step with every stage
+    _first_sync(mirror)
+
+    # When the next sync mirrors one stage (nothing changed in Encord)
+    run = mirror.sync("--stage", "Review 1")
+
+    # Then it reconciles at once: the lake is exactly Encord's Review rows, and no row was sent again
+    assert run.code == 0, run.out + run.err
+    assert_lake_matches(
+        mirror.lake, mirror.truth(), mirror.project, include=lambda r: r["stage"] == "Review 1"
+    )
+    assert mirror.initialised() == 0
+    # When every stage is mirrored again / Then the other stages' rows come back
+    assert mirror.sync().code == 0
+    mirror.assert_in_step()
+
+
+def test_a_feature_hash_the_ontology_lacks_exits_2_naming_setting_flag_and_hash(mirror: Mirror) -> None:
+    # Given a lake in step
+    _first_sync(mirror)
+    before = {key: mirror.lake.get(key) for key in mirror.lake.list_keys("labels/")}
+    # When a sync is asked to keep an object feature the project's ontology does not have (a typo)
+    run = mirror.sync("--object-feature", "aaaa0009")
+    # Then it refuses before any work, naming the setting, the flag and the hash, and the lake is as it was
+    assert run.code == 2, run.out + run.err
+    assert "object_feature_hashes" in run.err and "--object-feature" in run.err and "aaaa0009" in run.err
+    assert {key: mirror.lake.get(key) for key in mirror.lake.list_keys("labels/")} == before
+    assert mirror.initialised() == 0
+
+
 def test_unlabelled_rows_are_recorded_in_the_manifest_and_never_initialised(mirror: Mirror) -> None:
     # Given a data unit without a label row on main
     unlabelled = mirror.emu.unlabelled(mirror.project)

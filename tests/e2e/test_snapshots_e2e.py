@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -371,6 +372,50 @@ def test_a_failed_snapshot_is_owed_and_the_next_sync_rebuilds_it_though_nothing_
     check = SqliteStateStore(mirror.root / ".mirror-state.sqlite")
     assert check.owed_snapshots(mirror.project) == []
     check.close()
+
+
+def _object_features(lake: LocalLake) -> dict[str, set[str]]:
+    """The feature hashes of the objects in each label object (every frame of every data unit), by key."""
+
+    def walk(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "objectHash" in node and "featureHash" in node:
+                yield node["featureHash"]
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    out = {}
+    for key in lake.list_keys("labels/"):
+        stored = lake.get(key)
+        assert stored is not None
+        out[key] = set(walk(orjson.loads(stored.body)["data_units"]))
+    return out
+
+
+def test_a_feature_filter_change_rewrites_every_row_and_snapshot_on_the_next_sync(mirror: Mirror) -> None:
+    # Given a lake in step, its rows holding objects of several features
+    mirror.sync("corrected")
+    before = _object_features(mirror.lake)
+    counts = Counter(f for found in before.values() for f in found)
+    kept = counts.most_common(1)[0][0]
+    assert len(counts) >= 3
+    events = len(mirror.events())
+
+    # When the next sync keeps objects of one feature only (nothing changed in Encord)
+    mirror.sync("corrected", "--object-feature", kept)
+
+    # Then every row, in the same key, holds only that feature's objects, and every snapshot follows
+    assert _object_features(mirror.lake) == {key: found & {kept} for key, found in before.items()}
+    assert snapshot_differences(mirror.lake, mirror.project, mirror.ontology, encord_compatible=False) == []
+    assert one_event_per_snapshot_differences(mirror.events(), mirror.lake, mirror.project) == []
+    assert len(mirror.events()) > events
+    assert mirror.emu.writes() == []
+    # When the filter is dropped / Then the lake and its snapshots are whole again
+    mirror.sync("corrected")
+    mirror.assert_contract("corrected")
 
 
 def test_snapshots_below_the_announce_threshold_are_committed_fresh_but_not_announced(mirror: Mirror) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import ANNOTATE, PROJECT, REVIEW, FakeRow
+from fakes import ANNOTATE, CAR, ONTOLOGY, PERSON, PROJECT, REVIEW, FakeRow
 
 from encord_mirror.domain.config import ConfigError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection, RowMeta, Stage
@@ -83,3 +83,45 @@ def test_task_status_filter() -> None:
     assert config.selects(_meta(ANNOTATE, "COMPLETED"))
     assert not config.selects(_meta(ANNOTATE, "ASSIGNED"))
     assert MirrorConfig(projects=(PROJECT,)).selects(_meta(ANNOTATE, None))
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting", "named"),
+    [
+        ({"object_feature_hashes": ("feat-car", "feat-cra")}, "object_feature_hashes", "feat-cra"),
+        ({"classification_feature_hashes": ("feat-car",)}, "classification_feature_hashes", "feat-car"),
+    ],
+)
+def test_a_feature_hash_the_ontology_lacks_is_refused_naming_setting_project_and_hash(
+    settings: dict[str, Any], setting: str, named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        MirrorConfig(projects=(PROJECT,), **settings).check_features(PROJECT, ONTOLOGY)
+    assert caught.value.setting == setting
+    assert named in str(caught.value) and PROJECT in str(caught.value)
+
+
+def test_feature_hashes_of_the_ontology_and_empty_filters_pass() -> None:
+    MirrorConfig(
+        projects=(PROJECT,), object_feature_hashes=(CAR, PERSON), classification_feature_hashes=()
+    ).check_features(PROJECT, ONTOLOGY)
+    MirrorConfig(projects=(PROJECT,)).check_features(PROJECT, {})
+
+
+def test_the_filters_fingerprint_separates_selection_from_content_and_ignores_order() -> None:
+    base = MirrorConfig(projects=(PROJECT,))
+    selection, content = base.filters_fingerprint().split(".")
+    staged = MirrorConfig(projects=(PROJECT,), stage_include=("Review",)).filters_fingerprint().split(".")
+    featured = (
+        MirrorConfig(projects=(PROJECT,), object_feature_hashes=(CAR,)).filters_fingerprint().split(".")
+    )
+    assert staged[0] != selection and staged[1] == content
+    assert featured[0] == selection and featured[1] != content
+    # An empty feature filter (keep none) is not the absent one (keep all)
+    assert MirrorConfig(projects=(PROJECT,), object_feature_hashes=()).filters_fingerprint() != (
+        base.filters_fingerprint()
+    )
+    assert (
+        MirrorConfig(projects=(PROJECT,), object_feature_hashes=(CAR, PERSON)).filters_fingerprint()
+        == MirrorConfig(projects=(PROJECT,), object_feature_hashes=(PERSON, CAR)).filters_fingerprint()
+    )

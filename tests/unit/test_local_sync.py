@@ -12,7 +12,7 @@ from datetime import timedelta
 import orjson
 import pytest
 from conftest import Mirror
-from fakes import CAR, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
+from fakes import CAR, PERSON, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
 from encord_mirror.app.local_sync import SyncInterruptedError, describe_lease, run_local_sync
@@ -471,3 +471,60 @@ def test_configured_filters_shape_what_lands_in_the_lake(mirror: Mirror, source:
     assert key.endswith("stage=review-5a5a0002/label-0003.json")
     assert [o["featureHash"] for o in document["data_units"]["data-0003"]["labels"]["objects"]] == [CAR]
     assert document["classification_answers"] == {}
+
+
+def _objects(mirror: Mirror) -> dict[str, list[str]]:
+    """The feature hashes of each label object's objects, by label hash."""
+    out = {}
+    for key in mirror.label_keys():
+        document = orjson.loads(mirror.lake.get(key).body)  # type: ignore[union-attr]
+        [unit] = document["data_units"].values()
+        out[document["label_hash"]] = [o["featureHash"] for o in unit["labels"]["objects"]]
+    return out
+
+
+def test_a_feature_filter_change_rewrites_every_row_on_the_next_sync(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given a project synced with every feature, and nothing edited since
+    source.add(3)
+    assert mirror.sync().ok
+    assert set(map(tuple, _objects(mirror).values())) == {(CAR, PERSON)}
+    mirror.clock.advance(60)
+    cars = MirrorConfig(projects=(PROJECT,), object_feature_hashes=(CAR,))
+    # When the next sync keeps cars only
+    summary = mirror.sync(cars).projects[0]
+    # Then it reconciled and sent every row again, and every row now holds cars only
+    assert summary.full and (summary.requested, summary.written) == (3, 3)
+    assert set(map(tuple, _objects(mirror).values())) == {(CAR,)}
+    # When it runs again with the same filter / Then nothing is sent
+    mirror.clock.advance(60)
+    again = mirror.sync(cars).projects[0]
+    assert not again.full and again.requested == 0
+    # When the filter is dropped again / Then every row is whole again
+    mirror.clock.advance(60)
+    back = mirror.sync().projects[0]
+    assert back.requested == 3 and back.written == 3
+    assert_lake_matches(mirror, source)
+
+
+def test_a_stage_filter_change_reconciles_on_the_next_sync_without_resending_held_rows(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given two Annotate rows and two Review rows, synced with Review only
+    source.add(2)
+    source.add(2, stage=REVIEW, start=2)
+    review = MirrorConfig(projects=(PROJECT,), stage_include=("Review",))
+    mirror.sync(review)
+    assert [k.rsplit("/", 1)[1] for k in mirror.label_keys()] == ["label-0002.json", "label-0003.json"]
+    mirror.clock.advance(60)
+    # When the next (otherwise incremental) sync mirrors every stage
+    summary = mirror.sync().projects[0]
+    # Then it reconciles: the two Annotate rows are added, the Review rows are not sent again
+    assert summary.full and summary.requested == 2 and summary.written == 2
+    assert_lake_matches(mirror, source)
+    # When it goes back to Review only / Then the Annotate rows leave the lake at once
+    mirror.clock.advance(60)
+    back = mirror.sync(review).projects[0]
+    assert back.full and back.removed == 2 and back.requested == 0
+    assert [k.rsplit("/", 1)[1] for k in mirror.label_keys()] == ["label-0002.json", "label-0003.json"]

@@ -18,21 +18,18 @@ from encord_mirror.app.sync_command import (
     open_target,
     parse_s3_uri,
 )
-from encord_mirror.cli import CliError, main
+from encord_mirror.cli import CliError, build_parser, main
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.models import BranchSelection, Gap
 
 
-def _args(**overrides: object) -> argparse.Namespace:
-    values: dict[str, object] = {
-        "project": ["p1"],
-        "bundle_size": 100,
-        "branch": None,
-        "all_branches": False,
-        "reconcile_every": None,
-    }
-    values.update(overrides)
-    return argparse.Namespace(**values)
+def _args(*flags: str, **overrides: object) -> argparse.Namespace:
+    """`encord-mirror sync --project p1 ... FLAGS` as the real parser reads it, then `overrides`."""
+    argv = ["sync", "--project", "p1", "--lake", "lake", "--ssh-key", "key", *flags]
+    args = build_parser().parse_args(argv)
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    return args
 
 
 def test_branch_flags_select_main_a_named_branch_or_all() -> None:
@@ -54,6 +51,29 @@ def test_reconcile_every_maps_to_the_config_and_a_bad_value_names_the_flag() -> 
     assert config_from_args(_args(reconcile_every=1)).reconcile_every == 1
     with pytest.raises(CliError, match=r"reconcile_every.*--reconcile-every"):
         config_from_args(_args(reconcile_every=0))
+
+
+def test_filter_flags_map_to_the_config_and_a_bad_value_names_the_flag() -> None:
+    # When no filter flag is given / Then everything is mirrored, every feature kept
+    plain = config_from_args(_args())
+    assert (plain.stage_include, plain.stage_exclude, plain.task_statuses) == ((), (), ())
+    assert plain.object_feature_hashes is None and plain.classification_feature_hashes is None
+    # When each is given (repeatable) / Then the config holds them
+    config = config_from_args(
+        _args(
+            "--stage", "Review", "--stage", "QA", "--exclude-stage", "Archive", "--task-status", "COMPLETED",
+            "--object-feature", "f1", "--object-feature", "f2", "--classification-feature", "c1",
+        )
+    )  # fmt: skip
+    assert config.stage_include == ("Review", "QA") and config.stage_exclude == ("Archive",)
+    assert config.task_statuses == ("COMPLETED",)
+    assert config.object_feature_hashes == ("f1", "f2") and config.classification_feature_hashes == ("c1",)
+    # and they change the filters' fingerprint, which the bundle size does not
+    assert config.filters_fingerprint() != plain.filters_fingerprint()
+    assert config_from_args(_args(bundle_size=7)).filters_fingerprint() == plain.filters_fingerprint()
+    # When a status is unknown / Then the error names the setting and the flag
+    with pytest.raises(CliError, match=r"task_statuses.*DONE.*--task-status"):
+        config_from_args(_args("--task-status", "DONE"))
 
 
 def test_sync_help_says_stage_moves_and_deletions_are_seen_on_reconciling_runs(

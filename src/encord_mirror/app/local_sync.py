@@ -203,6 +203,8 @@ def _sync_project(
         )
     run.append(result.run_id)
     mode = "full" if result.full else "incremental"
+    if result.refilter:
+        say(f"{project_hash}: the feature filters changed since the last sync: every row is synced again")
     try:
         say(
             f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "

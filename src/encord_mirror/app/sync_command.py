@@ -63,6 +63,11 @@ _FLAG_OF_SETTING = {
     "branches": "--branch",
     "bundle_size": "--bundle-size",
     "reconcile_every": "--reconcile-every",
+    "stage_include": "--stage",
+    "stage_exclude": "--exclude-stage",
+    "task_statuses": "--task-status",
+    "object_feature_hashes": "--object-feature",
+    "classification_feature_hashes": "--classification-feature",
 }
 
 
@@ -109,11 +114,24 @@ def config_from_args(args: argparse.Namespace) -> MirrorConfig:
             projects=tuple(args.project),
             branches=branches_from_args(args),
             bundle_size=args.bundle_size,
+            stage_include=tuple(args.stage),
+            stage_exclude=tuple(args.exclude_stage),
+            task_statuses=tuple(args.task_status),
+            object_feature_hashes=_tuple_or_none(args.object_feature),
+            classification_feature_hashes=_tuple_or_none(args.classification_feature),
             **{name: value for name, value in optional.items() if value is not None},
         )
     except ConfigError as exc:
-        flag = _FLAG_OF_SETTING.get(exc.setting)
-        raise CliError(f"{exc}" + (f" (set with {flag})" if flag else "")) from None
+        raise _cli_error(exc) from None
+
+
+def _cli_error(exc: ConfigError) -> CliError:
+    flag = _FLAG_OF_SETTING.get(exc.setting)
+    return CliError(f"{exc}" + (f" (set with {flag})" if flag else ""))
+
+
+def _tuple_or_none(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def default_state_path(dest: str) -> Path:
@@ -230,6 +248,8 @@ def execute_sync(
         )
     except EncordAuthError as exc:
         raise CliError(str(exc)) from None
+    except ConfigError as exc:
+        raise _cli_error(exc) from None
     except EncordApiError as exc:
         raise SyncAbortedError(str(exc)) from None
     except LocalQueueError as exc:

@@ -63,6 +63,7 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
         "run_id": result.run_id,
         "status": result.status,
         "full": result.full,
+        "refilter": result.refilter,
         "signpost": _iso(result.signpost),
         "to_sync": result.to_sync,
         "removals": result.removals,

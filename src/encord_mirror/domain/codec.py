@@ -74,6 +74,7 @@ def run_to_json(run: RunRecord) -> JsonDict:
         "chunk_ids": list(run.chunk_ids),
         "unlabelled": list(run.unlabelled),
         "started_at": iso_utc(run.started_at),
+        "filters": run.filters,
     }
 
 
@@ -89,6 +90,7 @@ def run_from_json(data: JsonDict) -> RunRecord:
         chunk_ids=tuple(data["chunk_ids"]),
         unlabelled=tuple(data["unlabelled"]),
         started_at=parse_time(data["started_at"]),
+        filters=data.get("filters"),
     )
 
 

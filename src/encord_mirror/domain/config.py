@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,6 +47,7 @@ class MirrorConfig(BaseModel):
     filtered in every data unit's labels (per frame for videos) together with their `object_answers` and
     `object_actions`; classifications in `classification_answers` and in any per-frame lists. Every other
     key of `to_encord_dict()` is kept as it is.
+    Each feature hash must be in the project's ontology (`check_features`, run by the planner).
     Stage filters match a workflow stage by title or uuid; `stage_exclude` wins over `stage_include`.
     """
 
@@ -89,6 +93,40 @@ class MirrorConfig(BaseModel):
             raise ValueError(f"a branch name is only allowed with mode 'named' (got mode {value.mode!r})")
         return value
 
+    def filters_fingerprint(self) -> str:
+        """`<selection>.<content>`: digests of what decides which rows are in the lake (branches, stage and
+        task-status filters) and of what each row holds (feature filters). A run planned with another
+        selection than the last completed run reconciles; with another content filter, it also sends every
+        selected row again (see the planner)."""
+        selection = {
+            "branches": [self.branches.mode, self.branches.name],
+            "stage_include": sorted(self.stage_include),
+            "stage_exclude": sorted(self.stage_exclude),
+            "task_statuses": sorted(self.task_statuses),
+        }
+        content = {
+            "object_feature_hashes": _sorted_or_none(self.object_feature_hashes),
+            "classification_feature_hashes": _sorted_or_none(self.classification_feature_hashes),
+        }
+        return f"{_digest(selection)}.{_digest(content)}"
+
+    def check_features(self, project_hash: str, ontology: Mapping[str, Any]) -> None:
+        """Raise ConfigError (naming the setting) when a feature filter names a feature hash the project's
+        ontology (`OntologyStructure.to_dict()`) lacks: a typo would strip those objects from every row."""
+        for setting, kind in (
+            ("object_feature_hashes", "objects"),
+            ("classification_feature_hashes", "classifications"),
+        ):
+            wanted: tuple[str, ...] | None = getattr(self, setting)
+            known = {str(node.get("featureNodeHash")) for node in ontology.get(kind) or ()}
+            unknown = sorted(set(wanted or ()) - known)
+            if unknown:
+                raise ConfigError(
+                    setting,
+                    f"project {project_hash}'s ontology has no {kind} with feature hash "
+                    f"{', '.join(unknown)} (it has: {', '.join(sorted(known)) or 'none'})",
+                )
+
     @field_validator("task_statuses")
     @classmethod
     def _known_statuses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -114,6 +152,14 @@ class MirrorConfig(BaseModel):
         if stage_names.intersection(self.stage_exclude):
             return False
         return not self.task_statuses or meta.task_status in self.task_statuses
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _sorted_or_none(values: tuple[str, ...] | None) -> list[str] | None:
+    return None if values is None else sorted(values)
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

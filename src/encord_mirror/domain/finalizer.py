@@ -130,6 +130,9 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
     after = next_watermark(before, run.signpost, gaps)
     if after is not None and after != before:
         state.set_watermark(project_hash, after)
+    if run.filters is not None:
+        # Every selected row was synced (or is a gap, retried with these filters): the lake follows them.
+        state.set_filters(project_hash, run.filters)
 
     snapshots, errors, owed = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
     errors.extend(_announce(project_hash, snapshots, deps))

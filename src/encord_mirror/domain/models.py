@@ -185,6 +185,7 @@ class RunRecord:
     chunk_ids: tuple[str, ...]
     unlabelled: tuple[str, ...] = ()  # data hashes with no label row on a mirrored branch
     started_at: datetime | None = None
+    filters: str | None = None  # MirrorConfig.filters_fingerprint() the run was planned with
 
 
 @dataclass(frozen=True, slots=True)

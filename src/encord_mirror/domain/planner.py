@@ -4,7 +4,9 @@ One planner per project at a time (a lease owned by the run id). Incremental run
 since `watermark - overlap` up to the signpost, plus every open gap by label hash; every
 `reconcile_every`-th run (and the first, and on request) lists everything and diffs it with the row index,
 which is the only way to see stage moves, task-status changes, deletions, new branches and never-labelled
-rows.
+rows. A run planned with other filters than the last completed run reconciles (other branches, stages or
+task statuses) and sends every selected row again (other feature filters), so the lake follows a
+configuration change at once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class PlanResult:
     run_id: str
     status: Literal["planned", "lease_held"]
     full: bool = False
+    refilter: bool = (
+        False  # the feature filters changed since the last completed run: every row is sent again
+    )
     signpost: datetime | None = None
     previous_watermark: datetime | None = None
     listed: int = 0  # metadata items the listing(s) returned
@@ -90,9 +95,19 @@ def _plan_run(
     project_hash: str, run_id: str, signpost: datetime, config: MirrorConfig, deps: MirrorDeps, full: bool
 ) -> PlanResult:
     state, source = deps.state, deps.source
+    if config.object_feature_hashes or config.classification_feature_hashes:
+        config.check_features(project_hash, source.project_info(project_hash).ontology)
     run_number = state.next_run_number(project_hash)
     watermark = state.get_watermark(project_hash)
-    full = full or watermark is None or run_number % config.reconcile_every == 0
+    filters = config.filters_fingerprint()
+    # Other filters than the lake was synced with: another selection (branches, stages, task statuses)
+    # needs a reconciling run to add and remove rows; other feature filters change what every row holds,
+    # so every selected row is sent again (and rewritten only where its content changed). A state from
+    # before filters were recorded is taken as synced with these.
+    synced_with = state.get_filters(project_hash) or filters
+    reselect = synced_with.split(".")[0] != filters.split(".")[0]
+    refilter = synced_with.split(".")[-1] != filters.split(".")[-1]
+    full = full or reselect or refilter or watermark is None or run_number % config.reconcile_every == 0
     gaps = {g.label_hash: g for g in state.list_gaps(project_hash)}
 
     if full:
@@ -124,7 +139,7 @@ def _plan_run(
             elif label_hash in gaps:
                 resolved_gaps.append(label_hash)
             continue
-        if entry is not None and _lake_holds(entry, meta):
+        if entry is not None and not refilter and _lake_holds(entry, meta):
             skipped += 1
             if label_hash in gaps:
                 resolved_gaps.append(label_hash)
@@ -150,6 +165,7 @@ def _plan_run(
             chunk_ids=tuple(c.chunk_id for c in chunks),
             unlabelled=tuple(sorted(unlabelled)),
             started_at=signpost,
+            filters=filters,
         )
     )
     send_failed = _send(chunks, {m.label_hash: m for m in work if m.label_hash}, deps)
@@ -160,6 +176,7 @@ def _plan_run(
         run_id=run_id,
         status="planned",
         full=full,
+        refilter=refilter,
         signpost=signpost,
         previous_watermark=watermark,
         listed=len(listed),

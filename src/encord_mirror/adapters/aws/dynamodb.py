@@ -4,6 +4,7 @@
 |----------------------------------|----------------------------------------------------------------|
 | `LEASE`                          | the planner lease: `owner`, `acquired_us`, `expires_us`, `ttl` |
 | `WATERMARK`                      | `wm_us` (condition: only forward) and `wm_iso`                 |
+| `FILTERS`                        | `fingerprint`: the filters the lake was last synced with       |
 | `COUNTER`                        | `run_number` (UpdateItem ADD)                                  |
 | `IDX#<label_hash>`               | the row index (newer-wins on `edited_us`)                      |
 | `GAP#<label_hash>`               | a row that failed for good                                     |
@@ -20,9 +21,9 @@ Run records and chunk results are zlib-compressed JSON in one binary attribute; 
 `INLINE_LIMIT` they go to content-addressed part items, so a 1000-row chunk or a run with 100k
 unlabelled data units never hits DynamoDB's 400 KB item limit, and two deliveries of the same
 chunk writing at once can't interleave their parts. Ledger items and sent-event markers carry a `ttl`
-(the table's TTL attribute) so finished runs age out; the index, gaps, watermark, counter, snapshot
-debts and pending events never expire. Pending and sent events are separate kinds so that reading the
-outbox reads only what is pending.
+(the table's TTL attribute) so finished runs age out; the index, gaps, watermark, filters, counter,
+snapshot debts and pending events never expire. Pending and sent events are separate kinds so that
+reading the outbox reads only what is pending.
 """
 
 from __future__ import annotations
@@ -254,6 +255,15 @@ class DynamoStateStore:
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":
                 raise
+
+    def get_filters(self, project_hash: str) -> str | None:
+        item = self._get(project_hash, "FILTERS")
+        return None if item is None else str(item["fingerprint"]["S"])
+
+    def set_filters(self, project_hash: str, fingerprint: str) -> None:
+        item = self._key(project_hash, "FILTERS")
+        item["fingerprint"] = _s(fingerprint)
+        self._client.put_item(TableName=self.table_name, Item=item)
 
     def next_run_number(self, project_hash: str) -> int:
         response = self._client.update_item(

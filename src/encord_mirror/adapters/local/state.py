@@ -38,6 +38,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL,
     acquired_at TEXT);
 CREATE TABLE IF NOT EXISTS watermarks (project TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS filters (project TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (project TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS row_index (
     project TEXT NOT NULL, label_hash TEXT NOT NULL, data_hash TEXT NOT NULL, branch TEXT NOT NULL,
@@ -168,6 +169,14 @@ class SqliteStateStore:
                 " WHERE excluded.value > watermarks.value",
                 (project_hash, _ts(value)),
             )
+
+    def get_filters(self, project_hash: str) -> str | None:
+        value = self._one("SELECT fingerprint FROM filters WHERE project = ?", (project_hash,))
+        return None if value is None else str(value)
+
+    def set_filters(self, project_hash: str, fingerprint: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO filters VALUES (?, ?)", (project_hash, fingerprint))
 
     def next_run_number(self, project_hash: str) -> int:
         with self._tx() as db:
