@@ -85,6 +85,44 @@ def test_date_boundary_is_excluded_when_strict_and_included_when_inclusive(fixtu
     assert inclusive == ["img2.jpg", "vid1.mp4"]
 
 
+@pytest.mark.parametrize("all_branches", [False, True], ids=["main", "all branches"])
+def test_a_listing_by_hashes_looks_units_up_and_keeps_the_full_listings_order(
+    fixture: Fixture, all_branches: bool
+) -> None:
+    # Given a project where one data unit was deleted and added again (it lists last now)
+    store = store_of(fixture)
+    project = fixture.project_hash
+    first = fixture.main_rows()[0]
+    row = store.row_dict(store.row(project, first.label_hash))
+    unit = store.data_unit(project, first.data_hash)
+    stage, status = unit.stage, unit.task_status
+    store.delete_data_unit(project, first.data_hash)
+    store.add_row(project, row, None, stage=stage, task_status=status)
+    everything = store.list_metadata(
+        project, MetadataQuery(include_all_label_branches=all_branches, include_uninitialised_labels=True)
+    )
+    labelled = [item for item in everything if item["label_hash"]]
+    assert labelled[-1]["label_hash"] == first.label_hash
+    # When listing by label hashes (some unknown), by data hashes, and by both
+    picked = [item["label_hash"] for item in labelled[::2]]
+    by_label = MetadataQuery(
+        include_all_label_branches=all_branches, label_hashes=frozenset([*picked, "no-such-label"])
+    )
+    datas = frozenset(item["data_hash"] for item in everything[1::2])
+    by_data = MetadataQuery(
+        include_all_label_branches=all_branches, data_hashes=datas, include_uninitialised_labels=True
+    )
+    both = MetadataQuery(
+        include_all_label_branches=all_branches, label_hashes=frozenset(picked), data_hashes=datas
+    )
+    # Then each gives exactly the full listing's matching items, in the full listing's order
+    assert store.list_metadata(project, by_label) == [i for i in labelled if i["label_hash"] in picked]
+    assert store.list_metadata(project, by_data) == [i for i in everything if i["data_hash"] in datas]
+    assert store.list_metadata(project, both) == [
+        i for i in labelled if i["label_hash"] in picked and i["data_hash"] in datas
+    ]
+
+
 def test_metadata_query_refuses_all_branches_with_a_branch_name() -> None:
     # Given both branch selectors
     # When the payload is parsed

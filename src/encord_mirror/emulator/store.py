@@ -19,7 +19,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -210,12 +210,38 @@ class Project:
     ontology: dict[str, Any]
     ontology_hash: str
     stages: list[dict[str, Any]]
-    data_units: dict[str, DataUnit] = field(default_factory=dict)
+    data_units: dict[str, DataUnit] = field(default_factory=dict)  # in listing order
     rows: dict[str, RowRecord] = field(default_factory=dict)  # by label_hash
     stage_map: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A data unit's place in `data_units` (only the order matters): a listing by label or data hashes
+    # looks its units up and sorts them, as Encord's indexes would, instead of scanning the project.
+    positions: dict[str, int] = field(default_factory=dict)
+    next_position: int = 0
 
     def __post_init__(self) -> None:
         self.stage_map = {stage["title"]: stage for stage in self.stages}
+
+    def add_unit(self, unit: DataUnit) -> DataUnit:
+        # A unit added again after its deletion goes to the end, in the dict and here alike.
+        self.data_units.pop(unit.data_hash, None)
+        self.data_units[unit.data_hash] = unit
+        self.positions[unit.data_hash] = self.next_position
+        self.next_position += 1
+        return unit
+
+    def units_for(
+        self, label_hashes: frozenset[str] | None, data_hashes: frozenset[str] | None
+    ) -> Iterable[DataUnit]:
+        """The data units a listing must look at, in listing order: all of them, or, when the query names
+        label or data hashes, only theirs."""
+        if label_hashes is None and data_hashes is None:
+            return self.data_units.values()
+        wanted: set[str] = set(data_hashes) if data_hashes is not None else set()
+        if label_hashes is not None:
+            by_label = {self.rows[h].data_hash for h in label_hashes if h in self.rows}
+            wanted = by_label if data_hashes is None else wanted & by_label
+        found = [self.data_units[d] for d in wanted if d in self.data_units]
+        return sorted(found, key=lambda unit: self.positions[unit.data_hash])
 
     def stage_by_title(self, title: str) -> dict[str, Any]:
         try:
@@ -487,7 +513,7 @@ def load_project(directory: Path) -> Project:
                     raise FixtureError(unlabelled_file, f"invalid JSON: {exc}", number) from exc
                 if unit.data_hash in project.data_units:
                     raise FixtureError(unlabelled_file, f"data unit {unit.data_hash} also has rows", number)
-                project.data_units[unit.data_hash] = unit
+                project.add_unit(unit)
     return project
 
 
@@ -518,7 +544,7 @@ def _load_line(
         raise FixtureError(where, f"duplicate label_hash {record.label_hash}", number)
     unit = project.data_units.get(record.data_hash)
     if unit is None:
-        unit = project.data_units[record.data_hash] = _data_unit(indexed, str(indexed.stage), task_status)
+        unit = project.add_unit(_data_unit(indexed, str(indexed.stage), task_status))
     elif record.branch in unit.branches:
         raise FixtureError(
             where, f"two rows for data unit {record.data_hash} on branch {record.branch}", number
@@ -612,7 +638,7 @@ class Store:
         )
         dated = query.edited_after is not None or query.edited_before is not None
         items: list[dict[str, Any]] = []
-        for unit in project.data_units.values():
+        for unit in project.units_for(query.label_hashes, query.data_hashes):
             if query.data_hashes is not None and unit.data_hash not in query.data_hashes:
                 continue
             if query.data_title_eq is not None and unit.data_title != query.data_title_eq:
@@ -828,7 +854,7 @@ class Store:
             project.stage_by_title(stage)
             if task_status not in TASK_STATUSES:
                 raise InvalidArgumentsError(f"task_status must be one of {sorted(TASK_STATUSES)}")
-            unit = project.data_units[probe.data_hash] = _data_unit_from_row(stored, stage, task_status)
+            unit = project.add_unit(_data_unit_from_row(stored, stage, task_status))
         elif probe.branch in unit.branches:
             raise ConflictError(f"data unit {probe.data_hash} already has a row on branch {probe.branch}")
         return self._put(project_hash, unit, stored)
