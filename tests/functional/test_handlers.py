@@ -191,6 +191,8 @@ def test_finalize_commits_the_run_once_and_reports_watermark_lag(
     assert env.state.get_watermark(PROJECT) == env.clock()
     emitted = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     assert any(m.get("WatermarkLagSeconds") == [0.0] for m in emitted)
+    # and so did the count of partitions owed a snapshot (none), which an alarm watches
+    assert any(m.get("SnapshotsOwed") == [0.0] for m in emitted)
 
 
 def test_finalize_of_an_unknown_run_is_not_retried(env: Env) -> None:
