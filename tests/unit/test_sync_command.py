@@ -10,14 +10,8 @@ import pytest
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
 from encord_mirror.app.local_sync import ProjectSummary, SyncSummary
-from encord_mirror.app.sync_command import (
-    LakeTarget,
-    config_from_args,
-    default_state_path,
-    format_summary,
-    open_target,
-    parse_s3_uri,
-)
+from encord_mirror.app.sync_command import config_from_args, format_summary
+from encord_mirror.app.target import LakeTarget, default_state_path, open_target, parse_s3_uri
 from encord_mirror.cli import CliError, build_parser, main
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.models import BranchSelection, Gap

@@ -21,13 +21,8 @@ from typing import Any
 
 from encord_mirror.adapters.encord_source import EncordLabelSource
 from encord_mirror.app.local_sync import ProjectSummary, SyncSummary
-from encord_mirror.app.sync_command import (
-    LakeTarget,
-    execute_sync,
-    format_summary,
-    open_state,
-    open_target,
-)
+from encord_mirror.app.sync_command import execute_sync, format_summary
+from encord_mirror.app.target import LakeTarget, open_state, open_target
 from encord_mirror.cli import CliError
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig

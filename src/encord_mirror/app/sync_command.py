@@ -5,33 +5,27 @@ encord-mirror sync --project HASH [--project HASH]... --lake DEST --ssh-key FILE
                    [--state PATH] [--full] [--reconcile-every N] [--workers N] [--bundle-size N]
                    [--branch NAME | --all-branches]
 ```
-State (watermark, row index, run ledger, gaps) lives in SQLite: `--state PATH`, by default
-`<lake dir>/.mirror-state.sqlite` for a directory lake (dot names are never listed as lake objects) and
-`~/.cache/encord-mirror/<bucket>-<sha256(prefix)[:12]>.sqlite` for an S3 lake (`$XDG_CACHE_HOME` is honoured).
-Keep that file: without it the next run is a full listing that rewrites nothing but re-reads everything.
+State: see `encord_mirror.app.target`. Keep that file: without it the next run is a full listing that
+rewrites nothing but re-reads everything.
 Progress goes to stderr, the summary table to stdout. Exit status: 0 when every project synced and no gap
-(failed row) remains, 1 otherwise (gaps are retried by the next run and hold the watermark), 2 for a usage or
-configuration error (the message names the setting), 130 when interrupted (Ctrl-C or SIGTERM): the running
-chunks finish, the rest are dropped, the project's lease is released and its watermark stays, so the next
-sync starts at once and repeats the unfinished work.
+(failed row) and no owed COCO snapshot remains, 1 otherwise (both are retried by the next run), 2 for a
+usage or configuration error (the message names the setting), 130 when interrupted (Ctrl-C or SIGTERM):
+the running chunks finish, the rest are dropped, the project's lease is released and its watermark stays,
+so the next sync starts at once and repeats the unfinished work.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from encord_mirror.adapters.encord_source import (
@@ -50,13 +44,13 @@ from encord_mirror.app.local_sync import (
     describe_lease,
     run_local_sync,
 )
+from encord_mirror.app.target import LakeTarget, open_state, open_target
 from encord_mirror.cli import CliError
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import ConfigError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection
-from encord_mirror.domain.ports import LabelSource, ObjectStore, SnapshotBuilder, StateStore
+from encord_mirror.domain.ports import LabelSource, SnapshotBuilder, StateStore
 
-STATE_FILENAME = ".mirror-state.sqlite"
 _SHOWN = 5  # gap reasons and errors shown per project; the run manifest has them all
 _FLAG_OF_SETTING = {
     "projects": "--project",
@@ -69,15 +63,6 @@ _FLAG_OF_SETTING = {
     "object_feature_hashes": "--object-feature",
     "classification_feature_hashes": "--classification-feature",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class LakeTarget:
-    """Where a sync writes: the lake, where a user finds it, and the state file that goes with it."""
-
-    lake: ObjectStore
-    location: str
-    state_path: Path
 
 
 class Progress:
@@ -132,69 +117,6 @@ def _cli_error(exc: ConfigError) -> CliError:
 
 def _tuple_or_none(values: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(values)
-
-
-def default_state_path(dest: str) -> Path:
-    """The state file that goes with a lake when `--state` is not given (see the module docstring)."""
-    if dest.startswith("s3://"):
-        bucket, prefix = parse_s3_uri(dest)
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "encord-mirror"
-        digest = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:12]
-        return cache / f"{bucket}-{digest}.sqlite"
-    return Path(dest).expanduser() / STATE_FILENAME
-
-
-def parse_s3_uri(dest: str) -> tuple[str, str]:
-    bucket, _, prefix = dest.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise CliError(f"--lake {dest!r}: an S3 lake is s3://BUCKET or s3://BUCKET/PREFIX")
-    return bucket, prefix.strip("/")
-
-
-def open_target(dest: str, state: str | None) -> LakeTarget:
-    """The lake for DEST (`s3://bucket/prefix` or a directory, created if missing) and its state path."""
-    state_path = Path(state).expanduser() if state else default_state_path(dest)
-    if dest.startswith("s3://"):
-        return LakeTarget(_open_s3(dest), dest, state_path)
-    from encord_mirror.adapters.local import LocalLake
-
-    root = Path(dest).expanduser()
-    if root.exists() and not root.is_dir():
-        raise CliError(f"--lake {dest}: exists and is not a directory")
-    try:
-        lake = LocalLake(root)
-    except OSError as exc:
-        raise CliError(f"--lake {dest}: cannot create the directory ({exc.strerror or exc})") from None
-    return LakeTarget(lake, str(lake.root), state_path)
-
-
-def _open_s3(dest: str) -> ObjectStore:
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from encord_mirror.adapters.aws.s3 import S3ObjectStore
-
-    bucket, prefix = parse_s3_uri(dest)
-    # boto3 reads credentials, region and AWS_ENDPOINT_URL (e.g. a local S3) from its usual places.
-    lake = S3ObjectStore(bucket, prefix, boto3.client("s3"))
-    try:
-        next(iter(lake.list_keys("runs/")), None)
-    except (BotoCoreError, ClientError) as exc:
-        raise CliError(
-            f"--lake {dest}: cannot list the bucket ({exc}); check the AWS credentials, region and bucket"
-        ) from None
-    return lake
-
-
-def open_state(path: Path) -> StateStore:
-    from encord_mirror.adapters.local import SqliteStateStore
-
-    try:
-        return SqliteStateStore(path)
-    except OSError as exc:
-        raise CliError(f"--state {path}: cannot open the state file ({exc})") from None
-    except sqlite3.Error as exc:
-        raise CliError(f"--state {path}: not a usable SQLite state file ({exc})") from None
 
 
 def open_source(ssh_key: str, domain: str | None) -> EncordLabelSource:

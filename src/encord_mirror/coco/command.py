@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
+from encord_mirror.app.target import open_lake
 from encord_mirror.cli import CliError
 from encord_mirror.coco.convert import RowOntologyMismatchError, convert
 from encord_mirror.domain.lake import latest_key, partition_prefix
-from encord_mirror.domain.ports import ObjectStore
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -61,21 +61,8 @@ def convert_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_lake(dest: str) -> ObjectStore:
-    if dest.startswith("s3://"):
-        from encord_mirror.app.sync_command import open_target
-
-        return open_target(dest, None).lake
-    from encord_mirror.adapters.local import LocalLake
-
-    root = Path(dest).expanduser()
-    if not root.is_dir():
-        raise CliError(f"--lake {dest}: no such directory")
-    return LocalLake(root)
-
-
 def latest_main(args: argparse.Namespace) -> int:
-    lake = _open_lake(args.lake)
+    lake = open_lake(args.lake)
     if args.stage is not None:
         stages = [args.stage]
     else:
