@@ -1,4 +1,4 @@
-"""`encord-mirror sync` and `encord-mirror demo`."""
+"""`encord-mirror sync`, `encord-mirror status` and `encord-mirror demo`."""
 
 from __future__ import annotations
 
@@ -76,6 +76,19 @@ def register(sub: Any) -> None:
     )
     sync.set_defaults(func=_sync)
 
+    status = sub.add_parser(
+        "status",
+        help="is the lake in step? watermark, gaps, owed snapshots, last run, snapshots (exit 1 if not)",
+    )
+    status.add_argument("--project", action="append", required=True, metavar="HASH", help="repeatable")
+    status.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    status.add_argument("--state", default=None, metavar="PATH", help="SQLite state file (as for sync)")
+    status.add_argument(
+        "--max-lag", type=float, default=None, metavar="SECONDS", help="also not OK when a watermark is older"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    status.set_defaults(func=_status)
+
     demo = sub.add_parser("demo", help="end-to-end demo on an emulated project and a local lake")
     demo.add_argument("--rows", type=int, default=300)
     demo.add_argument("--lake", default=None, help="lake directory (default: a fresh temporary one)")
@@ -86,6 +99,12 @@ def _sync(args: argparse.Namespace) -> int:
     from encord_mirror.app.sync_command import sync_main
 
     return sync_main(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from encord_mirror.app.status_command import status_main
+
+    return status_main(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -74,11 +74,16 @@ class Mirror:
             "--ssh-key",
             str(self.key_path),
         ]
-        argv += ["--encord-domain", self.emu.url, *extra]
+        return self.cli(*argv, "--encord-domain", self.emu.url, *extra)
+
+    def cli(self, *argv: str) -> Run:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
+            code = main(list(argv))
         return Run(code, out.getvalue(), err.getvalue())
+
+    def status(self, *extra: str) -> Run:
+        return self.cli("status", "--project", self.project, "--lake", self.dest, *extra)
 
     @property
     def lake(self) -> LocalLake:
@@ -481,6 +486,42 @@ def test_a_poison_row_is_a_gap_that_holds_the_watermark_until_it_is_fixed(mirror
     mirror.assert_in_step()
     after = state.get_watermark(mirror.project)
     assert after is not None and watermark is not None and after > watermark
+
+
+def test_status_says_what_holds_the_lake_back_and_exits_1_until_it_is_in_step(mirror: Mirror) -> None:
+    # Given no lake, then an empty one / When status is asked / Then each is a usage error saying so
+    missing = mirror.status()
+    assert missing.code == 2 and "no such directory" in missing.err
+    Path(mirror.dest).mkdir()
+    never = mirror.status()
+    assert never.code == 2 and "no state file" in never.err
+
+    # Given a lake in step
+    _first_sync(mirror)
+    # When status is asked / Then it is OK, with the watermark, the last run and each COCO partition
+    ok = mirror.status()
+    assert ok.code == 0, ok.out + ok.err
+    assert "gaps: 0" in ok.out and "COCO snapshots owed: 0" in ok.out and ok.out.rstrip().endswith("OK")
+    assert "last run: " in ok.out and "COCO partitions: 3" in ok.out
+    report = orjson.loads(mirror.status("--json").out)[0]
+    assert report["watermark"] == mirror.state().get_watermark(mirror.project).isoformat()  # type: ignore[union-attr]
+    assert report["problems"] == [] and len(report["snapshots"]) == 3 and report["last_run"]["mode"] == "full"
+    # and with a lag limit the watermark's age is a problem
+    late = mirror.status("--max-lag", "0")
+    assert late.code == 1 and "more than --max-lag" in late.out
+
+    # Given a row corrupted in Encord, so the next sync leaves a gap
+    poison = mirror.fixture.by_title("img1.jpg")
+    mirror.emu.edit_row(mirror.project, poison.label_hash, corrupt_row(poison.row))
+    assert mirror.sync().code == 1
+    # When status is asked / Then it names the gap and its reason, and exits 1
+    held = mirror.status()
+    assert held.code == 1, held.out + held.err
+    assert f"{poison.label_hash}: corrupt label row" in held.out and "NOT OK: 1 row(s) failed" in held.out
+    # and no Encord request was made by status (it reads the state and the lake only)
+    mirror.emu.clear_log()
+    mirror.status()
+    assert mirror.emu.request_log() == []
 
 
 def test_an_s3_lake_is_synced_through_boto3_with_state_in_the_user_cache(
