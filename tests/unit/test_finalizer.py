@@ -20,8 +20,8 @@ from encord_mirror.adapters.local.events import EVENTS_KEY, JsonlEventSink
 from encord_mirror.app.local_sync import run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
-from encord_mirror.domain.finalizer import finalize, partition_of
-from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.finalizer import finalize
+from encord_mirror.domain.lake import partition_of, run_manifest_key
 from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
@@ -300,10 +300,21 @@ def test_an_unknown_run_is_reported_not_claimed(
     [
         (NEW, Partition(PROJECT, "main", "review-5a5a0002")),
         (BRANCH, Partition(PROJECT, "consensus/1", "annotate-5a5a0001")),
+        (
+            "coco/project=proj-0001/branch=consensus%2F1/stage=annotate-5a5a0001/latest.json",
+            Partition(PROJECT, "consensus/1", "annotate-5a5a0001"),
+        ),
     ],
 )
-def test_partition_of_a_label_key(key: str, partition: Partition) -> None:
+def test_partition_of_a_label_key_or_a_latest_json(key: str, partition: Partition) -> None:
     assert partition_of(key) == partition
+
+
+def test_partition_of_refuses_other_keys() -> None:
+    with pytest.raises(ValueError, match="not a label key"):
+        partition_of("runs/project=proj-0001/run-1.json")
+    with pytest.raises(ValueError, match="not a label key"):
+        partition_of("coco/project=p/branch=main/stage=s/snapshots/id/coco.json")
 
 
 def test_a_sync_hands_its_changes_to_the_snapshot_step(

@@ -18,11 +18,11 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 
 from encord_mirror.app.target import open_existing, open_state
+from encord_mirror.domain.lake import partition_of
 from encord_mirror.domain.ports import ObjectStore, StateStore
 from encord_mirror.domain.watermark import iso_utc
 
@@ -114,11 +114,11 @@ def _latest_snapshots(project_hash: str, lake: ObjectStore) -> list[dict[str, An
         if stored is None:
             continue
         latest = orjson.loads(stored.body)
-        parts = key.split("/")
+        part = partition_of(key)
         out.append(
             {
-                "branch": unquote(parts[2].partition("=")[2]),
-                "stage": parts[3].partition("=")[2],
+                "branch": part.branch,
+                "stage": part.stage,
                 "snapshot_id": latest.get("snapshot_id"),
                 "created_at": latest.get("created_at"),
                 "counts": latest.get("counts"),

@@ -36,13 +36,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
-from urllib.parse import unquote
 
 import orjson
 
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
-from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.lake import partition_of, run_manifest_key
 from encord_mirror.domain.models import (
     ChunkResult,
     JsonDict,
@@ -184,15 +183,6 @@ def _latest_outcomes(results: list[ChunkResult], run: RunRecord) -> list[RowOutc
     """The outcomes of the run's own chunks, in chunk order (a chunk recorded twice counts once)."""
     by_chunk = {r.chunk_id: r for r in results if r.run_id == run.run_id}
     return [o for cid in run.chunk_ids if cid in by_chunk for o in by_chunk[cid].outcomes]
-
-
-def partition_of(key: str) -> Partition:
-    """The partition of a `labels/project=<p>/branch=<b>/stage=<s>/<x>.json` key (branch decoded)."""
-    parts = key.split("/")
-    if len(parts) != 5 or parts[0] != "labels":
-        raise ValueError(f"not a label key: {key!r}")
-    values = [p.partition("=")[2] for p in parts[1:4]]
-    return Partition(project_hash=values[0], branch=unquote(values[1]), stage=values[2])
 
 
 def touched_partitions(outcomes: list[RowOutcome]) -> list[PartitionChanges]:

@@ -17,7 +17,9 @@ yet unique and stable when two stages share a title. Rows outside any workflow s
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
+
+from encord_mirror.domain.models import Partition
 
 NO_STAGE = "none"
 _SLUG_MAX = 40
@@ -58,3 +60,13 @@ def latest_key(project_hash: str, branch: str, stage: str) -> str:
 
 def run_manifest_key(project_hash: str, run_id: str) -> str:
     return f"runs/project={project_hash}/{run_id}.json"
+
+
+def partition_of(key: str) -> Partition:
+    """The partition of a label object (`labels/project=<p>/branch=<b>/stage=<s>/<x>.json`) or of a
+    partition's `coco/.../latest.json`, branch decoded."""
+    parts = key.split("/")
+    if len(parts) != 5 or parts[0] not in ("labels", "coco"):
+        raise ValueError(f"not a label key or a latest.json key: {key!r}")
+    values = [p.partition("=")[2] for p in parts[1:4]]
+    return Partition(project_hash=values[0], branch=unquote(values[1]), stage=values[2])

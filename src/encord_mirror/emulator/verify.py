@@ -18,13 +18,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 
 from encord_mirror.coco.convert import Ontology, RowOntologyMismatchError, convert
-from encord_mirror.domain.finalizer import partition_of
-from encord_mirror.domain.lake import label_key, latest_key, snapshot_key, stage_value
+from encord_mirror.domain.lake import label_key, latest_key, partition_of, snapshot_key, stage_value
 from encord_mirror.domain.models import BranchSelection, JsonDict, Partition
 from encord_mirror.domain.ports import ObjectStore
 
@@ -175,10 +173,8 @@ def snapshot_differences(
             rows_by_partition[partition_of(key)][label_hash] = orjson.loads(stored.body)
     partitions = set(rows_by_partition)
     for key in lake.list_keys(f"coco/project={project_hash}/"):
-        parts = key.split("/")
-        if len(parts) == 5 and parts[4] == "latest.json":
-            values = [p.partition("=")[2] for p in parts[1:4]]
-            partitions.add(Partition(values[0], unquote(values[1]), values[2]))
+        if key.count("/") == 4 and key.endswith("/latest.json"):
+            partitions.add(partition_of(key))
     differences: list[str] = []
     for part in sorted(partitions):
         found = _partition_differences(
