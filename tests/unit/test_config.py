@@ -125,3 +125,14 @@ def test_the_filters_fingerprint_separates_selection_from_content_and_ignores_or
         MirrorConfig(projects=(PROJECT,), object_feature_hashes=(CAR, PERSON)).filters_fingerprint()
         == MirrorConfig(projects=(PROJECT,), object_feature_hashes=(PERSON, CAR)).filters_fingerprint()
     )
+
+
+def test_filters_changed_tells_a_selection_change_from_a_content_change() -> None:
+    base = MirrorConfig(projects=(PROJECT,))
+    staged = MirrorConfig(projects=(PROJECT,), stage_include=("Review",))
+    featured = MirrorConfig(projects=(PROJECT,), object_feature_hashes=(CAR,))
+    assert base.filters_changed(base.filters_fingerprint()) == (False, False)
+    assert staged.filters_changed(base.filters_fingerprint()) == (True, False)
+    assert featured.filters_changed(base.filters_fingerprint()) == (False, True)
+    # A state from before filters were recorded is taken as synced with the current ones
+    assert featured.filters_changed(None) == (False, False)

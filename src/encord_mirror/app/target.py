@@ -39,6 +39,10 @@ def default_state_path(dest: str) -> Path:
     return Path(dest).expanduser() / STATE_FILENAME
 
 
+def _state_path(dest: str, state: str | None) -> Path:
+    return Path(state).expanduser() if state else default_state_path(dest)
+
+
 def parse_s3_uri(dest: str) -> tuple[str, str]:
     bucket, _, prefix = dest.removeprefix("s3://").partition("/")
     if not bucket:
@@ -48,7 +52,7 @@ def parse_s3_uri(dest: str) -> tuple[str, str]:
 
 def open_target(dest: str, state: str | None) -> LakeTarget:
     """The lake for DEST (`s3://bucket/prefix` or a directory, created if missing) and its state path."""
-    state_path = Path(state).expanduser() if state else default_state_path(dest)
+    state_path = _state_path(dest, state)
     if dest.startswith("s3://"):
         return LakeTarget(_open_s3(dest), dest, state_path)
     from encord_mirror.adapters.local import LocalLake
@@ -106,7 +110,7 @@ def open_lake(dest: str) -> ObjectStore:
 
 def open_existing(dest: str, state: str | None) -> LakeTarget:
     """The lake for DEST and its state, for commands that only read: both must exist."""
-    state_path = Path(state).expanduser() if state else default_state_path(dest)
+    state_path = _state_path(dest, state)
     lake = open_lake(dest)
     if not state_path.is_file():
         raise CliError(

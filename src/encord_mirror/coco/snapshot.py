@@ -349,16 +349,14 @@ class CocoSnapshotBuilder:
         prev = self._previous(part, latest["snapshot_id"], ohash) if latest is not None else None
         prev_rows: dict[str, _PrevRow] = prev.rows if prev is not None else {}
         carried = prev if prev is not None and prev.coco is not None else None
-        if carried is not None and not changes.rescan:
+        if carried is not None:
             counters = dict(carried.counters)
             touched = sorted(set(changes.upserted) | set(changes.removed))
-        elif carried is not None:
-            # An earlier refresh failed: which rows changed since the previous snapshot is not known, so
-            # every row there and every row of the snapshot is checked (unchanged ones keep their ids).
-            counters = dict(carried.counters)
-            touched = sorted(
-                self._listed(part) | set(carried.rows) | set(changes.upserted) | set(changes.removed)
-            )
+            if changes.rescan:
+                # An earlier refresh failed, so which rows changed since the previous snapshot is not
+                # known: every row there and every row of the snapshot is checked (unchanged ones keep
+                # their ids).
+                touched = sorted({*touched, *self._listed(part), *carried.rows})
         else:
             # No usable previous snapshot: the first one of the partition, or the ontology changed (the ids
             # restart then, but the manifest still compares rows with the previous snapshot's).

@@ -110,6 +110,15 @@ class MirrorConfig(BaseModel):
         }
         return f"{_digest(selection)}.{_digest(content)}"
 
+    def filters_changed(self, synced_with: str | None) -> tuple[bool, bool]:
+        """(selection changed, content changed) since the lake was synced with the `synced_with`
+        fingerprint. None (a state from before filters were recorded) is taken as these filters."""
+        if synced_with is None:
+            return False, False
+        old_selection, _, old_content = synced_with.partition(".")
+        selection, _, content = self.filters_fingerprint().partition(".")
+        return old_selection != selection, old_content != content
+
     def check_features(self, project_hash: str, ontology: Mapping[str, Any]) -> None:
         """Raise ConfigError (naming the setting) when a feature filter names a feature hash the project's
         ontology (`OntologyStructure.to_dict()`) lacks: a typo would strip those objects from every row."""

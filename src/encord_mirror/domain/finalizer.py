@@ -218,6 +218,7 @@ def _refresh_snapshots(
     events: list[SnapshotEvent] = []
     errors: list[str] = []
     failed: list[SnapshotDebt] = []
+    settled: list[SnapshotDebt] = []
     try:
         project = deps.source.project_info(project_hash)
     except Exception as exc:
@@ -236,10 +237,11 @@ def _refresh_snapshots(
                 failed.append(SnapshotDebt(part, run_id, reason))
                 continue
             if part in owed:
-                state.settle_snapshots([owed[part]])
+                settled.append(owed[part])
             if event is not None:
                 events.append(event)
     # Recorded before the manifest: a finalizer that cannot record a debt fails, and is retried.
+    state.settle_snapshots(settled)
     state.owe_snapshots(failed)
     return events, errors, len(failed)
 

@@ -46,9 +46,8 @@ class PlanResult:
     run_id: str
     status: Literal["planned", "lease_held"]
     full: bool = False
-    refilter: bool = (
-        False  # the feature filters changed since the last completed run: every row is sent again
-    )
+    # The feature filters changed since the last completed run: every selected row is sent again.
+    refilter: bool = False
     signpost: datetime | None = None
     previous_watermark: datetime | None = None
     listed: int = 0  # metadata items the listing(s) returned
@@ -99,14 +98,10 @@ def _plan_run(
         config.check_features(project_hash, source.project_info(project_hash).ontology)
     run_number = state.next_run_number(project_hash)
     watermark = state.get_watermark(project_hash)
-    filters = config.filters_fingerprint()
     # Other filters than the lake was synced with: another selection (branches, stages, task statuses)
     # needs a reconciling run to add and remove rows; other feature filters change what every row holds,
-    # so every selected row is sent again (and rewritten only where its content changed). A state from
-    # before filters were recorded is taken as synced with these.
-    synced_with = state.get_filters(project_hash) or filters
-    reselect = synced_with.split(".")[0] != filters.split(".")[0]
-    refilter = synced_with.split(".")[-1] != filters.split(".")[-1]
+    # so every selected row is sent again (and rewritten only where its content changed).
+    reselect, refilter = config.filters_changed(state.get_filters(project_hash))
     full = full or reselect or refilter or watermark is None or run_number % config.reconcile_every == 0
     gaps = {g.label_hash: g for g in state.list_gaps(project_hash)}
 
@@ -165,7 +160,7 @@ def _plan_run(
             chunk_ids=tuple(c.chunk_id for c in chunks),
             unlabelled=tuple(sorted(unlabelled)),
             started_at=signpost,
-            filters=filters,
+            filters=config.filters_fingerprint(),
         )
     )
     send_failed = _send(chunks, {m.label_hash: m for m in work if m.label_hash}, deps)
