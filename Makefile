@@ -31,8 +31,8 @@ test-unit: dev
 	$(RUN) pytest -q tests/unit
 
 lint: dev
-	$(RUN) ruff check src tests functions benchmarks
-	$(RUN) ruff format --check src tests functions benchmarks
+	$(RUN) ruff check src tests functions benchmarks packages
+	$(RUN) ruff format --check src tests functions benchmarks packages
 	$(RUN) mypy
 
 bench: dev

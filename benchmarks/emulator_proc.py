@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from encord_mirror.emulator.server import Emulator
+from encord_emulator.server import Emulator
 
 
 def _touch(emu: Emulator, project: str, fraction: float, seed: int) -> int:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from encord_mirror.emulator.generate import generate
-from encord_mirror.emulator.keys import generate_keypair
+from encord_emulator.generate import generate
+from encord_emulator.keys import generate_keypair
 
 CACHE = Path(".bench")
 

@@ -10,8 +10,8 @@ import time
 
 import orjson
 
-from encord_mirror.app import sync_command  # noqa: F401  (import the SDK before the clock starts, as the baseline does)
-from encord_mirror.cli import main as cli_main
+from encord_mirror.cli import sync  # noqa: F401  (import the SDK before the clock starts, as the baseline does)
+from encord_mirror.cli.main import main as cli_main
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 import sys
 
-from encord_mirror.cli import main
+from encord_mirror.cli.main import main
 
 sys.exit(main())

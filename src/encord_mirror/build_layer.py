@@ -4,7 +4,8 @@
    --no-hashes --no-emit-project`.
 2. Install exactly those pins (`--no-deps`) as Lambda's platform wheels (manylinux_2_28 x86_64,
    CPython 3.12, binary only) into `layers/deps/python`, whatever machine builds it: no Docker.
-3. Copy `src/encord_mirror` in, without the emulator (a test and demo tool) and this script.
+3. Copy `src/encord_mirror` in, without this script. The emulator is a package of its own
+   (`packages/encord-emulator`), in the dev group only, so the export never lists it.
 
 The layer must not carry the dev-only image stack (opencv, shapely): the build fails if it does.
 """
@@ -19,8 +20,8 @@ import sys
 from pathlib import Path
 
 LAYER_DIR = Path("layers/deps/python")
-EXCLUDED_PACKAGE_PARTS = ("emulator", "build_layer.py")
-FORBIDDEN_IN_LAYER = ("cv2", "shapely", "opencv_python_headless.libs", "moto", "pytest")
+EXCLUDED_PACKAGE_PARTS = ("build_layer.py",)
+FORBIDDEN_IN_LAYER = ("cv2", "shapely", "opencv_python_headless.libs", "moto", "pytest", "encord_emulator")
 # Lambda's python3.12 runtime runs on Amazon Linux 2023 (glibc 2.34), so manylinux_2_28 wheels load there.
 # python3.11 (Amazon Linux 2, glibc 2.26) would need manylinux2014 wheels, and the locked numpy (2.4.6
 # for Python < 3.12) publishes none: template.yaml's Runtime and these two constants move together.
@@ -107,8 +108,6 @@ def check_layer(target: Path) -> None:
     present = [name for name in FORBIDDEN_IN_LAYER if (target / name).exists()]
     if present:
         raise LayerBuildError(f"the layer carries dev-only packages {present}: check the lock's dev group")
-    if (target / "encord_mirror" / "emulator").exists():
-        raise LayerBuildError("the layer carries encord_mirror/emulator")
 
 
 def build(root: Path) -> Path:

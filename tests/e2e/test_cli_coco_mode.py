@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from encord_emulator.testing import emulator_env
 from encord_mirror.adapters.local import LocalLake
-from encord_mirror.cli import main
+from encord_mirror.cli.main import main
 from encord_mirror.coco.snapshot import CocoSnapshotBuilder, snapshot_builder
-from encord_mirror.emulator.testing import emulator_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

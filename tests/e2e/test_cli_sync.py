@@ -22,14 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from encord_mirror.adapters.aws.s3 import S3ObjectStore
-from encord_mirror.adapters.local import LocalLake, SqliteStateStore
-from encord_mirror.cli import main
-from encord_mirror.domain.lake import run_manifest_key
-from encord_mirror.domain.models import BranchSelection
-from encord_mirror.emulator.keys import generate_keypair
-from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import (
+from encord_emulator.keys import generate_keypair
+from encord_emulator.server import Emulator
+from encord_emulator.testing import (
     CONSENSUS_BRANCH,
     Fixture,
     build_fixture,
@@ -38,7 +33,12 @@ from encord_mirror.emulator.testing import (
     user_client,
     without_objects,
 )
-from encord_mirror.emulator.verify import assert_lake_matches, lake_differences
+from encord_mirror.adapters.aws.s3 import S3ObjectStore
+from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.cli.main import main
+from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.models import BranchSelection
+from encord_mirror.verify import assert_lake_matches, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

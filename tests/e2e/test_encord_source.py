@@ -12,6 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa as rsa_key
 
+from encord_emulator.keys import generate_keypair
+from encord_emulator.server import Emulator
+from encord_emulator.testing import build_fixture, corrupt_row
 from encord_mirror.adapters.encord_source import (
     EncordAuthError,
     EncordCredentialsError,
@@ -20,9 +23,6 @@ from encord_mirror.adapters.encord_source import (
 )
 from encord_mirror.domain.models import BranchSelection, RowQuery
 from encord_mirror.domain.watermark import NaiveDatetimeError
-from encord_mirror.emulator.keys import generate_keypair
-from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import build_fixture, corrupt_row
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -20,13 +20,9 @@ import pytest
 from awsenv import REGION, AwsResources, create_resources
 from lambda_support import FakeLambdaContext, load_event, load_handler
 
-from encord_mirror.adapters.aws import DynamoStateStore, S3ObjectStore
-from encord_mirror.aws_lambda import wiring
-from encord_mirror.domain.models import BranchSelection
-from encord_mirror.domain.ports import ObjectStore
-from encord_mirror.emulator.keys import generate_keypair
-from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import (
+from encord_emulator.keys import generate_keypair
+from encord_emulator.server import Emulator
+from encord_emulator.testing import (
     BASE_TIME,
     CONSENSUS_BRANCH,
     Fixture,
@@ -37,7 +33,11 @@ from encord_mirror.emulator.testing import (
     user_client,
     without_objects,
 )
-from encord_mirror.emulator.verify import MAIN_ONLY, assert_lake_matches, lake_differences
+from encord_mirror.adapters.aws import DynamoStateStore, S3ObjectStore
+from encord_mirror.aws_lambda import wiring
+from encord_mirror.domain.models import BranchSelection
+from encord_mirror.domain.ports import ObjectStore
+from encord_mirror.verify import MAIN_ONLY, assert_lake_matches, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -23,6 +23,10 @@ import orjson
 import pytest
 from snapshot_checks import committed_snapshots, one_event_per_snapshot_differences
 
+from encord_emulator.generate import generate
+from encord_emulator.keys import generate_keypair
+from encord_emulator.server import Emulator
+from encord_emulator.testing import user_client, without_objects
 from encord_mirror.adapters.encord_source import EncordLabelSource
 from encord_mirror.adapters.local import (
     EVENTS_KEY,
@@ -31,8 +35,7 @@ from encord_mirror.adapters.local import (
     LocalWorkQueue,
     SqliteStateStore,
 )
-from encord_mirror.app.local_sync import run_local_sync
-from encord_mirror.cli import main
+from encord_mirror.cli.main import main
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
@@ -40,11 +43,8 @@ from encord_mirror.domain.finalizer import finalize
 from encord_mirror.domain.lake import latest_key, run_manifest_key, stage_value
 from encord_mirror.domain.models import BranchSelection
 from encord_mirror.domain.ports import ObjectStore
-from encord_mirror.emulator.generate import generate
-from encord_mirror.emulator.keys import generate_keypair
-from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import user_client, without_objects
-from encord_mirror.emulator.verify import assert_lake_matches, snapshot_differences
+from encord_mirror.local_sync import run_local_sync
+from encord_mirror.verify import assert_lake_matches, snapshot_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

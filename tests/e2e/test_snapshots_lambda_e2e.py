@@ -18,14 +18,14 @@ from awsenv import REGION, AwsResources
 from lambda_support import FakeLambdaContext, load_event, load_handler
 from snapshot_checks import committed_snapshots, one_event_per_snapshot_differences
 
+from encord_emulator.generate import generate
+from encord_emulator.keys import generate_keypair
+from encord_emulator.server import Emulator
+from encord_emulator.testing import without_objects
 from encord_mirror.adapters.aws import S3ObjectStore
 from encord_mirror.aws_lambda import wiring
 from encord_mirror.domain.codec import EVENT_SOURCE, SNAPSHOT_DETAIL_TYPE
-from encord_mirror.emulator.generate import generate
-from encord_mirror.emulator.keys import generate_keypair
-from encord_mirror.emulator.server import Emulator
-from encord_mirror.emulator.testing import without_objects
-from encord_mirror.emulator.verify import assert_lake_matches, assert_snapshots_match
+from encord_mirror.verify import assert_lake_matches, assert_snapshots_match
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

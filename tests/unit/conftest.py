@@ -11,9 +11,9 @@ import pytest
 from fakes import PROJECT, Clock, FakeSource, RecordingEvents, RecordingQueue, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
-from encord_mirror.app.local_sync import SyncSummary, run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
+from encord_mirror.local_sync import SyncSummary, run_local_sync
 
 
 @pytest.fixture(autouse=True)

@@ -11,20 +11,19 @@ from encord_mirror.build_layer import LayerBuildError, check_layer, copy_package
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_package_copy_leaves_out_the_emulator_and_the_build_script(tmp_path: Path) -> None:
+def test_package_copy_leaves_out_the_build_script(tmp_path: Path) -> None:
     # Given the repository's package / When copied into a layer directory
     copy_package(ROOT, tmp_path)
     copied = tmp_path / "encord_mirror"
-    # Then the runtime code is there, the emulator and this build script are not
+    # Then the runtime code is there, this build script is not
     assert (copied / "aws_lambda" / "wiring.py").is_file()
     assert (copied / "adapters" / "aws" / "dynamodb.py").is_file()
-    assert not (copied / "emulator").exists()
     assert not (copied / "build_layer.py").exists()
     assert not list(copied.rglob("__pycache__"))
     check_layer(tmp_path)
 
 
-@pytest.mark.parametrize("intruder", ["cv2", "shapely", "encord_mirror/emulator"])
+@pytest.mark.parametrize("intruder", ["cv2", "shapely", "encord_emulator"])
 def test_a_layer_carrying_dev_only_packages_fails_the_build(tmp_path: Path, intruder: str) -> None:
     # Given a layer directory holding opencv, shapely or the emulator
     (tmp_path / intruder).mkdir(parents=True)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from coco_fixtures import fixture
 
-from encord_mirror.cli import main
+from encord_mirror.cli.main import main
 from encord_mirror.coco.snapshot import CocoSnapshotBuilder
 from encord_mirror.domain.lake import label_key
 from encord_mirror.domain.models import Partition, PartitionChanges, ProjectInfo

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from coco_fixtures import coco_exporter, fixture
 
+from encord_emulator.generate import generate
 from encord_mirror.coco.convert import convert, polygon_area
-from encord_mirror.emulator.generate import generate
 
 
 def _ours(rows: list[dict[str, Any]], ontology: dict[str, Any]) -> dict[str, Any]:

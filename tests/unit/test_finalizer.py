@@ -17,7 +17,6 @@ from fakes import PROJECT, REVIEW, Clock, FakeSource, RecordingEvents, Recording
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
 from encord_mirror.adapters.local.events import EVENTS_KEY, JsonlEventSink
-from encord_mirror.app.local_sync import run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.finalizer import finalize
@@ -33,6 +32,7 @@ from encord_mirror.domain.models import (
     SendReceipt,
     SnapshotEvent,
 )
+from encord_mirror.local_sync import run_local_sync
 
 CONFIG = MirrorConfig(projects=(PROJECT,))
 OLD = "labels/project=proj-0001/branch=main/stage=annotate-5a5a0001/l2.json"

@@ -15,7 +15,6 @@ from conftest import Mirror
 from fakes import CAR, PERSON, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
-from encord_mirror.app.local_sync import SyncInterruptedError, describe_lease, run_local_sync
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.lake import label_key, run_manifest_key, stage_value
 from encord_mirror.domain.models import (
@@ -26,6 +25,7 @@ from encord_mirror.domain.models import (
     RowQuery,
 )
 from encord_mirror.domain.ports import LabelSource
+from encord_mirror.local_sync import SyncInterruptedError, describe_lease, run_local_sync
 
 
 def assert_lake_matches(mirror: Mirror, source: FakeSource, *, branches: Sequence[str] = ("main",)) -> None:

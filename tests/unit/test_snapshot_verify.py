@@ -18,7 +18,7 @@ from encord_mirror.coco.snapshot import CocoSnapshotBuilder
 from encord_mirror.domain.lake import label_key, latest_key
 from encord_mirror.domain.models import Partition, PartitionChanges, ProjectInfo
 from encord_mirror.domain.rowdoc import content_sha256
-from encord_mirror.emulator.verify import snapshot_differences
+from encord_mirror.verify import snapshot_differences
 
 PROJECT = "p-0001"
 STAGE = "annotate-1a2b3c4d"

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
-from encord_mirror.app.local_sync import ProjectSummary, SyncSummary
-from encord_mirror.app.sync_command import config_from_args, format_summary
-from encord_mirror.app.target import LakeTarget, default_state_path, open_target, parse_s3_uri
-from encord_mirror.cli import CliError, build_parser, main
+from encord_mirror.cli.errors import CliError
+from encord_mirror.cli.main import build_parser, main
+from encord_mirror.cli.sync import config_from_args, format_summary
+from encord_mirror.cli.target import LakeTarget, default_state_path, open_target, parse_s3_uri
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.models import BranchSelection, Gap
+from encord_mirror.local_sync import ProjectSummary, SyncSummary
 
 
 def _args(*flags: str, **overrides: object) -> argparse.Namespace:
@@ -84,7 +85,7 @@ def test_sync_help_says_stage_moves_and_deletions_are_seen_on_reconciling_runs(
 
 def test_a_project_named_twice_is_a_usage_error_naming_the_flag() -> None:
     with pytest.raises(CliError, match=r"projects.*--project"):
-        config_from_args(_args(project=["p1", "p1"]))
+        config_from_args(_args(projects=["p1", "p1"]))
 
 
 def test_state_defaults_beside_a_directory_lake_and_in_the_user_cache_for_s3(

@@ -1,1 +1,0 @@
-"""Application services: wiring the domain to an adapter set (the CLI and the demo build on these)."""

@@ -1,0 +1,189 @@
+"""Every command's arguments, declared without importing the SDK, boto3 or numpy.
+
+A flag that sets a `MirrorConfig` field is declared with `config_flag`: its `dest` is the field's name,
+so `cli.sync.config_from_args` passes it on without a second list, and a `ConfigError` about the field
+names the flag (`FLAG_OF_SETTING`). Adding such a flag is one call here (and the field in MirrorConfig).
+Each command's `func` is a "module:function" path that `main` imports only when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+# MirrorConfig field -> the flag that sets it (filled by config_flag; "branches" is set by two flags).
+FLAG_OF_SETTING: dict[str, str] = {"branches": "--branch"}
+COCO_MODES = ("corrected", "encord-compatible", "off")
+
+
+def config_flag(group: Any, flag: str, *, setting: str, **kwargs: Any) -> None:
+    """Declare a flag whose value becomes `MirrorConfig(<setting>=...)`. Lists become tuples; a flag left
+    unset (None) leaves MirrorConfig's default, so defaults live in one place."""
+    FLAG_OF_SETTING[setting] = flag
+    group.add_argument(flag, dest=setting, **kwargs)
+
+
+def _lake_and_state(parser: Any) -> None:
+    parser.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    parser.add_argument(
+        "--state",
+        default=None,
+        metavar="PATH",
+        help="SQLite state file (default: LAKE/.mirror-state.sqlite; for S3: ~/.cache/encord-mirror/)",
+    )
+
+
+def add_sync(sub: Any) -> None:
+    sync = sub.add_parser("sync", help="bring a lake in step with one or more Encord projects")
+    config_flag(
+        sync,
+        "--project",
+        setting="projects",
+        action="append",
+        required=True,
+        metavar="HASH",
+        help="repeatable",
+    )
+    _lake_and_state(sync)
+    sync.add_argument("--ssh-key", required=True, metavar="FILE", help="Encord ed25519 private key file")
+    sync.add_argument("--encord-domain", default=None, metavar="URL", help="Encord API domain")
+    sync.add_argument("--full", action="store_true", help="reconcile: list all rows and diff with the index")
+    config_flag(
+        sync,
+        "--reconcile-every",
+        setting="reconcile_every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="every Nth run of a project reconciles (lists all rows and diffs with the index; the first "
+        "run always does). Stage moves, task-status changes and deletions in Encord do not change a row's "
+        "edit time, so they are seen on reconciling runs only. 1 = every run (default: 12)",
+    )
+    sync.add_argument("--workers", type=int, default=4)
+    config_flag(
+        sync,
+        "--bundle-size",
+        setting="bundle_size",
+        type=int,
+        default=None,
+        help="rows per SDK bundle (default 100, at most 1000)",
+    )
+    branches = sync.add_mutually_exclusive_group()
+    branches.add_argument("--branch", default=None, metavar="NAME", help="this branch only")
+    branches.add_argument("--all-branches", action="store_true", help="mirror every consensus branch")
+    filters = sync.add_argument_group(
+        "filters", "what is mirrored; changing them makes the next run sync every selected row again"
+    )
+    config_flag(
+        filters,
+        "--stage",
+        setting="stage_include",
+        action="append",
+        default=None,
+        metavar="STAGE",
+        help="only this workflow stage (title or uuid); repeatable",
+    )
+    config_flag(
+        filters,
+        "--exclude-stage",
+        setting="stage_exclude",
+        action="append",
+        default=None,
+        metavar="STAGE",
+        help="never this stage; repeatable",
+    )
+    config_flag(
+        filters,
+        "--task-status",
+        setting="task_statuses",
+        action="append",
+        default=None,
+        metavar="STATUS",
+        help="only rows with this task status (QUEUED, ASSIGNED, IN_REVIEW, RETURNED, COMPLETED); repeatable",
+    )
+    config_flag(
+        filters,
+        "--object-feature",
+        setting="object_feature_hashes",
+        action="append",
+        default=None,
+        metavar="HASH",
+        help="keep only objects of this ontology feature hash in each row (repeatable; default: all)",
+    )
+    config_flag(
+        filters,
+        "--classification-feature",
+        setting="classification_feature_hashes",
+        action="append",
+        default=None,
+        metavar="HASH",
+        help="keep only classifications of this feature hash (repeatable; default: all)",
+    )
+    sync.add_argument(
+        "--coco",
+        choices=COCO_MODES,
+        default="corrected",
+        help="COCO snapshots per branch and stage: with the converter's corrections (default), exactly as "
+        "Encord's CocoExporter, or none",
+    )
+    sync.set_defaults(func="encord_mirror.cli.sync:sync_main")
+
+
+def add_status(sub: Any) -> None:
+    status = sub.add_parser(
+        "status",
+        help="is the lake in step? watermark, gaps, owed snapshots, last run, snapshots (exit 1 if not)",
+    )
+    status.add_argument("--project", action="append", required=True, metavar="HASH", help="repeatable")
+    _lake_and_state(status)
+    status.add_argument(
+        "--max-lag", type=float, default=None, metavar="SECONDS", help="also not OK when a watermark is older"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    status.set_defaults(func="encord_mirror.cli.status:status_main")
+
+
+def add_demo(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="end-to-end demo on an emulated project and a local lake")
+    demo.add_argument("--rows", type=int, default=300)
+    demo.add_argument("--lake", default=None, help="lake directory (default: a fresh temporary one)")
+    demo.set_defaults(func="encord_mirror.cli.demo:demo_main")
+
+
+def add_coco(sub: Any) -> None:
+    coco = sub.add_parser("coco", help="COCO conversion and snapshots")
+    coco_sub = coco.add_subparsers(dest="coco_command", required=True, metavar="SUBCOMMAND")
+
+    conv = coco_sub.add_parser("convert", help="convert an Encord JSON export (a list of label rows)")
+    conv.add_argument(
+        "rows", metavar="ROWS.json", help="JSON list of label rows as to_encord_dict() gives them"
+    )
+    conv.add_argument("--ontology", required=True, help="ontology JSON (OntologyStructure.to_dict())")
+    conv.add_argument("--out", required=True, help="where to write the COCO JSON")
+    conv.add_argument(
+        "--encord-compatible",
+        action="store_true",
+        help="reproduce Encord's CocoExporter output exactly, including its known quirks",
+    )
+    conv.set_defaults(func="encord_mirror.cli.coco:convert_main")
+
+    latest = coco_sub.add_parser("latest", help="print the latest snapshot's location and summary (JSON)")
+    latest.add_argument("--lake", required=True, help="directory or s3://bucket/prefix")
+    latest.add_argument("--project", required=True)
+    latest.add_argument("--branch", default="main")
+    latest.add_argument("--stage", default=None, help="stage partition value; all stages when omitted")
+    latest.set_defaults(func="encord_mirror.cli.coco:latest_main")
+
+
+def add_emulator(sub: Any) -> None:
+    emulator = sub.add_parser(
+        "emulator",
+        help="the local Encord API emulator (tests, demo, bench): `encord-emulator`, from the workspace",
+        add_help=False,
+        prefix_chars="\0",  # every argument, --help included, is the emulator's to parse
+    )
+    emulator.add_argument("emulator_argv", nargs=argparse.REMAINDER)
+    emulator.set_defaults(func="encord_mirror.cli.emulator:emulator_main")
+
+
+COMMANDS = (add_sync, add_status, add_demo, add_coco, add_emulator)

@@ -1,0 +1,103 @@
+"""`encord-mirror coco convert` (offline, an Encord JSON export to COCO) and `coco latest` (for scripts)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from encord_mirror.cli.errors import CliError
+from encord_mirror.cli.target import open_lake
+from encord_mirror.coco.convert import RowOntologyMismatchError, convert
+from encord_mirror.domain.lake import latest_key, partition_prefix
+
+
+def _load_json(path: str, what: str) -> Any:
+    try:
+        return orjson.loads(Path(path).expanduser().read_bytes())
+    except FileNotFoundError:
+        raise CliError(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise CliError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"{what} {path}: not valid JSON ({exc})") from None
+
+
+def convert_main(args: argparse.Namespace) -> int:
+    rows = _load_json(args.rows, "ROWS.json")
+    ontology = _load_json(args.ontology, "--ontology")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CliError(
+            f"ROWS.json {args.rows}: expected a JSON list of label rows (to_encord_dict() objects)"
+        )
+    if not isinstance(ontology, dict) or not isinstance(ontology.get("objects"), list):
+        raise CliError(
+            f"--ontology {args.ontology}: expected OntologyStructure.to_dict() (with an 'objects' list)"
+        )
+    for index, row in enumerate(rows):
+        missing = [k for k in ("data_type", "data_units", "object_answers") if k not in row]
+        if missing:
+            name = row.get("label_hash") or f"#{index}"
+            raise CliError(
+                f"ROWS.json: row {name} is not a to_encord_dict() label row (no {', '.join(missing)})"
+            )
+    try:
+        coco = convert(rows, ontology, encord_compatible=args.encord_compatible)
+    except RowOntologyMismatchError as exc:
+        raise CliError(str(exc)) from None
+    out = Path(args.out).expanduser()
+    try:
+        out.write_bytes(orjson.dumps(coco))
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: cannot write it ({exc.strerror or exc})") from None
+    print(
+        f"wrote {out}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+        f"{len(coco['categories'])} categories from {len(rows)} rows",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def latest_main(args: argparse.Namespace) -> int:
+    lake = open_lake(args.lake)
+    if args.stage is not None:
+        stages = [args.stage]
+    else:
+        prefix = partition_prefix("coco", args.project, args.branch, "x").removesuffix("stage=x/")
+        stages = sorted(
+            {k[len(prefix) :].split("/", 1)[0].removeprefix("stage=") for k in lake.list_keys(prefix)} - {""}
+        )
+    found = []
+    for stage in stages:
+        stored = lake.get(latest_key(args.project, args.branch, stage))
+        if stored is None:
+            continue
+        latest = orjson.loads(stored.body)
+        manifest_obj = lake.get(latest["manifest"])
+        manifest = orjson.loads(manifest_obj.body) if manifest_obj else {}
+        found.append(
+            {
+                "project_hash": args.project,
+                "branch": args.branch,
+                "stage": stage,
+                "snapshot_id": latest["snapshot_id"],
+                "created_at": latest["created_at"],
+                "coco_uri": lake.uri(latest["coco"]),
+                "manifest_uri": lake.uri(latest["manifest"]),
+                "coco_sha256": (manifest.get("coco") or {}).get("sha256"),
+                "counts": latest["counts"],
+                "changes": {
+                    k: v if isinstance(v, int) else len(v) for k, v in (manifest.get("changes") or {}).items()
+                },
+            }
+        )
+    if not found:
+        where = f"stage {args.stage!r}" if args.stage else "any stage"
+        raise CliError(f"no COCO snapshot for project {args.project} branch {args.branch!r} in {where}")
+    sys.stdout.write(
+        orjson.dumps(found[0] if args.stage else found, option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
+    return 0

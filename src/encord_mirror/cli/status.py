@@ -1,0 +1,173 @@
+"""`encord-mirror status`: is the lake in step with Encord, and if not, what holds it back?
+
+```
+encord-mirror status --project HASH [--project HASH]... --lake DEST [--state PATH] [--max-lag SECONDS]
+                     [--json]
+```
+Reads the state and the lake only (no Encord call, nothing written): per project the watermark and its
+age, the lease (a run in flight, or one that died and left it to expire), the open gaps and the COCO
+snapshots owed with their reasons, the last run's manifest, and each partition's latest snapshot.
+Exit status: 0 healthy, 1 when a gap is open, a snapshot is owed, a project was never synced, or (with
+`--max-lag`) a watermark is older than that; 2 for a usage error. Light: it imports neither the SDK nor
+numpy, so a monitoring check can run it every minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from encord_mirror.cli.target import open_existing, open_state
+from encord_mirror.domain.lake import partition_of
+from encord_mirror.domain.ports import ObjectStore, StateStore
+from encord_mirror.domain.watermark import iso_utc
+
+_SHOWN = 5  # gaps and debts listed per project in the text report (--json has them all)
+
+
+@dataclass
+class ProjectStatus:
+    project_hash: str
+    watermark: str | None
+    lag_seconds: float | None
+    lease: dict[str, Any] | None  # owner, acquired_at, expires_at, expired
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # label_hash, last_edited_at, run_id, reason
+    snapshots_owed: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, run_id, reason
+    last_run: dict[str, Any] | None = None  # key, uri, run_id, mode, finished_at, counts, errors
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, snapshot_id, counts, uri
+    problems: list[str] = field(default_factory=list)
+
+
+def project_status(
+    project_hash: str, lake: ObjectStore, state: StateStore, now: datetime, max_lag: float | None = None
+) -> ProjectStatus:
+    watermark = state.get_watermark(project_hash)
+    lag = (now - watermark).total_seconds() if watermark is not None else None
+    lease = state.get_lease(project_hash)
+    status = ProjectStatus(
+        project_hash,
+        iso_utc(watermark),
+        lag,
+        None
+        if lease is None
+        else {
+            "owner": lease.owner,
+            "acquired_at": iso_utc(lease.acquired_at),
+            "expires_at": iso_utc(lease.expires_at),
+            "expired": lease.expires_at <= now,
+        },
+        gaps=[
+            {
+                "label_hash": g.label_hash,
+                "last_edited_at": iso_utc(g.last_edited_at),
+                "run_id": g.run_id,
+                "reason": g.reason,
+            }
+            for g in state.list_gaps(project_hash)
+        ],
+        snapshots_owed=[
+            {"branch": d.partition.branch, "stage": d.partition.stage, "run_id": d.run_id, "reason": d.reason}
+            for d in state.owed_snapshots(project_hash)
+        ],
+        last_run=_last_run(project_hash, lake),
+        snapshots=_latest_snapshots(project_hash, lake),
+    )
+    if watermark is None:
+        status.problems.append("never synced (no watermark)")
+    elif max_lag is not None and lag is not None and lag > max_lag:
+        status.problems.append(f"watermark is {lag:.0f}s old, more than --max-lag {max_lag:g}s")
+    if status.gaps:
+        status.problems.append(f"{len(status.gaps)} row(s) failed and hold the watermark")
+    if status.snapshots_owed:
+        status.problems.append(f"{len(status.snapshots_owed)} COCO snapshot(s) failed and are stale")
+    return status
+
+
+def _last_run(project_hash: str, lake: ObjectStore) -> dict[str, Any] | None:
+    # Run ids sort by start time, so the last key is the newest run that wrote its manifest.
+    key = max(lake.list_keys(f"runs/project={project_hash}/"), default=None)
+    stored = lake.get(key) if key is not None else None
+    if key is None or stored is None:
+        return None
+    manifest = orjson.loads(stored.body)
+    return {
+        "key": key,
+        "uri": lake.uri(key),
+        "run_id": manifest.get("run_id"),
+        "mode": manifest.get("mode"),
+        "finished_at": manifest.get("finished_at"),
+        "counts": manifest.get("counts"),
+        "errors": manifest.get("errors") or [],
+    }
+
+
+def _latest_snapshots(project_hash: str, lake: ObjectStore) -> list[dict[str, Any]]:
+    out = []
+    for key in lake.list_keys(f"coco/project={project_hash}/"):
+        if not key.endswith("/latest.json") or key.count("/") != 4:
+            continue
+        stored = lake.get(key)
+        if stored is None:
+            continue
+        latest = orjson.loads(stored.body)
+        part = partition_of(key)
+        out.append(
+            {
+                "branch": part.branch,
+                "stage": part.stage,
+                "snapshot_id": latest.get("snapshot_id"),
+                "created_at": latest.get("created_at"),
+                "counts": latest.get("counts"),
+                "coco_uri": lake.uri(str(latest.get("coco"))),
+            }
+        )
+    return out
+
+
+def format_status(statuses: list[ProjectStatus]) -> str:
+    out: list[str] = []
+    for s in statuses:
+        age = f" ({s.lag_seconds:.0f}s ago)" if s.lag_seconds is not None else ""
+        out.append(f"{s.project_hash}: watermark {s.watermark or 'none'}{age}")
+        if s.lease is not None:
+            state = "expired (its run died; the next sync takes over)" if s.lease["expired"] else "held"
+            out.append(f"  lease: {state}: run {s.lease['owner']} since {s.lease['acquired_at']}")
+        out.append(f"  gaps: {len(s.gaps)}")
+        out.extend(f"    {g['label_hash']}: {g['reason']}" for g in s.gaps[:_SHOWN])
+        out.append(f"  COCO snapshots owed: {len(s.snapshots_owed)}")
+        out.extend(f"    {d['branch']}/{d['stage']}: {d['reason']}" for d in s.snapshots_owed[:_SHOWN])
+        if s.last_run is not None:
+            run = s.last_run
+            counts = ", ".join(f"{v} {k}" for k, v in (run["counts"] or {}).items() if v)
+            out.append(
+                f"  last run: {run['run_id']} ({run['mode']}, finished {run['finished_at']}): "
+                f"{counts or 'nothing changed'}; {len(run['errors'])} error(s)"
+            )
+            out.append(f"    {run['uri']}")
+        else:
+            out.append("  last run: none written")
+        out.append(f"  COCO partitions: {len(s.snapshots)}")
+        for snap in s.snapshots:
+            c = snap["counts"] or {}
+            out.append(
+                f"    {snap['branch']}/{snap['stage']}: {snap['snapshot_id']} ({c.get('rows', 0)} rows, "
+                f"{c.get('images', 0)} images, {c.get('annotations', 0)} annotations)"
+            )
+        out.append(f"  {'NOT OK: ' + '; '.join(s.problems) if s.problems else 'OK'}")
+    return "\n".join(out)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    target = open_existing(args.lake, args.state)
+    state = open_state(target.state_path)
+    now = datetime.now(UTC)
+    statuses = [project_status(p, target.lake, state, now, args.max_lag) for p in args.project]
+    if args.json:
+        print(orjson.dumps([asdict(s) for s in statuses], option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_status(statuses))
+    return 1 if any(s.problems for s in statuses) else 0

@@ -1,0 +1,120 @@
+"""Where a command works: the lake (a directory or `s3://bucket/prefix`) and the SQLite state beside it.
+
+State (watermark, row index, run ledger, gaps, snapshot debts) lives in SQLite: `--state PATH`, by default
+`<lake dir>/.mirror-state.sqlite` for a directory lake (dot names are never listed as lake objects) and
+`~/.cache/encord-mirror/<bucket>-<sha256(prefix)[:12]>.sqlite` for an S3 lake (`$XDG_CACHE_HOME` is
+honoured). Light to import: no SDK, and boto3 only for an S3 lake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from encord_mirror.cli.errors import CliError
+from encord_mirror.domain.ports import ObjectStore, StateStore
+
+STATE_FILENAME = ".mirror-state.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class LakeTarget:
+    """Where a sync writes: the lake, where a user finds it, and the state file that goes with it."""
+
+    lake: ObjectStore
+    location: str
+    state_path: Path
+
+
+def default_state_path(dest: str) -> Path:
+    """The state file that goes with a lake when `--state` is not given (see the module docstring)."""
+    if dest.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(dest)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "encord-mirror"
+        digest = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:12]
+        return cache / f"{bucket}-{digest}.sqlite"
+    return Path(dest).expanduser() / STATE_FILENAME
+
+
+def _state_path(dest: str, state: str | None) -> Path:
+    return Path(state).expanduser() if state else default_state_path(dest)
+
+
+def parse_s3_uri(dest: str) -> tuple[str, str]:
+    bucket, _, prefix = dest.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise CliError(f"--lake {dest!r}: an S3 lake is s3://BUCKET or s3://BUCKET/PREFIX")
+    return bucket, prefix.strip("/")
+
+
+def open_target(dest: str, state: str | None) -> LakeTarget:
+    """The lake for DEST (`s3://bucket/prefix` or a directory, created if missing) and its state path."""
+    state_path = _state_path(dest, state)
+    if dest.startswith("s3://"):
+        return LakeTarget(_open_s3(dest), dest, state_path)
+    from encord_mirror.adapters.local import LocalLake
+
+    root = Path(dest).expanduser()
+    if root.exists() and not root.is_dir():
+        raise CliError(f"--lake {dest}: exists and is not a directory")
+    try:
+        lake = LocalLake(root)
+    except OSError as exc:
+        raise CliError(f"--lake {dest}: cannot create the directory ({exc.strerror or exc})") from None
+    return LakeTarget(lake, str(lake.root), state_path)
+
+
+def _open_s3(dest: str) -> ObjectStore:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from encord_mirror.adapters.aws.s3 import S3ObjectStore
+
+    bucket, prefix = parse_s3_uri(dest)
+    # boto3 reads credentials, region and AWS_ENDPOINT_URL (e.g. a local S3) from its usual places.
+    lake = S3ObjectStore(bucket, prefix, boto3.client("s3"))
+    try:
+        next(iter(lake.list_keys("runs/")), None)
+    except (BotoCoreError, ClientError) as exc:
+        raise CliError(
+            f"--lake {dest}: cannot list the bucket ({exc}); check the AWS credentials, region and bucket"
+        ) from None
+    return lake
+
+
+def open_state(path: Path) -> StateStore:
+    from encord_mirror.adapters.local import SqliteStateStore
+
+    try:
+        return SqliteStateStore(path)
+    except OSError as exc:
+        raise CliError(f"--state {path}: cannot open the state file ({exc})") from None
+    except sqlite3.Error as exc:
+        raise CliError(f"--state {path}: not a usable SQLite state file ({exc})") from None
+
+
+def open_lake(dest: str) -> ObjectStore:
+    """An existing lake, for commands that only read it (a directory must exist; nothing is created)."""
+    if dest.startswith("s3://"):
+        return _open_s3(dest)
+    from encord_mirror.adapters.local import LocalLake
+
+    root = Path(dest).expanduser()
+    if not root.is_dir():
+        raise CliError(f"--lake {dest}: no such directory")
+    return LocalLake(root)
+
+
+def open_existing(dest: str, state: str | None) -> LakeTarget:
+    """The lake for DEST and its state, for commands that only read: both must exist."""
+    state_path = _state_path(dest, state)
+    lake = open_lake(dest)
+    if not state_path.is_file():
+        raise CliError(
+            f"--state {state_path}: no state file; has `encord-mirror sync` run with this lake? "
+            "(pass --state if its state is elsewhere)"
+        )
+    return LakeTarget(lake, dest if dest.startswith("s3://") else str(Path(dest).expanduser()), state_path)
