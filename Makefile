@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen --no-sync
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: dev demo test test-unit lint bench build clean
+.PHONY: dev demo test test-unit lint bench layer build clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -44,8 +44,12 @@ $(SAM):
 	$(PYTHON) -m venv $(TOOLS)/sam
 	$(TOOLS)/sam/bin/pip install --quiet aws-sam-cli==1.170.0
 
+# The Lambda layer for Lambda's platform (no Docker). `sam build` calls this through layers/deps/Makefile.
+LAYER_DIR ?= build/layer/python
+layer: dev
+	$(RUN) python -m encord_mirror.build_layer --out "$(LAYER_DIR)"
+
 build: dev $(SAM)
-	$(RUN) python -m encord_mirror.build_layer
 	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint
 	SAM_CLI_TELEMETRY=0 $(SAM) build
 

@@ -15,6 +15,7 @@ from encord_mirror.aws_lambda import wiring
 from encord_mirror.aws_lambda.models import FinalizeRecord
 from encord_mirror.aws_lambda.observability import logger, metrics, report_watermark_lag
 from encord_mirror.aws_lambda.results import finalize_summary
+from encord_mirror.coco import snapshot as _coco_snapshot  # noqa: F401  (imported at init: in SnapStart's snapshot)
 from encord_mirror.domain.finalizer import finalize
 
 processor = BatchProcessor(event_type=EventType.SQS, model=FinalizeRecord)
@@ -33,7 +34,7 @@ def _finalize(record: FinalizeRecord, runtime: wiring.Runtime) -> dict[str, Any]
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, runtime: wiring.Runtime | None = None
 ) -> Mapping[str, Any]:
-    runtime = runtime or wiring.runtime()
+    runtime = runtime or wiring.runtime(snapshots=True)
     response = process_partial_response(
         event=event,
         record_handler=lambda record: _finalize(record, runtime),

@@ -1,9 +1,10 @@
-"""Build the Lambda layer (`make build` runs `python -m encord_mirror.build_layer` from the repo root).
+"""Build the Lambda layer: `make layer` (and so `sam build`, through layers/deps/Makefile) runs
+`python -m encord_mirror.build_layer --out DIR` from the repo root.
 
 1. Export the runtime requirements from uv.lock (never edited by hand): `uv export --frozen --no-dev
    --no-hashes --no-emit-project`.
 2. Install exactly those pins (`--no-deps`) as Lambda's platform wheels (manylinux_2_28 x86_64,
-   CPython 3.12, binary only) into `layers/deps/python`, whatever machine builds it: no Docker.
+   CPython 3.12, binary only) into DIR (default `build/layer/python`), whatever machine builds it: no Docker.
 3. Copy `src/encord_mirror` in, without this script. The emulator is a package of its own
    (`packages/encord-emulator`), in the dev group only, so the export never lists it.
 
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-LAYER_DIR = Path("layers/deps/python")
+LAYER_DIR = Path("build/layer/python")
 EXCLUDED_PACKAGE_PARTS = ("build_layer.py",)
 FORBIDDEN_IN_LAYER = ("cv2", "shapely", "opencv_python_headless.libs", "moto", "pytest", "encord_emulator")
 # Lambda's python3.12 runtime runs on Amazon Linux 2023 (glibc 2.34), so manylinux_2_28 wheels load there.
@@ -110,11 +111,11 @@ def check_layer(target: Path) -> None:
         raise LayerBuildError(f"the layer carries dev-only packages {present}: check the lock's dev group")
 
 
-def build(root: Path) -> Path:
+def build(root: Path, target: Path | None = None) -> Path:
     if not (root / "uv.lock").is_file():
         raise LayerBuildError(f"no uv.lock in {root}: run from the repository root or pass --root")
     uv = find_uv(root)
-    target = root / LAYER_DIR
+    target = target or root / LAYER_DIR
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     requirements = export_requirements(uv, root, root / "build" / "layer-requirements.txt")
@@ -129,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m encord_mirror.build_layer", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root (default: .)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"the layer's python/ folder (default: ROOT/{LAYER_DIR})"
+    )
     args = parser.parse_args(argv)
     try:
-        target = build(args.root.resolve())
+        target = build(args.root.resolve(), args.out.resolve() if args.out else None)
     except LayerBuildError as exc:
         print(f"build_layer: {exc}", file=sys.stderr)
         return 1

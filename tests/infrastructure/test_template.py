@@ -257,3 +257,25 @@ def test_handlers_and_sample_events_exist_for_every_function(template: dict[str,
         assert (root / resource["Properties"]["CodeUri"] / "app.py").is_file()
     for event in ("schedule", "sync_request", "worker_sqs", "finalize"):
         assert (root / "events" / f"{event}.json").is_file()
+
+
+def test_a_plain_sam_build_builds_the_layer_with_the_makefile_that_make_layer_uses(
+    template: dict[str, Any],
+) -> None:
+    # Given the layer resource and the Makefile SAM runs for it
+    layer = template["Resources"]["DepsLayer"]
+    makefile = (TEMPLATE.parent / layer["Properties"]["ContentUri"] / "Makefile").read_text()
+    # Then SAM's makefile build method is declared, its target exists, and it calls the root `layer`
+    # target into SAM's artifacts folder (so `sam build` alone and `make build` give the same layer)
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "x86_64"}
+    assert "build-DepsLayer:" in makefile
+    assert "layer LAYER_DIR=$(ARTIFACTS_DIR)/python" in makefile
+    root_makefile = (TEMPLATE.parent / "Makefile").read_text()
+    assert "python -m encord_mirror.build_layer --out" in root_makefile
+
+
+def test_every_function_uses_snapstart_through_a_published_alias(template: dict[str, Any]) -> None:
+    # SnapStart applies to published versions only; event sources must follow the alias to use them.
+    function = template["Globals"]["Function"]
+    assert function["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+    assert function["AutoPublishAlias"] == "live"

@@ -4,6 +4,9 @@ per container) and the Encord label source from the key in Secrets Manager.
 The key is read through Powertools `parameters.get_secret(..., max_age=...)` once per invocation,
 outside the per-record loop: a warm container sees a rotated key within `SECRET_MAX_AGE_SECONDS`, and
 the SDK client is rebuilt only when the key text changed. The key is never logged.
+
+Only the finalizer builds COCO snapshots, so only it imports the COCO stack (the converter, pycocotools):
+`runtime(snapshots=True)`. The planner's and the worker's cold starts (and an idle scheduled run) skip it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from botocore.config import Config
 from encord_mirror.adapters.aws import DynamoStateStore, EventBridgeSink, S3ObjectStore, SqsWorkQueue
 from encord_mirror.adapters.encord_source import EncordLabelSource
 from encord_mirror.aws_lambda.settings import Settings, load_settings
-from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.ports import SnapshotBuilder
@@ -97,25 +99,32 @@ class _Adapters:
     state: DynamoStateStore
     queue: SqsWorkQueue
     events: EventBridgeSink
-    snapshots: SnapshotBuilder | None
 
 
 @functools.cache
 def _aws_adapters(settings: Settings) -> _Adapters:
-    lake = S3ObjectStore(settings.LAKE_BUCKET, settings.LAKE_PREFIX, aws_client("s3"))
     return _Adapters(
-        lake=lake,
+        lake=S3ObjectStore(settings.LAKE_BUCKET, settings.LAKE_PREFIX, aws_client("s3")),
         state=DynamoStateStore(settings.STATE_TABLE, aws_client("dynamodb")),
         queue=SqsWorkQueue(settings.WORK_QUEUE_URL, settings.FINALIZE_QUEUE_URL, aws_client("sqs")),
         events=EventBridgeSink(settings.EVENT_BUS_NAME, aws_client("events")),
-        snapshots=snapshot_builder(
-            lake, settings.COCO_MODE, announce_min_annotations=settings.ANNOUNCE_MIN_ANNOTATIONS
-        ),
     )
 
 
-def runtime(settings: Settings | None = None) -> Runtime:
-    """The runtime for this invocation: cached adapters, the current Encord key."""
+@functools.cache
+def _snapshot_builder(settings: Settings) -> SnapshotBuilder | None:
+    from encord_mirror.coco.snapshot import snapshot_builder
+
+    return snapshot_builder(
+        _aws_adapters(settings).lake,
+        settings.COCO_MODE,
+        announce_min_annotations=settings.ANNOUNCE_MIN_ANNOTATIONS,
+    )
+
+
+def runtime(settings: Settings | None = None, *, snapshots: bool = False) -> Runtime:
+    """The runtime for this invocation: cached adapters, the current Encord key, and (for the
+    finalizer, `snapshots=True`) the COCO snapshot builder of the deployment's COCO mode."""
     settings = settings or load_settings()
     adapters = _aws_adapters(settings)
     deps = MirrorDeps(
@@ -124,7 +133,7 @@ def runtime(settings: Settings | None = None) -> Runtime:
         state=adapters.state,
         queue=adapters.queue,
         events=adapters.events,
-        snapshots=adapters.snapshots,
+        snapshots=_snapshot_builder(settings) if snapshots else None,
         clock=utc_now,
     )
     return Runtime(config=settings.mirror_config(), deps=deps)
@@ -135,5 +144,6 @@ def reset_caches() -> None:
     load_settings.cache_clear()
     aws_client.cache_clear()
     _aws_adapters.cache_clear()
+    _snapshot_builder.cache_clear()
     _sources.clear()
     parameters.clear_caches()  # type: ignore[no-untyped-call]
