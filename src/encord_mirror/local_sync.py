@@ -161,6 +161,12 @@ def describe_lease(lease: Lease | None) -> str:
     )
 
 
+def _why_free(lease: Lease, now: datetime) -> str:
+    if lease.expires_at <= now:
+        return f"it expired at {lease.expires_at.isoformat(timespec='seconds')} (its run died)"
+    return f"its process ({lease.holder}) is gone"
+
+
 def _sync_project(
     project_hash: str,
     config: MirrorConfig,
@@ -186,6 +192,7 @@ def _sync_project(
         finalize=lambda p, run_id: finished.append(finalize(p, run_id, config, deps)),
         on_chunk=on_chunk,
     )
+    left = deps.state.get_lease(project_hash)  # a lease still there before we plan: its run died
     try:
         result: PlanResult = plan(project_hash, config, deps, full=full)
     except BaseException:
@@ -202,6 +209,8 @@ def _sync_project(
             lease=result.lease,
         )
     run.append(result.run_id)
+    if left is not None and left.owner != result.run_id:
+        say(f"{project_hash}: took over the lease of run {left.owner}: {_why_free(left, deps.clock())}")
     mode = "full" if result.full else "incremental"
     if result.refilter:
         say(f"{project_hash}: the feature filters changed since the last sync: every row is synced again")

@@ -115,12 +115,19 @@ class Mirror:
         return loaded
 
 
-@pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[Mirror]:
-    fixture = build_fixture(tmp_path / "fixture", extra_images=24)
+@contextlib.contextmanager
+def serve_mirror(tmp_path: Path, *, extra_images: int) -> Iterator[Mirror]:
+    """A fixture project served by the emulator, and a lake directory (not created) to mirror it to."""
+    fixture = build_fixture(tmp_path / "fixture", extra_images=extra_images)
     key_path, public_line = generate_keypair(tmp_path / "keys")
     with Emulator(tmp_path / "fixture", authorized_keys=[public_line]) as emu:
         yield Mirror(emu, fixture, key_path, str(tmp_path / "lake"))
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    with serve_mirror(tmp_path, extra_images=24) as served:
+        yield served
 
 
 def _first_sync(mirror: Mirror, *extra: str) -> Run:

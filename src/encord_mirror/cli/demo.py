@@ -99,7 +99,7 @@ def _run(rows: int, lake_dir: Path) -> int:
         source = EncordLabelSource.from_key_file(key_path, domain=emu.url)
         config = MirrorConfig(projects=(project_hash,))
         target = open_target(str(lake_dir), None)
-        state = open_state(target.state_path)
+        state = open_state(target, config.projects)
 
         def sync(full: bool) -> tuple[ProjectSummary, float]:
             return _sync(config, source, target, state, full=full)

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from encord_mirror.adapters.local.state import holder_gone
 from encord_mirror.cli.target import open_existing, open_state
 from encord_mirror.domain.lake import partition_of
 from encord_mirror.domain.ports import ObjectStore, StateStore
@@ -34,7 +35,7 @@ class ProjectStatus:
     project_hash: str
     watermark: str | None
     lag_seconds: float | None
-    lease: dict[str, Any] | None  # owner, acquired_at, expires_at, expired
+    lease: dict[str, Any] | None  # owner, acquired_at, expires_at, expired, holder, holder_gone
     gaps: list[dict[str, Any]] = field(default_factory=list)  # label_hash, last_edited_at, run_id, reason
     snapshots_owed: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, run_id, reason
     last_run: dict[str, Any] | None = None  # key, uri, run_id, mode, finished_at, counts, errors
@@ -59,6 +60,8 @@ def project_status(
             "acquired_at": iso_utc(lease.acquired_at),
             "expires_at": iso_utc(lease.expires_at),
             "expired": lease.expires_at <= now,
+            "holder": lease.holder,
+            "holder_gone": holder_gone(lease.holder),
         },
         gaps=[
             {
@@ -134,7 +137,12 @@ def format_status(statuses: list[ProjectStatus]) -> str:
         age = f" ({s.lag_seconds:.0f}s ago)" if s.lag_seconds is not None else ""
         out.append(f"{s.project_hash}: watermark {s.watermark or 'none'}{age}")
         if s.lease is not None:
-            state = "expired (its run died; the next sync takes over)" if s.lease["expired"] else "held"
+            if s.lease["expired"]:
+                state = "expired (its run died; the next sync takes over)"
+            elif s.lease["holder_gone"]:
+                state = f"left by a run that died ({s.lease['holder']} is gone; the next sync takes over)"
+            else:
+                state = "held" + (f" by {s.lease['holder']}" if s.lease["holder"] else "")
             out.append(f"  lease: {state}: run {s.lease['owner']} since {s.lease['acquired_at']}")
         out.append(f"  gaps: {len(s.gaps)}")
         out.extend(f"    {g['label_hash']}: {g['reason']}" for g in s.gaps[:_SHOWN])
@@ -163,7 +171,7 @@ def format_status(statuses: list[ProjectStatus]) -> str:
 
 def status_main(args: argparse.Namespace) -> int:
     target = open_existing(args.lake, args.state)
-    state = open_state(target.state_path)
+    state = open_state(target, args.project, write=False)
     now = datetime.now(UTC)
     statuses = [project_status(p, target.lake, state, now, args.max_lag) for p in args.project]
     if args.json:

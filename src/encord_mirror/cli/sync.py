@@ -36,7 +36,7 @@ from encord_mirror.adapters.encord_source import (
     EncordProjectAccessError,
     EncordSourceError,
 )
-from encord_mirror.adapters.local import LocalQueueError
+from encord_mirror.adapters.local import LocalLake, LocalQueueError
 from encord_mirror.cli.args import FLAG_OF_SETTING
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.target import LakeTarget, open_state, open_target
@@ -219,8 +219,12 @@ def _sync_main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     source = open_source(args.ssh_key, args.encord_domain)
     target = open_target(args.lake, args.state)
-    state = open_state(target.state_path)
+    state = open_state(target, config.projects)
     progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
+    if isinstance(target.lake, LocalLake):
+        swept = target.lake.sweep_temporaries()
+        if swept:
+            progress(f"lake: removed {len(swept)} temporary file(s) that killed writes left behind")
     try:
         summary = execute_sync(
             config,

@@ -4,20 +4,35 @@ State (watermark, row index, run ledger, gaps, snapshot debts) lives in SQLite: 
 `<lake dir>/.mirror-state.sqlite` for a directory lake (dot names are never listed as lake objects) and
 `~/.cache/encord-mirror/<bucket>-<sha256(prefix)[:12]>.sqlite` for an S3 lake (`$XDG_CACHE_HOME` is
 honoured). Light to import: no SDK, and boto3 only for an S3 lake.
+
+A lake knows its own id (`_lake.json` at its root, written by the first sync: a `_` name, so Hive and
+Athena skip it), and a state records the id of the lake it was synced with: a state file of another lake
+is refused (it would make the new lake look in step while it stays empty), naming both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
 
 from encord_mirror.cli.errors import CliError
-from encord_mirror.domain.ports import ObjectStore, StateStore
+from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError, StateStore
+
+if TYPE_CHECKING:
+    from encord_mirror.adapters.local.state import SqliteStateStore
 
 STATE_FILENAME = ".mirror-state.sqlite"
+LAKE_ID_KEY = "_lake.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +100,76 @@ def _open_s3(dest: str) -> ObjectStore:
     return lake
 
 
-def open_state(path: Path) -> StateStore:
-    from encord_mirror.adapters.local import SqliteStateStore
+def open_state(target: LakeTarget, projects: Sequence[str], *, write: bool = True) -> StateStore:
+    """The state of `target`, checked: a SQLite state of ours (`StateFileError` otherwise) that belongs
+    to this lake. `write`: a sync, which gives a new lake its id and binds a new state to the lake."""
+    from encord_mirror.adapters.local.state import SqliteStateStore, StateFileError
 
+    path = target.state_path
     try:
-        return SqliteStateStore(path)
+        state = SqliteStateStore(path)
+    except StateFileError as exc:
+        raise CliError(f"--state {exc}") from None
     except OSError as exc:
         raise CliError(f"--state {path}: cannot open the state file ({exc})") from None
     except sqlite3.Error as exc:
         raise CliError(f"--state {path}: not a usable SQLite state file ({exc})") from None
+    try:
+        _bind(target, state, projects, write=write)
+    except BaseException:
+        state.close()
+        raise
+    return state
+
+
+def _bind(target: LakeTarget, state: SqliteStateStore, projects: Sequence[str], *, write: bool) -> None:
+    from encord_mirror.adapters.local.state import LakeBinding
+
+    lake_id = read_lake_id(target)
+    binding = state.lake_binding()
+    if binding is not None and binding.lake_id != lake_id:
+        this = f"lake {lake_id}" if lake_id else f"a lake without an id (no {LAKE_ID_KEY}: a new lake?)"
+        raise CliError(
+            f"--state {target.state_path}: belongs to another lake: it is the state of lake "
+            f"{binding.lake_id} (last synced at {binding.location}, projects {', '.join(binding.projects)}), "
+            f"and --lake {target.location} is {this}. Pass this lake's state with --state, or a new path "
+            "to start its state afresh"
+        )
+    if not write:
+        return
+    if lake_id is None:
+        lake_id = _create_lake_id(target)
+    known = binding.projects if binding is not None else ()
+    if binding is None or binding.location != target.location or not set(projects) <= set(known):
+        state.bind_lake(LakeBinding(lake_id, target.location, tuple(sorted({*known, *projects}))))
+
+
+def read_lake_id(target: LakeTarget) -> str | None:
+    stored = target.lake.get(LAKE_ID_KEY)
+    if stored is None:
+        return None
+    try:
+        lake_id = orjson.loads(stored.body)["lake_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        lake_id = None
+    if not isinstance(lake_id, str) or not lake_id:
+        raise CliError(
+            f"--lake {target.location}: {target.lake.uri(LAKE_ID_KEY)} is damaged (it should be "
+            '{"lake_id": "..."}); restore it from a backup or a bucket version'
+        )
+    return lake_id
+
+
+def _create_lake_id(target: LakeTarget) -> str:
+    from encord_mirror import __version__
+
+    body = {"lake_id": uuid.uuid4().hex, "created_at": datetime.now(UTC).isoformat(), "by": __version__}
+    # Create-only: if another first sync gave the lake its id a moment ago, that one stands.
+    with contextlib.suppress(PreconditionFailedError):
+        target.lake.put(LAKE_ID_KEY, orjson.dumps(body, option=orjson.OPT_INDENT_2), if_none_match=True)
+    lake_id = read_lake_id(target)
+    assert lake_id is not None
+    return lake_id
 
 
 def open_lake(dest: str) -> ObjectStore:

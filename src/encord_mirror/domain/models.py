@@ -102,12 +102,14 @@ class StoredObject:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Who holds a project: the run id that owns the lease, since when, and when it lapses on its own."""
+    """Who holds a project: the run id that owns the lease, since when, and when it lapses on its own.
+    `holder`: the process that took it (`pid N on HOST`), where the state store records one (SQLite)."""
 
     project_hash: str
     owner: str
     acquired_at: datetime | None  # None for a lease taken by a version that did not record it
     expires_at: datetime
+    holder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,27 @@
-"""The lake on a local directory: atomic writes (temp file + rename), content etags, conditional writes."""
+"""The lake on a local directory: atomic writes (temp file + rename), content etags, conditional writes.
+
+A write goes to `.tmp-<host tag>-<pid>-<random>` beside its object, then is renamed over it. A writer killed
+in between leaves that file; `sweep_temporaries` removes those whose process is gone (and any older than a
+day), and listings never show them (dot names are not lake objects).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from encord_mirror.adapters.local.process import process_gone, this_host
 from encord_mirror.domain.models import StoredObject
 from encord_mirror.domain.ports import PreconditionFailedError
 
 _TMP_PREFIX = ".tmp-"
+_TMP_MAX_AGE_S = 86_400  # a temporary this old is stale whoever wrote it (another host, an older version)
 
 
 class UnsafeKeyError(ValueError):
@@ -21,6 +30,11 @@ class UnsafeKeyError(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(f"unsafe lake key {key!r}: use a relative POSIX path without '..' or empty parts")
         self.key = key
+
+
+@functools.cache
+def _host_tag() -> str:
+    return hashlib.sha256(this_host().encode()).hexdigest()[:8]
 
 
 def etag_of(body: bytes) -> str:
@@ -36,6 +50,30 @@ class LocalLake:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def temporary_tag() -> str:
+        """This host's tag in temporary file names (short, and safe in a file name)."""
+        return _host_tag()
+
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove the temporaries that writers which died left behind; returns what was removed."""
+        mine = f"{_TMP_PREFIX}{self.temporary_tag()}-"
+        cutoff = time.time() - _TMP_MAX_AGE_S
+        removed = []
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if not name.startswith(_TMP_PREFIX):
+                    continue
+                path = Path(dirpath) / name
+                pid = name.removeprefix(mine).split("-", 1)[0] if name.startswith(mine) else ""
+                try:
+                    if (pid.isdigit() and process_gone(int(pid))) or path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed.append(path)
+                except FileNotFoundError:
+                    continue  # its writer renamed or removed it meanwhile
+        return removed
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -74,7 +112,8 @@ class LocalLake:
                 if if_match is not None and (current is None or current.etag != if_match):
                     raise PreconditionFailedError(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            prefix = f"{_TMP_PREFIX}{self.temporary_tag()}-{os.getpid()}-"
+            fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(body)

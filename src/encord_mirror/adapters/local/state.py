@@ -1,18 +1,29 @@
 """The state store on SQLite (WAL): one connection per thread, every write in one IMMEDIATE transaction,
-so the conditional writes hold across the threads of the local queue and across processes sharing the file."""
+so the conditional writes hold across the threads of the local queue and across processes sharing the file.
+
+A file is checked before anything is written to it: it must be empty or hold encord-mirror's tables (an
+older version's are brought up to date), and SQLite's `quick_check` must pass; anything else raises
+`StateFileError`. The `meta` table records which lake the state belongs to (`LakeBinding`), so the CLI can
+refuse a state file of another lake. A lease records the process that took it (`pid N on HOST`): one whose
+process is gone from this host is taken over at once (on one machine a dead run is certain; elsewhere the
+lease's expiry decides).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from encord_mirror.adapters.local.process import process_gone, this_host
 from encord_mirror.domain.codec import (
     decode_event,
     decode_run,
@@ -35,8 +46,9 @@ from encord_mirror.domain.models import (
 from encord_mirror.domain.ports import FinalizeClaim
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at TEXT NOT NULL,
-    acquired_at TEXT);
+    acquired_at TEXT, holder TEXT);
 CREATE TABLE IF NOT EXISTS watermarks (project TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS filters (project TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (project TEXT PRIMARY KEY, n INTEGER NOT NULL);
@@ -59,6 +71,58 @@ CREATE TABLE IF NOT EXISTS snapshot_debts (project TEXT NOT NULL, branch TEXT NO
 CREATE TABLE IF NOT EXISTS gaps (project TEXT NOT NULL, label_hash TEXT NOT NULL, last_edited_at TEXT,
     run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, label_hash));
 """
+SCHEMA_VERSION = 1
+# Columns an older version's file may lack: added on open.
+_ADDED_COLUMNS = {"row_index": ("task_status", "stage_uuid"), "leases": ("acquired_at", "holder")}
+
+
+def _columns_of(script: str) -> dict[str, set[str]]:
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(script)
+        return _tables(db)
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {
+        name: {c[1] for c in db.execute(f'PRAGMA table_info("{name}")')}
+        for name in names
+        if not name.startswith("sqlite_")
+    }
+
+
+_COLUMNS = _columns_of(_SCHEMA)
+
+
+class StateFileError(Exception):
+    """The file is not a state this version can use (not SQLite, damaged, another program's schema, or a
+    newer version's); nothing was written to it. `path` is the file, `problem` what is wrong with it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class LakeBinding:
+    """The lake a state belongs to: its id (from the lake's `_lake.json`), where it was last seen, and the
+    projects synced with this state."""
+
+    lake_id: str
+    location: str
+    projects: tuple[str, ...]
+
+
+def this_process() -> str:
+    return f"pid {os.getpid()} on {this_host()}"
+
+
+def holder_gone(holder: str | None) -> bool:
+    """Whether the process named by a lease's `holder` (`pid N on HOST`) is known to be gone: it ran on
+    this host and no process has its pid."""
+    pid, _, host = (holder or "").removeprefix("pid ").partition(" on ")
+    return host == this_host() and pid.isdigit() and process_gone(int(pid))
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -86,9 +150,54 @@ class SqliteStateStore:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
-        self._add_columns("row_index", ("task_status", "stage_uuid"))
-        self._add_columns("leases", ("acquired_at",))
+        try:
+            self._check()
+            self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
+            for table, names in _ADDED_COLUMNS.items():
+                self._add_columns(table, names)
+            with self._tx() as db:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StateFileError(self.path, f"not a SQLite database, or a damaged one ({exc})") from None
+        except StateFileError:
+            self.close()
+            raise
+
+    def _check(self) -> None:
+        """Refuse, before writing anything (even WAL mode), a file that is not an older or current state."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30.0)) as db:
+            tables = _tables(db)
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            version = (
+                db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if "meta" in tables and "key" in tables["meta"]
+                else None
+            )
+        if verdict != "ok":
+            raise StateFileError(self.path, f"damaged ({verdict}); a truncated or overwritten file?")
+        for table, have in sorted(tables.items()):
+            want = _COLUMNS.get(table, have)
+            missing = want - have - set(_ADDED_COLUMNS.get(table, ()))
+            if missing or have - want:
+                raise StateFileError(
+                    self.path,
+                    f"not an encord-mirror state file: its table {table!r} has the columns "
+                    f"{', '.join(sorted(have))} (encord-mirror's: {', '.join(sorted(want))})",
+                )
+        foreign = sorted(set(tables) - set(_COLUMNS))
+        if foreign:
+            raise StateFileError(
+                self.path,
+                f"not an encord-mirror state file: it holds the tables {', '.join(foreign)}, "
+                "which encord-mirror never creates",
+            )
+        if version is not None and int(version[0]) > SCHEMA_VERSION:
+            raise StateFileError(
+                self.path,
+                f"written by a newer encord-mirror (state version {version[0]}; this one knows up to "
+                f"{SCHEMA_VERSION}): upgrade encord-mirror",
+            )
 
     def _add_columns(self, table: str, names: Sequence[str]) -> None:
         """Bring a state file written by an older version up to the schema (new columns at the end)."""
@@ -97,6 +206,25 @@ class SqliteStateStore:
             for name in names:
                 if name not in have:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
+
+    # the lake this state belongs to
+    def lake_binding(self) -> LakeBinding | None:
+        rows = dict(self._db().execute("SELECT key, value FROM meta").fetchall())
+        if "lake_id" not in rows:
+            return None
+        projects = tuple(orjson.loads(rows.get("projects", "[]")))
+        return LakeBinding(rows["lake_id"], rows.get("lake_location", ""), projects)
+
+    def bind_lake(self, binding: LakeBinding) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [
+                    ("lake_id", binding.lake_id),
+                    ("lake_location", binding.location),
+                    ("projects", orjson.dumps(sorted(set(binding.projects))).decode()),
+                ],
+            )
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -109,7 +237,7 @@ class SqliteStateStore:
                 self._all.append(db)
         return db
 
-    @contextmanager
+    @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         # Threads of this process queue on a lock: SQLite's own busy handler would make them sleep and
         # retry for milliseconds. BEGIN IMMEDIATE still excludes writers in other processes.
@@ -136,23 +264,28 @@ class SqliteStateStore:
 
     # lease
     def acquire_lease(self, project_hash: str, owner: str, now: datetime, ttl_s: int) -> bool:
-        expires = _ts(now + timedelta(seconds=ttl_s))
+        """Also takes over, at once, a lease whose holder process is gone from this host (`holder_gone`)."""
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT(project) DO UPDATE SET"
-                " owner=excluded.owner, expires_at=excluded.expires_at, acquired_at=excluded.acquired_at"
-                " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
-                (project_hash, owner, expires, _ts(now), _ts(now)),
+            row = db.execute(
+                "SELECT owner, expires_at, holder FROM leases WHERE project = ?", (project_hash,)
+            ).fetchone()
+            if row is not None and row[0] != owner and row[1] > _ts(now) and not holder_gone(row[2]):
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                (project_hash, owner, _ts(now + timedelta(seconds=ttl_s)), _ts(now), this_process()),
             )
-            return cur.rowcount == 1
+            return True
 
     def get_lease(self, project_hash: str) -> Lease | None:
         row = (
             self._db()
-            .execute("SELECT owner, acquired_at, expires_at FROM leases WHERE project = ?", (project_hash,))
+            .execute(
+                "SELECT owner, acquired_at, expires_at, holder FROM leases WHERE project = ?", (project_hash,)
+            )
             .fetchone()
         )
-        return None if row is None else Lease(project_hash, row[0], _dt(row[1]), _need_dt(row[2]))
+        return None if row is None else Lease(project_hash, row[0], _dt(row[1]), _need_dt(row[2]), row[3])
 
     def release_lease(self, project_hash: str, owner: str) -> None:
         with self._tx() as db:
