@@ -15,6 +15,7 @@ from encord_mirror.domain.models import (
     ChunkMessage,
     LoadedRow,
     LoadResult,
+    Partition,
     PartitionChanges,
     ProjectInfo,
     RowMeta,
@@ -295,9 +296,15 @@ class RecordingQueue:
 class RecordingSnapshots:
     """A SnapshotBuilder that records each partition it was asked to refresh."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, outdated: Sequence[Partition] = ()) -> None:
         self.calls: list[tuple[PartitionChanges, str]] = []
         self.fail = fail
+        self.stale = list(outdated)  # partitions of an older snapshot format, reported once
+
+    def outdated(self, project_hash: str) -> list[Partition]:
+        found = [p for p in self.stale if p.project_hash == project_hash]
+        self.stale = [p for p in self.stale if p.project_hash != project_hash]
+        return found
 
     def refresh(
         self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime

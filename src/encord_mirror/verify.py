@@ -428,3 +428,76 @@ def _pycocotools_differences(coco: Mapping[str, Any]) -> list[str]:
         elif not mask.any() and ann["area"] >= 1:
             out.append(f"annToMask of annotation {ann['id']} (area {ann['area']}) sets no pixel")
     return out
+
+
+def training_differences(coco: Mapping[str, Any]) -> list[str]:
+    """Every way a corrected-mode COCO file fails the tools users train and evaluate with.
+
+    - every image has a unique `file_name` and its `encord_data_hash`, `encord_frame` and `encord_data_link`;
+    - no annotation is a crowd region (detectron2, Ultralytics' converter and COCOeval skip them), every id
+      is at least 1 (COCOeval reads a matched id 0 as "unmatched"), every box has a size;
+    - pycocotools' `annToMask` decodes every segmentation to a mask of its image's size;
+    - COCOeval scores the ground truth against itself (score 1.0 each) with AP = 1.0 for boxes and
+      segmentations, and for keypoints per keypoint category (OKS sigmas 0.1: COCOeval has one sigma list
+      for all categories, so categories with other keypoint counts cannot share one evaluation).
+    """
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out: list[str] = []
+    names = Counter(str(image.get("file_name")) for image in coco["images"])
+    out += [f"file_name {n!r} is used by {c} images" for n, c in names.items() if c > 1][:5]
+    for image in coco["images"]:
+        missing = [k for k in ("encord_data_hash", "encord_frame", "encord_data_link") if k not in image]
+        if missing:
+            out.append(f"image {image['id']} lacks {', '.join(missing)}")
+    for ann in coco["annotations"]:
+        if ann.get("iscrowd"):
+            out.append(f"annotation {ann['id']} is a crowd region")
+        if not isinstance(ann["id"], int) or ann["id"] < 1:
+            out.append(f"annotation id {ann['id']!r} is not a positive integer")
+        if len(ann["bbox"]) != 4 or ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
+            out.append(f"annotation {ann['id']} has the empty box {ann['bbox']}")
+    out += _pycocotools_differences(coco)
+    if out or not coco["annotations"]:
+        return out
+
+    def index(dataset: Any) -> Any:
+        api = COCO()
+        api.dataset = dataset
+        with contextlib.redirect_stdout(io.StringIO()):
+            api.createIndex()
+        return api
+
+    gt = index(orjson.loads(orjson.dumps(coco)))
+    detections = orjson.loads(orjson.dumps(coco))
+    for ann in detections["annotations"]:
+        ann["score"] = 1.0
+    dt = index(detections)
+    most = max(Counter(a["image_id"] for a in coco["annotations"]).values())
+    runs: list[tuple[str, str, list[int], int]] = [("bbox", "bbox", [], 0), ("segm", "segm", [], 0)]
+    for category in coco["categories"]:
+        if isinstance(category.get("keypoints"), list) and category["keypoints"]:
+            runs.append(
+                (
+                    f"keypoints of {category['name']!r}",
+                    "keypoints",
+                    [category["id"]],
+                    len(category["keypoints"]),
+                )
+            )
+    for label, iou_type, categories, n_keypoints in runs:
+        evaluation = COCOeval(gt, dt, iou_type)
+        evaluation.params.maxDets = [1, 10, max(100, most)]
+        if categories:
+            evaluation.params.catIds = categories
+            evaluation.params.kpt_oks_sigmas = np.full(n_keypoints, 0.1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+        ap = float(evaluation.stats[0])
+        if ap != -1.0 and abs(ap - 1.0) > 1e-9:  # -1: nothing of the kind to score (no visible keypoint)
+            out.append(f"COCOeval {label}: AP {ap:.4f} of the ground truth against itself, not 1.0")
+    return out

@@ -3,6 +3,8 @@ delivered announce each of them exactly once."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -10,7 +12,16 @@ from urllib.parse import quote
 
 import orjson
 
+from encord_mirror.cli.main import main
 from encord_mirror.domain.ports import ObjectStore
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """`encord-mirror ARGV...` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
 
 
 def committed_snapshots(lake: ObjectStore, project_hash: str) -> dict[str, dict[str, Any]]:

@@ -8,9 +8,7 @@ current rows (`snapshot_differences`), the rows must equal Encord's (`assert_lak
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from snapshot_checks import committed_snapshots, one_event_per_snapshot_differences
+from snapshot_checks import committed_snapshots, one_event_per_snapshot_differences, run_cli
 
 from encord_emulator.generate import generate
 from encord_emulator.keys import generate_keypair
@@ -35,7 +33,6 @@ from encord_mirror.adapters.local import (
     LocalWorkQueue,
     SqliteStateStore,
 )
-from encord_mirror.cli.main import main
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
@@ -67,10 +64,7 @@ class Mirror:
         return LocalLake(self.root)
 
     def cli(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(argv))
-        return code, out.getvalue(), err.getvalue()
+        return run_cli(*argv)
 
     def sync(self, mode: str, *extra: str) -> None:
         code, out, err = self.cli(

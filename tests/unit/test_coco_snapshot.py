@@ -450,26 +450,19 @@ def _snapshot_file(lake: MemoryLake, name: str) -> str:
     return str(latest["manifest"]).replace("manifest.json", name)
 
 
-def _as_written_by_the_previous_version(lake: MemoryLake) -> None:
-    """Rewrites the latest snapshot's rows.tsv in the form the previous version wrote: a `#next` line with
-    the id counters, then `label_hash TAB ids TAB images TAB annotations` with the row's COCO JSON itself."""
-    rows_key, coco_key = _snapshot_file(lake, "rows.tsv"), _snapshot_file(lake, "coco.json")
-    header, *lines = lake.objects[rows_key][0].rstrip(b"\n").split(b"\n")
-    coco = lake.objects[coco_key][0]
-    images_at = coco.index(b',"images":[') + len(b',"images":[')
-    parsed = [line.split(b"\t") for line in lines]
-    images_len = sum(int(p[1]) + 1 for p in parsed if int(p[1])) - 1
-    annotations_at = images_at + max(images_len, 0) + len(b'],"annotations":[')
-    out = [b"#next\t" + orjson.dumps(orjson.loads(header.split(b"\t", 1)[1])["next"])]
-    for label_hash, n_images, n_annotations, _record, state in parsed:
-        images, annotations = (
-            coco[images_at : images_at + int(n_images)],
-            coco[annotations_at : annotations_at + int(n_annotations)],
-        )
-        images_at += int(n_images) + 1 if int(n_images) else 0
-        annotations_at += int(n_annotations) + 1 if int(n_annotations) else 0
-        out.append(b"\t".join((label_hash, state, images, annotations)))
-    lake.objects[rows_key] = (b"\n".join(out) + b"\n", '"old"')
+def _as_written_by_the_previous_format(lake: MemoryLake) -> None:
+    """Strips the format version from the latest snapshot's latest.json, manifest and rows.tsv, as the
+    version before snapshot format 2 wrote them."""
+    latest_k = latest_key(PROJECT, "main", ANNOTATE)
+    for key in (latest_k, _snapshot_file(lake, "manifest.json")):
+        doc = orjson.loads(lake.objects[key][0])
+        doc.pop("format_version")
+        lake.objects[key] = (orjson.dumps(doc), '"old"')
+    rows_key = _snapshot_file(lake, "rows.tsv")
+    header, rest = lake.objects[rows_key][0].split(b"\n", 1)
+    head = orjson.loads(header.split(b"\t", 1)[1])
+    head.pop("format_version")
+    lake.objects[rows_key] = (b"#v2\t" + orjson.dumps(head) + b"\n" + rest, '"old"')
 
 
 def _edit_one_and_refresh(lake: MemoryLake, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
@@ -517,31 +510,54 @@ def test_a_refresh_reads_the_previous_rows_tsv_and_coco_json_but_not_its_manifes
     assert _normalised(coco) == _normalised(_full_rebuild(rows))
 
 
-def test_a_snapshot_written_by_the_previous_version_is_refreshed_incrementally_keeping_its_ids() -> None:
-    # Given a partition whose latest snapshot has the previous version's rows.tsv
+def test_a_snapshot_of_an_older_format_is_named_outdated_and_rebuilt_from_all_rows() -> None:
+    # Given a partition whose latest snapshot was written in the format before version 2
     lake = MemoryLake()
     rows = _rows(12)
     hashes = [_write(lake, r) for r in rows]
     CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
         _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
     )
-    before, _ = _snapshot(lake)
-    _as_written_by_the_previous_version(lake)
-    # When one row is edited and the partition refreshed
-    edited, event = _edit_one_and_refresh(lake, rows)
-    # Then the refresh is incremental: only the edited row was read, and every other annotation kept its id
-    assert [k for k in lake.gets if k.startswith("labels/")] == [
-        label_key(PROJECT, "main", ANNOTATE, edited["label_hash"])
-    ]
-    after, manifest = _snapshot(lake)
-    assert manifest["incremental"] is True and manifest["changes"]["changed"] == [edited["label_hash"]]
-    assert event is not None and event.detail["changes"]["annotations_changed"] == 1
-    old = {a["id"]: a for a in before["annotations"]}
-    moved = [a for a in after["annotations"] if old.get(a["id"]) != a]
-    assert len(moved) == 1 and moved[0]["bbox"][0] == 10.0
-    assert {a["id"] for a in after["annotations"]} == set(old)
-    # and its content is a full rebuild's
-    assert _normalised(after) == _normalised(_full_rebuild(rows))
+    _as_written_by_the_previous_format(lake)
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    # When the next run asks which partitions are outdated
+    outdated = builder.outdated(PROJECT)
+    # Then that partition is, once per builder (the format changes only with the code)
+    assert outdated == [Partition(PROJECT, "main", ANNOTATE)]
+    assert builder.outdated(PROJECT) == []
+    # When the finalizer rebuilds it though none of its rows changed
+    lake.gets.clear()
+    event = builder.refresh(
+        _project(),
+        PartitionChanges(outdated[0], (), (), rescan=True),
+        run_id="20261123T121500Z-bbbb",
+        now=NOW,
+    )
+    # Then every row is read again, the snapshot is the current format's full rebuild, and nothing is outdated
+    assert len([k for k in lake.gets if k.startswith("labels/")]) == 12
+    coco, manifest = _snapshot(lake)
+    assert event is not None and manifest["format_version"] == 2 and manifest["incremental"] is False
+    assert _normalised(coco) == _normalised(_full_rebuild(rows))
+    latest = orjson.loads(lake.objects[latest_key(PROJECT, "main", ANNOTATE)][0])
+    assert latest["format_version"] == 2
+    assert CocoSnapshotBuilder(lake, encord_compatible=False).outdated(PROJECT) == []
+    # And a builder of the other COCO mode finds it outdated
+    assert CocoSnapshotBuilder(lake, encord_compatible=True).outdated(PROJECT) == outdated
+
+
+def test_lake_documents_are_one_json_object_on_one_newline_terminated_line() -> None:
+    # Given a partition's snapshot
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(5)]
+    CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        _project(), _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    # Then coco.json, manifest.json and latest.json each are one JSON object on one line ending in a newline
+    keys = [_snapshot_file(lake, n) for n in ("coco.json", "manifest.json")]
+    for key in [*keys, latest_key(PROJECT, "main", ANNOTATE)]:
+        body = lake.objects[key][0]
+        assert body.endswith(b"\n") and body.count(b"\n") == 1, key
+        assert isinstance(orjson.loads(body), dict)
 
 
 @pytest.mark.parametrize(

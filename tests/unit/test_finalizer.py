@@ -197,6 +197,19 @@ def test_a_snapshot_that_fails_again_stays_owed_by_the_latest_run(
     assert [(d.partition, d.run_id) for d in state.owed_snapshots(PROJECT)] == [(partition_of(NEW), "run-2")]
 
 
+def test_a_partition_whose_snapshot_is_of_an_older_format_is_rebuilt_by_the_next_run(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a run that changed nothing, and a snapshot step that finds Annotate's snapshot of an older format
+    _ran(state, clock)
+    snapshots = RecordingSnapshots(outdated=[partition_of(OLD)])
+    # When it finalizes
+    result = finalize(PROJECT, "run-1", CONFIG, replace(deps, snapshots=snapshots))
+    # Then that partition is rebuilt (rescanned) though none of its rows changed
+    assert [(c.partition, c.rescan) for c, _ in snapshots.calls] == [(partition_of(OLD), True)]
+    assert len(result.snapshots) == 1 and result.snapshots_owed == 0
+
+
 def test_the_manifest_has_counts_rows_and_unlabelled(
     deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
 ) -> None:

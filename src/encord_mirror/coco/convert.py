@@ -14,7 +14,19 @@ Two modes:
   2. skeleton points keep their visibility (`"visibility": "invisible" | "occluded" | "selfOccluded"`, as
      the SDK writes it; CocoExporter reads `"invisible": true` keys that the SDK never writes, so every point
      comes out visible);
-  3. answers to nested attributes (under a radio option) are kept (CocoExporter drops them).
+  3. answers to nested attributes (under a radio option) are kept (CocoExporter drops them);
+  4. what training and evaluation tools need (CocoExporter's output loses labels in all of them):
+     every annotation is `iscrowd: 0` (detectron2, Ultralytics' converter and COCOeval skip crowd
+     regions; CocoExporter marks every bitmask and multi-part polygon a crowd): a multi-part polygon is a
+     list of polygon parts, one with holes (which COCO polygons cannot express) and a bitmask an RLE;
+     ids start at 1 (COCOeval takes a matched id 0 for "unmatched"); every box has a size of at least one
+     pixel and every segmentation decodes with pycocotools' `annToMask`: a point is a 1x1 pixel square
+     around it, a polyline a one-pixel-wide strip along each segment, a skeleton the box around its points;
+     points and skeletons are COCO keypoints, their categories with `keypoints` (names) and `skeleton`
+     (1-based edges) lists;
+  5. `file_name`s are unique and name where the media step puts the bytes (`media/<data_hash>/<frame>.<ext>`),
+     and every image carries `encord_data_hash`, `encord_frame`, `encord_data_link` and, in an image
+     group, `encord_label_hash` (the row a member belongs to).
 
 The row-level functions (`row_images`, `row_annotations`) are shared with the snapshot builder, which gives
 ids of its own so that they survive incremental refresh.
@@ -23,6 +35,7 @@ ids of its own so that they survive incremental refresh.
 from __future__ import annotations
 
 import gc
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +86,13 @@ class Ontology:
     flat_attributes: dict[str, _Attribute]  # top-level attributes of every object, by feature hash
     nested_attributes: dict[str, _Attribute]  # attributes under radio options, by feature hash
     object_attributes: dict[str, list[_Attribute]] = field(default_factory=dict)
+    # skeleton object feature hash -> its template's point feature hashes, in the template's order
+    skeleton_points: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the corrected mode's categories: COCO keypoint lists on point and skeleton categories
+    corrected_categories: list[JsonDict] = field(default_factory=list)
+
+    def coco_categories(self, *, encord_compatible: bool) -> list[JsonDict]:
+        return self.categories if encord_compatible else self.corrected_categories
 
     @classmethod
     def from_dict(cls, ontology: Mapping[str, Any]) -> Ontology:
@@ -97,7 +117,45 @@ class Ontology:
                 category["skeleton"] = []
             categories.append(category)
             category_ids[obj["featureNodeHash"]] = category_id
-        return cls(categories, category_ids, flat, nested, per_object)
+        templates = {
+            t["template"].get("feature_node_hash"): t["template"]
+            for t in ontology.get("skeleton_templates") or []
+            if isinstance(t, Mapping) and isinstance(t.get("template"), Mapping)
+        }
+        skeleton_points: dict[str, tuple[str, ...]] = {}
+        corrected = list(categories)
+        for obj in ontology.get("objects") or []:
+            cid = category_ids.get(obj["featureNodeHash"])
+            if cid is None or obj["shape"] not in ("point", "skeleton"):
+                continue
+            category = dict(categories[cid - 1])
+            if obj["shape"] == "point":
+                category["keypoints"], category["skeleton"] = [obj["name"]], []
+            else:
+                names, points, edges = _skeleton_template(templates.get(obj["featureNodeHash"]))
+                skeleton_points.setdefault(obj["featureNodeHash"], points)
+                category["keypoints"], category["skeleton"] = names, edges
+            corrected[cid - 1] = category
+        return cls(categories, category_ids, flat, nested, per_object, skeleton_points, corrected)
+
+
+def _skeleton_template(
+    template: Mapping[str, Any] | None,
+) -> tuple[list[str], tuple[str, ...], list[list[int]]]:
+    """A skeleton template's point names and feature hashes in its order, and its edges as COCO's 1-based
+    index pairs."""
+    if not template:
+        return [], (), []
+    points = template.get("skeleton") or {}
+    order = sorted(points, key=int)
+    index = {key: i + 1 for i, key in enumerate(order)}
+    edges = [
+        [index[a], index[b]]
+        for a, targets in (template.get("skeletonEdges") or {}).items()
+        for b in targets
+        if a in index and b in index
+    ]
+    return [points[k]["name"] for k in order], tuple(points[k]["featureHash"] for k in order), edges
 
 
 def _attribute(raw: Mapping[str, Any]) -> _Attribute:
@@ -144,9 +202,46 @@ def _classification_frames(row: Mapping[str, Any]) -> list[int]:
     return frames
 
 
-def row_images(row: Mapping[str, Any]) -> list[ImageEntry]:
+def row_images(row: Mapping[str, Any], *, encord_compatible: bool) -> list[ImageEntry]:
     """The COCO images of one row, in CocoExporter's order (one per image, labelled frame, DICOM slice,
     classification-only frame; none for audio, text and PDF)."""
+    out = _compatible_images(row)
+    if not encord_compatible:
+        label_hash = row.get("label_hash")
+        units = row["data_units"]
+        for entry in out:
+            data_hash, frame = entry.key
+            unit = units.get(data_hash) or {}
+            body = entry.body
+            body["file_name"] = media_file_name(data_hash, frame, str(unit.get("data_type") or ""), body)
+            body["encord_data_hash"] = data_hash
+            body["encord_frame"] = frame
+            body["encord_data_link"] = unit.get("data_link")
+            body["encord_label_hash"] = label_hash
+    return out
+
+
+_MEDIA_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/tiff": "tiff"}
+
+
+def media_file_name(data_hash: str, frame: int, mime_type: str, body: Mapping[str, Any]) -> str:
+    """`<data_hash>/<frame>.<ext>`: unique per (data unit, frame), relative to the media folder the
+    `media` step fills (README "Training from a snapshot"). Video frames are JPEG; a DICOM slice keeps its
+    own file (`.dcm`); an image keeps its extension (its MIME type's, or its title's)."""
+    if "video" in mime_type:
+        ext = "jpg"
+    elif DICOM_MIME_TYPE in mime_type:
+        ext = "dcm"
+    elif mime_type in NIFTI_MIME_TYPES:
+        ext = "nii"
+    else:
+        title = str(body.get("image_title") or "")
+        ext = _MEDIA_EXTENSIONS.get(mime_type) or (title.rsplit(".", 1)[-1] if "." in title else "")
+        ext = "".join(c for c in ext.lower() if c.isalnum()) or "img"
+    return f"{data_hash}/{frame}.{ext}"
+
+
+def _compatible_images(row: Mapping[str, Any]) -> list[ImageEntry]:
     out: list[ImageEntry] = []
     row_type = str(row["data_type"])
     extra_frames = _classification_frames(row) if _is_frame_row(row) else []
@@ -343,90 +438,76 @@ class Converter:
     ) -> JsonDict | None:
         """The annotation of `obj`; an RLE mask's segmentation, box and area are filled in by `masks`."""
         shape = obj["shape"]
-        mask: Painting | RowMajorRuns | None = None
-        w, h = image.width, image.height
-        rotation: float | None = None
-        keypoints: list[float] | None = None
-        num_keypoints: int | None = None
-        is_crowd = 0
-        segmentation: Any
-        if shape in ("bounding_box", "rotatable_bounding_box"):
-            box = obj["boundingBox" if shape == "bounding_box" else "rotatableBoundingBox"]
-            x, y, bw, bh = box["x"] * w, box["y"] * h, box["w"] * w, box["h"] * h
-            area: float = bw * bh
-            segmentation = [_floats([x, y, x + bw, y, x + bw, y + bh, x, y + bh])]
-            bbox = [x, y, bw, bh]
-            if shape == "rotatable_bounding_box":
-                rotation = float(box["theta"])
-        elif shape == "polygon":
-            polygons = obj.get("polygons")
-            if polygons and (len(polygons) > 1 or len(polygons[0]) > 1):
-                is_crowd = 1
-                mask = _multipolygon(polygons, w, h)
-                segmentation, bbox, area = None, [], 0.0
-            else:
-                points = _points(obj["polygon"], w, h)
-                segmentation = [_floats(c for p in points for c in p)]
-                area = polygon_area([points])
-                bbox = _bounds(points)
-        elif shape == "polyline":
-            points = _points(obj["polyline"], w, h)
-            flat = [c for p in points for c in p]
-            segmentation = [_floats(flat + [c for p in reversed(points) for c in p])]
-            area = 0.0
-            if len(points) == 2:
-                (x0, y0), (x1, y1) = points
-                bbox = [float(min(x0, x1)), float(min(y0, y1)), float(abs(x0 - x1)), float(abs(y0 - y1))]
-            else:
-                bbox = _bounds(points)
-        elif shape == "bitmask":
-            mask = _bitmask(obj["bitmask"])
-            segmentation, bbox, area = None, [], 0.0
-            is_crowd = 1
-        elif shape == "point":
-            x, y = obj["point"]["0"]["x"] * w, obj["point"]["0"]["y"] * h
-            area = 0.0
-            segmentation = [[float(x), float(y)]]
-            keypoints = [float(x), float(y), 2.0]
-            num_keypoints = 1
-            bbox = [x, y, 0.0, 0.0]
-        elif shape == "skeleton":
-            keypoints = []
-            for point in obj["skeleton"].values():
-                keypoints += [float(point["x"] * w), float(point["y"] * h), float(self.visibility(point))]
-            num_keypoints = len(keypoints) // 3
-            xs, ys = keypoints[::3], keypoints[1::3]
-            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            area = 0.0
-            segmentation = []
-        else:
+        if shape not in _COCO_SHAPES:
             return None  # shapes COCO has no form for (cuboids, audio and text ranges, ...): skipped
+        geometry = (
+            self._compatible_geometry(obj, image.width, image.height)
+            if self.compatible
+            else _corrected_geometry(obj, image.width, image.height, self.ontology.skeleton_points, self)
+        )
         category_id = self.ontology.category_ids.get(obj["featureHash"])
         if category_id is None:
             raise RowOntologyMismatchError(row.get("label_hash"), row.get("data_title"), obj["featureHash"])
         frame = image.key[1]
         classifications = self.classifications(obj, frame, image_id, row["object_answers"], dyn, static)
         attributes: JsonDict = {"track_id": None, "encord_track_uuid": obj["objectHash"]}
-        if rotation is not None:
-            attributes["rotation"] = rotation
+        if geometry.rotation is not None:
+            attributes["rotation"] = geometry.rotation
         attributes["classifications"] = classifications
         if obj.get("manualAnnotation") is not None:
             attributes["manual_annotation"] = obj["manualAnnotation"]
         body: JsonDict = {
-            "area": float(area),
-            "bbox": [float(v) for v in bbox],
+            "area": float(geometry.area),
+            "bbox": [float(v) for v in geometry.bbox],
             "category_id": category_id,
             "image_id": image_id,
-            "iscrowd": is_crowd,
-            "segmentation": segmentation,
-            "keypoints": keypoints,
-            "num_keypoints": num_keypoints,
+            "iscrowd": geometry.is_crowd,
+            "segmentation": geometry.segmentation,
+            "keypoints": geometry.keypoints,
+            "num_keypoints": geometry.num_keypoints,
             "id": None,
             "attributes": attributes,
         }
-        if mask is not None:
-            masks.add(body, mask)
+        if geometry.mask is not None:
+            masks.add(body, geometry.mask)
         return body
+
+    def _compatible_geometry(self, obj: Mapping[str, Any], w: int, h: int) -> _Geometry:
+        """CocoExporter's geometry, quirks included (crowd masks, zero-size point boxes, ...)."""
+        shape = obj["shape"]
+        if shape in ("bounding_box", "rotatable_bounding_box"):
+            box = obj["boundingBox" if shape == "bounding_box" else "rotatableBoundingBox"]
+            x, y, bw, bh = box["x"] * w, box["y"] * h, box["w"] * w, box["h"] * h
+            rotation = float(box["theta"]) if shape == "rotatable_bounding_box" else None
+            segmentation = [_floats([x, y, x + bw, y, x + bw, y + bh, x, y + bh])]
+            return _Geometry(segmentation, [x, y, bw, bh], bw * bh, rotation=rotation)
+        if shape == "polygon":
+            polygons = obj.get("polygons")
+            if polygons and (len(polygons) > 1 or len(polygons[0]) > 1):
+                return _Geometry(None, [], 0.0, is_crowd=1, mask=_multipolygon(polygons, w, h))
+            points = _points(obj["polygon"], w, h)
+            return _Geometry([_floats(c for p in points for c in p)], _bounds(points), polygon_area([points]))
+        if shape == "polyline":
+            points = _points(obj["polyline"], w, h)
+            flat = [c for p in points for c in p]
+            segmentation = [_floats(flat + [c for p in reversed(points) for c in p])]
+            if len(points) == 2:
+                (x0, y0), (x1, y1) = points
+                bbox = [float(min(x0, x1)), float(min(y0, y1)), float(abs(x0 - x1)), float(abs(y0 - y1))]
+            else:
+                bbox = _bounds(points)
+            return _Geometry(segmentation, bbox, 0.0)
+        if shape == "bitmask":
+            return _Geometry(None, [], 0.0, is_crowd=1, mask=_bitmask(obj["bitmask"]))
+        if shape == "point":
+            x, y = obj["point"]["0"]["x"] * w, obj["point"]["0"]["y"] * h
+            return _Geometry([[float(x), float(y)]], [x, y, 0.0, 0.0], 0.0, [float(x), float(y), 2.0], 1)
+        keypoints: list[float] = []
+        for point in obj["skeleton"].values():
+            keypoints += [float(point["x"] * w), float(point["y"] * h), float(self.visibility(point))]
+        xs, ys = keypoints[::3], keypoints[1::3]
+        bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        return _Geometry([], bbox, 0.0, keypoints, len(keypoints) // 3)
 
     def visibility(self, point: Mapping[str, Any]) -> int:
         flags = point if self.compatible else {str(point.get("visibility")): True, **point}
@@ -435,6 +516,138 @@ class Converter:
         if flags.get("occluded") is True or flags.get("selfOccluded") is True:
             return 1
         return 2
+
+
+_COCO_SHAPES = frozenset(
+    {"bounding_box", "rotatable_bounding_box", "polygon", "polyline", "bitmask", "point", "skeleton"}
+)
+
+
+@dataclass(slots=True)
+class _Geometry:
+    """An annotation's shape fields; `mask` (an RLE still to compute) fills segmentation, bbox and area."""
+
+    segmentation: Any
+    bbox: list[float]
+    area: float
+    keypoints: list[float] | None = None
+    num_keypoints: int | None = None
+    is_crowd: int = 0
+    mask: Painting | RowMajorRuns | None = None
+    rotation: float | None = None
+
+
+def _corrected_geometry(
+    obj: Mapping[str, Any],
+    w: int,
+    h: int,
+    skeleton_points: Mapping[str, tuple[str, ...]],
+    converter: Converter,
+) -> _Geometry:
+    """Geometry every COCO reader keeps (module docstring, correction 4): never a crowd, never a box
+    without size, a segmentation `annToMask` decodes."""
+    shape = obj["shape"]
+    if shape in ("bounding_box", "rotatable_bounding_box"):
+        box = obj["boundingBox" if shape == "bounding_box" else "rotatableBoundingBox"]
+        x, y, bw, bh = _at_least_a_pixel([box["x"] * w, box["y"] * h, box["w"] * w, box["h"] * h])
+        rotation = float(box["theta"]) if shape == "rotatable_bounding_box" else None
+        return _Geometry(_box_polygon([x, y, bw, bh]), [x, y, bw, bh], bw * bh, rotation=rotation)
+    if shape == "polygon":
+        polygons = obj.get("polygons")
+        if polygons and any(len(rings) > 1 for rings in polygons):
+            return _Geometry(None, [], 0.0, mask=_multipolygon(polygons, w, h))  # holes: an RLE
+        if polygons and len(polygons) > 1:
+            parts = [[(r[i] * w, r[i + 1] * h) for i in range(0, len(r) - 1, 2)] for (r,) in polygons]
+        else:
+            parts = [_points(obj["polygon"], w, h)]
+        return _parts_geometry(parts)
+    if shape == "polyline":
+        return _polyline_geometry(_points(obj["polyline"], w, h))
+    if shape == "bitmask":
+        return _Geometry(None, [], 0.0, mask=_bitmask(obj["bitmask"]))
+    if shape == "point":
+        x, y = obj["point"]["0"]["x"] * w, obj["point"]["0"]["y"] * h
+        bbox = _pixel_of(x, y, w, h)
+        return _Geometry(_box_polygon(bbox), bbox, 1.0, [float(x), float(y), 2.0], 1)
+    points = list(obj["skeleton"].values())
+    order = skeleton_points.get(obj["featureHash"], ())
+    by_feature = {p.get("featureHash"): p for p in points}
+    if order and set(by_feature) <= set(order) and len(by_feature) == len(points):
+        # The category's keypoint order; a template point the object lacks is "not labelled" (0, 0, 0).
+        keypoints: list[float] = []
+        for feature_hash in order:
+            point = by_feature.get(feature_hash)
+            keypoints += (
+                [0.0, 0.0, 0.0]
+                if point is None
+                else [float(point["x"] * w), float(point["y"] * h), float(converter.visibility(point))]
+            )
+    else:
+        keypoints = [c for p in points for c in (p["x"] * w, p["y"] * h, float(converter.visibility(p)))]
+    labelled = [(x, y) for x, y, v in zip(keypoints[::3], keypoints[1::3], keypoints[2::3], strict=True) if v]
+    located = labelled or list(zip(keypoints[::3], keypoints[1::3], strict=True))
+    bbox = _at_least_a_pixel(_bounds(located))
+    return _Geometry(_box_polygon(bbox), bbox, bbox[2] * bbox[3], keypoints, len(labelled))
+
+
+def _at_least_a_pixel(bbox: Sequence[float]) -> list[float]:
+    """The box grown about its centre to at least one pixel each way (COCOeval's IoU of an empty box is
+    undefined, and Ultralytics' converter drops it)."""
+    x, y, bw, bh = bbox
+    if bw < 1.0:
+        x, bw = x - (1.0 - bw) / 2, 1.0
+    if bh < 1.0:
+        y, bh = y - (1.0 - bh) / 2, 1.0
+    return [float(x), float(y), float(bw), float(bh)]
+
+
+def _pixel_of(x: float, y: float, w: int, h: int) -> list[float]:
+    """The pixel a point falls in, as a box (a point on the right or bottom edge is in the last pixel)."""
+    return [float(min(max(int(x), 0), max(w - 1, 0))), float(min(max(int(y), 0), max(h - 1, 0))), 1.0, 1.0]
+
+
+def _box_polygon(bbox: Sequence[float]) -> list[list[float]]:
+    x, y, bw, bh = bbox
+    return [_floats([x, y, x + bw, y, x + bw, y + bh, x, y + bh])]
+
+
+def _parts_geometry(parts: Sequence[Sequence[tuple[float, float]]]) -> _Geometry:
+    """Polygon parts as COCO polygons; a part with fewer than three vertices (which pycocotools would read
+    as a box, or not at all) as the pixel box around it."""
+    segmentation: list[list[float]] = []
+    area = 0.0
+    corners: list[tuple[float, float]] = []
+    for part in parts:
+        if len(part) >= 3:
+            segmentation.append(_floats(c for p in part for c in p))
+            area += polygon_area([part])
+            corners.extend(part)
+        elif part:
+            box = _at_least_a_pixel(_bounds(part))
+            segmentation += _box_polygon(box)
+            area += box[2] * box[3]
+            corners += [(box[0], box[1]), (box[0] + box[2], box[1] + box[3])]
+    bbox = _at_least_a_pixel(_bounds(corners))
+    return _Geometry(segmentation, bbox, area)
+
+
+def _polyline_geometry(points: Sequence[tuple[float, float]]) -> _Geometry:
+    """A polyline as the one-pixel-wide strip along each of its segments (a line has no area to mask)."""
+    strips: list[list[tuple[float, float]]] = []
+    length = 0.0
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        dx, dy = x1 - x0, y1 - y0
+        norm = (dx * dx + dy * dy) ** 0.5
+        if norm == 0.0:
+            continue
+        nx, ny = -dy / norm / 2, dx / norm / 2
+        strips.append([(x0 + nx, y0 + ny), (x1 + nx, y1 + ny), (x1 - nx, y1 - ny), (x0 - nx, y0 - ny)])
+        length += norm
+    if not strips:
+        return _parts_geometry([points[:1]])
+    geometry = _parts_geometry(strips)
+    geometry.area = length
+    return geometry
 
 
 def _floats(values: Iterable[float]) -> list[float]:
@@ -615,7 +828,7 @@ def _convert(
     converter = make_converter(ontology, encord_compatible=encord_compatible)
     # Image ids: CocoExporter numbers images by the size of its (data_hash, frame) map, so two rows on the
     # same data unit (two branches) share ids in a way only the compatible mode reproduces.
-    row_entries = [row_images(row) for row in rows]
+    row_entries = [row_images(row, encord_compatible=encord_compatible) for row in rows]
     images: list[JsonDict] = []
     compat_ids: dict[ImageKey, int] = {}
     own_ids: list[dict[ImageKey, int]] = []
@@ -623,7 +836,7 @@ def _convert(
     for entries in row_entries:
         mine: dict[ImageKey, int] = {}
         for entry in entries:
-            new_id = len(compat_ids) if encord_compatible else len(images)
+            new_id = len(compat_ids) if encord_compatible else len(images) + 1
             compat_ids[entry.key] = new_id
             mine.setdefault(entry.key, new_id)
             by_id[new_id] = entry
@@ -650,13 +863,13 @@ def _convert(
         sized = compat_sized if encord_compatible else {e.key: e for e in entries}
         dyn = compat_dyn if encord_compatible else None
         for ann in row_annotations(converter, row, sized, ids.__getitem__, dyn, masks):
-            ann.body["id"] = len(annotations)
+            ann.body["id"] = len(annotations) + (0 if encord_compatible else 1)
             ann.body["attributes"]["track_id"] = track_ids.setdefault(ann.object_hash, len(track_ids))
             annotations.append(ann.body)
     masks.flush()
     return {
         "info": info(str(rows[0]["data_title"]) if rows else None),
-        "categories": converter.ontology.categories,
+        "categories": converter.ontology.coco_categories(encord_compatible=encord_compatible),
         "images": images,
         "annotations": annotations,
     }

@@ -18,8 +18,9 @@ in rows.tsv. rows.tsv holds, per row in label-hash order, its ids, its manifest 
 of its images and annotations in coco.json, so a refresh splices the unchanged rows' bytes (of coco.json,
 rows.tsv and the manifest) into the new snapshot without parsing them: its cost follows the changed rows,
 apart from copying the unchanged bytes, which an immutable coco.json needs. rows.tsv is internal: one
-written by an earlier version (`#next` header) is read once as the previous snapshot, and one that cannot
-be read makes the refresh rebuild the partition from all its rows.
+that cannot be read, or a snapshot of another `SNAPSHOT_FORMAT_VERSION` or COCO mode, makes the refresh
+rebuild the partition from all its rows (and `outdated` names such partitions, so the next run rebuilds
+them even when none of their rows changed).
 
 In compatible mode a snapshot reproduces CocoExporter's per-row output; its one cross-row quirk (dynamic
 answers read from the first row, by image id) is not reproduced, since it would tie every row's attributes
@@ -53,16 +54,20 @@ from encord_mirror.coco.convert import (
     row_images,
 )
 from encord_mirror.coco.raster import Painting, RowMajorRuns
-from encord_mirror.domain.lake import label_key, latest_key, partition_prefix, snapshot_key
+from encord_mirror.domain.lake import label_key, latest_key, partition_of, partition_prefix, snapshot_key
 from encord_mirror.domain.models import JsonDict, Partition, PartitionChanges, ProjectInfo, SnapshotEvent
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
 ROWS_FILE = "rows.tsv"
 _ROWS_V2 = b"#v2\t"
-_ROWS_V1 = b"#next\t"  # written before rows.tsv pointed into coco.json: it held the rows' COCO bytes itself
+# The snapshot format (coco.json's content, the manifest's and latest.json's layout): a snapshot of another
+# version, or of the other COCO mode, is rebuilt from all its rows by the next run (`outdated`).
+# 1: before versioning; 2: corrected-mode training fixes, Encord keys on images, one-line manifests.
+SNAPSHOT_FORMAT_VERSION = 2
+_LAYOUT = ("ontology_hash", "format_version", "encord_compatible")
 _IMAGES_OPEN = b',"images":['
 _ANNOTATIONS_OPEN = b'],"annotations":['
-_COCO_CLOSE = b"]}"
+_COCO_CLOSE = b"]}\n"  # every lake document ends with a newline
 # What makes one row unconvertible: it is left out of the snapshot and named in the manifest.
 _ROW_ERRORS = (RowOntologyMismatchError, orjson.JSONDecodeError, KeyError, TypeError, ValueError)
 # Converted rows waiting for their masks; the mask queue is flushed early when this many wait.
@@ -105,7 +110,7 @@ class _Previous:
     """What a refresh needs of the previous snapshot. `coco` is None when its bytes and ids cannot be
     carried over (another ontology, or files that do not fit together): the refresh then rebuilds."""
 
-    ontology_hash: str | None
+    layout: JsonDict  # what its ids and bytes depend on: ontology hash, format version, COCO mode
     counters: dict[str, int]
     counts: dict[str, int]  # images, annotations
     rows: dict[str, _PrevRow]
@@ -184,26 +189,7 @@ def _rows_line(label_hash: bytes, images: bytes, annotations: bytes, record: byt
 
 
 def _entry(label_hash: str, record: bytes) -> bytes:
-    return b"".join((orjson.dumps(label_hash), b": ", record))
-
-
-def _migrate_v1(body: bytes, manifest: Mapping[str, Any]) -> bytes:
-    """An earlier version's rows.tsv (`#next` counters, then `label_hash TAB ids TAB images TAB
-    annotations`) with its manifest, as today's rows.tsv: its coco.json is laid out the same way."""
-    header, *lines = body.split(b"\n")
-    head = {
-        "ontology_hash": manifest.get("ontology_hash"),
-        "next": orjson.loads(header[len(_ROWS_V1) :]),
-        "counts": {k: manifest["counts"][k] for k in ("images", "annotations")},
-    }
-    out = [_ROWS_V2 + orjson.dumps(head) + b"\n"]
-    records = manifest["rows"]
-    for line in lines:
-        if line:
-            label_hash, state, images, annotations = line.split(b"\t", 3)
-            record = orjson.dumps(records[label_hash.decode()])
-            out.append(_rows_line(label_hash, images, annotations, record, state))
-    return b"".join(out)
+    return b"".join((orjson.dumps(label_hash), b":", record))
 
 
 class _Splice:
@@ -313,6 +299,7 @@ class CocoSnapshotBuilder:
         self._compatible = encord_compatible
         self._min = announce_min_annotations
         self._converters: dict[str, Converter] = {}
+        self._checked: set[str] = set()
 
     def refresh(
         self, project: ProjectInfo, changes: PartitionChanges, *, run_id: str, now: datetime
@@ -360,7 +347,9 @@ class CocoSnapshotBuilder:
         else:
             # No usable previous snapshot: the first one of the partition, or the ontology changed (the ids
             # restart then, but the manifest still compares rows with the previous snapshot's).
-            counters = {"image": 0, "annotation": 0, "track": 0}
+            # Corrected mode numbers from 1 (COCOeval reads a matched id 0 as "unmatched").
+            first_id = 0 if self._compatible else 1
+            counters = {"image": first_id, "annotation": first_id, "track": 0}
             touched = sorted(self._listed(part) | set(changes.removed))
 
         new_rows: dict[str, _NewRow] = {}
@@ -463,7 +452,7 @@ class CocoSnapshotBuilder:
                 b'{"info":',
                 orjson.dumps(info(None if first_title is None else str(first_title))),
                 b',"categories":',
-                orjson.dumps(converter.ontology.categories),
+                orjson.dumps(converter.ontology.coco_categories(encord_compatible=self._compatible)),
                 _IMAGES_OPEN,
                 *images.parts(),
                 _ANNOTATIONS_OPEN,
@@ -477,7 +466,7 @@ class CocoSnapshotBuilder:
         if carried is not None:
             carried.coco = None
         head = {
-            "ontology_hash": ohash,
+            **self._layout(ohash),
             "next": counters,
             "counts": {"images": n_images, "annotations": n_annotations},
         }
@@ -495,8 +484,7 @@ class CocoSnapshotBuilder:
             "branch": part.branch,
             "stage": part.stage,
             "previous_snapshot_id": latest["snapshot_id"] if latest else None,
-            "ontology_hash": ohash,
-            "encord_compatible": self._compatible,
+            **self._layout(ohash),
             "incremental": carried is not None,
             "counts": {"rows": len(order), "images": n_images, "annotations": n_annotations},
             "changes": {
@@ -517,13 +505,10 @@ class CocoSnapshotBuilder:
             "manifest_uri": self._lake.uri(keys["manifest.json"]),
         }
         del coco_body
-        # "rows" goes last, spliced in as its entries' bytes: one row per line.
-        top = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
-        parts = [top[:-2], b',\n  "rows": {']
-        if entries:
-            parts += [b"\n    ", b",\n    ".join(entries), b"\n  "]
-        manifest_body = b"".join([*parts, b"}\n}"])
-        del parts, entries
+        # One JSON object on one line, newline-terminated (Hive JSON SerDes and pyarrow read it); "rows"
+        # goes last, spliced in as its entries' bytes.
+        manifest_body = b"".join([orjson.dumps(manifest)[:-1], b',"rows":{', b",".join(entries), b"}}\n"])
+        del entries
         try:
             self._lake.put(keys["manifest.json"], manifest_body, if_none_match=True)
         except PreconditionFailedError:
@@ -539,16 +524,20 @@ class CocoSnapshotBuilder:
         manifest: Any = None
         prev: _Previous | None = None
         try:
-            if not body.startswith(_ROWS_V2):
-                manifest = self._read_json(self._key(part, snapshot_id, "manifest.json"))
-                ok = manifest is not None and body.startswith(_ROWS_V1)
-                body = _migrate_v1(body, manifest) if ok else b""
-            if body:
+            # Another layout (an earlier version's `#next` rows.tsv) is never carried over: its snapshot
+            # format is older, so the partition is rebuilt; the manifest still names its rows.
+            if body.startswith(_ROWS_V2):
                 header, rows, images_len, annotations_len = _parse_rows(body)
                 counters = {k: int(header["next"][k]) for k in ("image", "annotation", "track")}
                 counts = {k: int(header["counts"][k]) for k in ("images", "annotations")}
                 prev = _Previous(
-                    header.get("ontology_hash"), counters, counts, rows, body, images_len, annotations_len
+                    {k: header.get(k) for k in _LAYOUT},
+                    counters,
+                    counts,
+                    rows,
+                    body,
+                    images_len,
+                    annotations_len,
                 )
         except _ROW_ERRORS:
             prev = None
@@ -559,8 +548,8 @@ class CocoSnapshotBuilder:
             if manifest is None:
                 return None
             rows = {h: _PrevRow(orjson.dumps(r), 0, 0, 0, 0, 0, 0, 0, 0) for h, r in manifest["rows"].items()}
-            return _Previous(manifest.get("ontology_hash"), {}, {}, rows, b"", 0, 0)
-        if prev.ontology_hash == ohash:
+            return _Previous({k: manifest.get(k) for k in _LAYOUT}, {}, {}, rows, b"", 0, 0)
+        if prev.layout == self._layout(ohash):
             coco = self._lake.get(self._key(part, snapshot_id, "coco.json"))
             if coco is not None:
                 self._attach(prev, coco.body)
@@ -616,6 +605,32 @@ class CocoSnapshotBuilder:
             _entry(label_hash, record_json),
         )
 
+    def _layout(self, ohash: str) -> JsonDict:
+        return {
+            "ontology_hash": ohash,
+            "format_version": SNAPSHOT_FORMAT_VERSION,
+            "encord_compatible": self._compatible,
+        }
+
+    def outdated(self, project_hash: str) -> list[Partition]:
+        """The project's partitions whose latest snapshot has another format version or COCO mode: the
+        finalizer rebuilds them (`PartitionChanges.rescan`). Checked once per builder and project (the
+        format only changes with the code, and a rebuild that fails is owed through the state store)."""
+        if project_hash in self._checked:
+            return []
+        out: list[Partition] = []
+        for key in self._lake.list_keys(f"coco/project={project_hash}/"):
+            if key.count("/") != 4 or not key.endswith("/latest.json"):
+                continue
+            latest = self._read_json(key)
+            if latest is not None and (
+                latest.get("format_version") != SNAPSHOT_FORMAT_VERSION
+                or latest.get("encord_compatible") != self._compatible
+            ):
+                out.append(partition_of(key))
+        self._checked.add(project_hash)
+        return sorted(out)
+
     def _converter(self, project: ProjectInfo) -> Converter:
         key = ontology_hash(project)
         if key not in self._converters:
@@ -644,7 +659,7 @@ class CocoSnapshotBuilder:
 
         entries: dict[ImageKey, ImageEntry] = {}
         images: list[JsonDict] = []
-        for entry in row_images(row):
+        for entry in row_images(row, encord_compatible=self._compatible):
             if entry.key in entries:
                 continue  # a (data_hash, frame) twice in one row: one image
             k = _ikey(entry.key)
@@ -726,8 +741,10 @@ class CocoSnapshotBuilder:
                     part.project_hash, part.branch, part.stage, manifest["snapshot_id"], "manifest.json"
                 ),
                 "counts": manifest["counts"],
+                "format_version": manifest.get("format_version", 1),
+                "encord_compatible": manifest.get("encord_compatible"),
             },
-            option=orjson.OPT_INDENT_2,
+            option=orjson.OPT_APPEND_NEWLINE,
         )
         try:
             if latest_obj is None:

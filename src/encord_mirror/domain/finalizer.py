@@ -211,7 +211,8 @@ def _refresh_snapshots(
     state = deps.state
     owed = {d.partition: d for d in state.owed_snapshots(project_hash)}
     todo = {c.partition: c for c in touched_partitions(outcomes)}
-    for part in owed:
+    # A snapshot of an older format is rebuilt like an owed one (the README's contract change rule).
+    for part in [*owed, *deps.snapshots.outdated(project_hash)]:
         todo[part] = replace(todo.get(part, PartitionChanges(part, (), ())), rescan=True)
     if not todo:
         return [], [], 0

@@ -17,6 +17,7 @@ from encord_mirror.domain.models import (
     IndexEntry,
     Lease,
     LoadResult,
+    Partition,
     PartitionChanges,
     ProjectInfo,
     RowMeta,
@@ -208,4 +209,9 @@ class SnapshotBuilder(Protocol):
         event to announce (None when nothing changed or below the announce threshold). Idempotent for
         a (run_id, partition): a retried finalizer finds the snapshot already written and returns the
         same event."""
+        ...
+
+    def outdated(self, project_hash: str) -> list[Partition]:
+        """The project's partitions whose latest snapshot is of another snapshot format (or COCO mode):
+        the finalizer rebuilds them, as it does owed ones."""
         ...
