@@ -531,7 +531,9 @@ def test_status_says_what_holds_the_lake_back_and_exits_1_until_it_is_in_step(mi
     assert mirror.emu.request_log() == []
 
 
+@pytest.mark.parametrize("scheme", ["s3", "S3"])
 def test_an_s3_lake_is_synced_through_boto3_with_state_in_the_user_cache(
+    scheme: str,
     mirror: Mirror,
     aws_endpoint: str,
     aws_client: Callable[[str], Any],
@@ -549,9 +551,9 @@ def test_an_s3_lake_is_synced_through_boto3_with_state_in_the_user_cache(
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }.items():
         monkeypatch.setenv(name, value)
-    mirror.dest = f"s3://{bucket}/mirror/v1"
+    mirror.dest = f"{scheme}://{bucket}/mirror/v1"
 
-    # When sync runs twice against s3://bucket/prefix
+    # When sync runs twice against s3://bucket/prefix (or S3://: the scheme's case does not matter)
     first = mirror.sync()
     mirror.emu.clear_log()
     second = mirror.sync()

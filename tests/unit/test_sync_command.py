@@ -12,7 +12,7 @@ from encord_mirror.adapters.local import LocalLake, SqliteStateStore
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.main import build_parser, main
 from encord_mirror.cli.sync import config_from_args, format_summary
-from encord_mirror.cli.target import LakeTarget, default_state_path, open_target, parse_s3_uri
+from encord_mirror.cli.target import LakeTarget, default_state_path, is_s3, open_target, parse_s3_uri
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.models import BranchSelection, Gap
 from encord_mirror.local_sync import ProjectSummary, SyncSummary
@@ -161,3 +161,47 @@ def test_an_owed_snapshot_makes_the_sync_not_ok_and_the_summary_says_so(tmp_path
     assert "NOT IN STEP: 1 COCO snapshot(s) failed and stay stale" in text and "row(s)" not in text
     # and once nothing is owed it is OK again
     assert SyncSummary((ProjectSummary("p1", "run-2", "synced"),)).ok
+
+
+def test_an_empty_lake_is_a_usage_error_and_nothing_is_written_to_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a working directory that is empty
+    monkeypatch.chdir(tmp_path)
+    # When sync and status are given --lake ""
+    sync = main(["sync", "--project", "p1", "--lake", "", "--ssh-key", "key"])
+    status = main(["status", "--project", "p1", "--lake", ""])
+    # Then both exit 2 naming the flag, and the directory stays empty (no state file, no lake)
+    assert (sync, status) == (2, 2)
+    assert capsys.readouterr().err.count("--lake is empty") == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_upper_case_s3_scheme_is_an_s3_lake_and_other_schemes_are_refused(tmp_path: Path) -> None:
+    # When / Then: S3:// is S3 (as the AWS CLI takes it), with its state in the cache like s3://
+    assert is_s3("S3://bucket/prefix") and parse_s3_uri("S3://bucket/prefix/") == ("bucket", "prefix")
+    assert default_state_path("S3://bucket/prefix") == default_state_path("s3://bucket/prefix")
+    assert not is_s3(str(tmp_path / "lake"))
+    # and gs:// or https:// is neither S3 nor a directory: refused, naming the flag and what is accepted
+    for dest in ("gs://bucket/prefix", "https://example.com/lake"):
+        with pytest.raises(CliError, match=r"--lake .*not supported; use a directory or s3://"):
+            open_target(dest, None)
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_an_encord_domain_that_is_not_a_url_exits_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a readable key file (the domain is checked before any request)
+    key = tmp_path / "key"
+    key.write_text("not checked first")
+    # When sync is given a domain that is not a URL
+    code = main(
+        ["sync", "--project", "p1", "--lake", str(tmp_path / "lake"), "--ssh-key", str(key),
+         "--encord-domain", "not a url"]  # fmt: skip
+    )
+    # Then it exits 2, naming the flag, the value and what a domain looks like; no lake was made
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--encord-domain 'not a url': not an http(s) URL" in err and "https://api.encord.com" in err
+    assert not (tmp_path / "lake").exists()

@@ -27,6 +27,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from encord.configs import ENCORD_DOMAIN
 
 from encord_mirror.adapters.encord_source import (
     EncordApiError,
@@ -39,7 +42,7 @@ from encord_mirror.adapters.encord_source import (
 from encord_mirror.adapters.local import LocalLake, LocalQueueError
 from encord_mirror.cli.args import FLAG_OF_SETTING
 from encord_mirror.cli.errors import CliError
-from encord_mirror.cli.target import LakeTarget, open_state, open_target
+from encord_mirror.cli.target import LakeTarget, is_s3, open_state, open_target
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import ConfigError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection
@@ -100,7 +103,21 @@ def config_cli_error(exc: ConfigError) -> CliError:
     return CliError(f"{exc}" + (f" (set with {flag})" if flag else ""))
 
 
+def check_domain(domain: str | None) -> None:
+    """`--encord-domain` must be an http(s) URL with a host (the SDK would fail on its first request with
+    a message about a request path, naming neither the flag nor the value)."""
+    if domain is None:
+        return
+    url = urlsplit(domain.strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise CliError(
+            f"--encord-domain {domain!r}: not an http(s) URL with a host; give Encord's API address, "
+            f"e.g. {ENCORD_DOMAIN} (the default), or an emulator's http://127.0.0.1:PORT"
+        )
+
+
 def open_source(ssh_key: str, domain: str | None) -> EncordLabelSource:
+    check_domain(domain)
     try:
         return EncordLabelSource.from_key_file(ssh_key, domain=domain)
     except EncordCredentialsError as exc:
@@ -217,6 +234,7 @@ def _sync_main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1 (got {args.workers})")
     config = config_from_args(args)
+    is_s3(args.lake)  # a bad --lake fails before the key is read or Encord is called
     source = open_source(args.ssh_key, args.encord_domain)
     target = open_target(args.lake, args.state)
     state = open_state(target, config.projects)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -44,9 +45,29 @@ class LakeTarget:
     state_path: Path
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_s3(dest: str) -> bool:
+    """Whether `--lake DEST` names an S3 lake. The scheme is case-insensitive (`S3://` too, as the AWS CLI
+    takes it); an empty DEST or another scheme (`gs://`, `https://`) is refused: it is not a directory
+    either, and taking it for one would write somewhere the user did not mean."""
+    if not dest.strip():
+        raise CliError("--lake is empty: give a directory or s3://BUCKET/PREFIX")
+    scheme = _SCHEME.match(dest)
+    if scheme is None:
+        return False
+    if scheme.group(1).lower() != "s3":
+        raise CliError(
+            f"--lake {dest!r}: {scheme.group(1)}:// lakes are not supported; use a directory or "
+            "s3://BUCKET/PREFIX"
+        )
+    return True
+
+
 def default_state_path(dest: str) -> Path:
     """The state file that goes with a lake when `--state` is not given (see the module docstring)."""
-    if dest.startswith("s3://"):
+    if is_s3(dest):
         bucket, prefix = parse_s3_uri(dest)
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "encord-mirror"
         digest = hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:12]
@@ -59,7 +80,7 @@ def _state_path(dest: str, state: str | None) -> Path:
 
 
 def parse_s3_uri(dest: str) -> tuple[str, str]:
-    bucket, _, prefix = dest.removeprefix("s3://").partition("/")
+    bucket, _, prefix = dest[len("s3://") :].partition("/")
     if not bucket:
         raise CliError(f"--lake {dest!r}: an S3 lake is s3://BUCKET or s3://BUCKET/PREFIX")
     return bucket, prefix.strip("/")
@@ -68,7 +89,7 @@ def parse_s3_uri(dest: str) -> tuple[str, str]:
 def open_target(dest: str, state: str | None) -> LakeTarget:
     """The lake for DEST (`s3://bucket/prefix` or a directory, created if missing) and its state path."""
     state_path = _state_path(dest, state)
-    if dest.startswith("s3://"):
+    if is_s3(dest):
         return LakeTarget(_open_s3(dest), dest, state_path)
     from encord_mirror.adapters.local import LocalLake
 
@@ -174,7 +195,7 @@ def _create_lake_id(target: LakeTarget) -> str:
 
 def open_lake(dest: str) -> ObjectStore:
     """An existing lake, for commands that only read it (a directory must exist; nothing is created)."""
-    if dest.startswith("s3://"):
+    if is_s3(dest):
         return _open_s3(dest)
     from encord_mirror.adapters.local import LocalLake
 
@@ -193,4 +214,4 @@ def open_existing(dest: str, state: str | None) -> LakeTarget:
             f"--state {state_path}: no state file; has `encord-mirror sync` run with this lake? "
             "(pass --state if its state is elsewhere)"
         )
-    return LakeTarget(lake, dest if dest.startswith("s3://") else str(Path(dest).expanduser()), state_path)
+    return LakeTarget(lake, dest if is_s3(dest) else str(Path(dest).expanduser()), state_path)
