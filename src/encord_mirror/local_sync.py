@@ -18,8 +18,8 @@ from encord_mirror.adapters.local.queue import LocalWorkQueue
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.finalizer import COUNTED, FinalizeResult, finalize
-from encord_mirror.domain.models import ChunkMessage, ChunkResult, Lease
-from encord_mirror.domain.planner import PlanResult, plan
+from encord_mirror.domain.models import ChunkMessage, ChunkResult, Lease, RunFailure
+from encord_mirror.domain.planner import PlanResult, failure_reason, plan
 from encord_mirror.domain.ports import EventSink, LabelSource, ObjectStore, SnapshotBuilder, StateStore
 from encord_mirror.domain.worker import process_chunk
 
@@ -150,6 +150,15 @@ def run_local_sync(
     return SyncSummary(tuple(summaries))
 
 
+def _record_failure(
+    deps: MirrorDeps, project_hash: str, run_id: str, why: BaseException | str | None
+) -> None:
+    reason = why if isinstance(why, str) else failure_reason(why) if why is not None else "stopped"
+    deps.state.set_failure(
+        project_hash, RunFailure(project_hash, run_id, deps.clock(), f"unfinished: {reason}")
+    )
+
+
 def describe_lease(lease: Lease | None) -> str:
     """Who holds a project's lease, since when and until when, for a message to a user."""
     if lease is None:
@@ -220,7 +229,7 @@ def _sync_project(
             f"{result.removals} to remove, {result.chunks} chunks"
         )
         queue.drain()
-    except BaseException:
+    except BaseException as exc:
         # Interrupted (Ctrl-C) or a finalizer failed: nothing in this process will finish the run. The
         # watermark did not move, so free the project and let the next sync repeat the work; the lease
         # goes even if a second Ctrl-C cuts the wait for the running chunks short.
@@ -228,11 +237,14 @@ def _sync_project(
             queue.close(cancel=True)
         finally:
             deps.state.release_lease(project_hash, result.run_id)
+            _record_failure(deps, project_hash, result.run_id, exc)
         raise
     closing = next((f for f in finished if f.status == "finalized"), None)
     if closing is None:
         # Nothing in this process will finish the run: let the next sync start at once (from the old mark).
         deps.state.release_lease(project_hash, result.run_id)
+        why = "; ".join(d.error for d in queue.dead_letters) or "its finalizer did not complete"
+        _record_failure(deps, project_hash, result.run_id, why)
     seconds = time.perf_counter() - started
     counts = closing.counts if closing else {c: 0 for c in COUNTED}
     summary = ProjectSummary(

@@ -34,6 +34,7 @@ from encord_mirror.domain.models import (
     Lease,
     Partition,
     RowOutcome,
+    RunFailure,
     RunRecord,
     SnapshotDebt,
     SnapshotEvent,
@@ -318,6 +319,21 @@ def test_the_filters_fingerprint_is_kept_per_project(state: StateStore) -> None:
     state.set_filters("proj-other", "dddd.eeee")
     assert state.get_filters(PROJECT) == "aaaa.cccc"
     assert state.get_filters("proj-other") == "dddd.eeee"
+
+
+def test_a_failed_sync_is_recorded_per_project_until_it_is_cleared(state: StateStore) -> None:
+    # Given no failure / When one is recorded, then replaced by a later one, with and without a run id
+    assert state.get_failure(PROJECT) is None
+    state.set_failure(PROJECT, RunFailure(PROJECT, "run-1", T0, "EncordApiError: 503"))
+    state.set_failure(PROJECT, RunFailure(PROJECT, None, T0 + timedelta(seconds=1), "interrupted (SIGINT)"))
+    state.set_failure("proj-other", RunFailure("proj-other", "run-9", T0, "boom"))
+    # Then the project holds the latest, the other project its own, and clearing drops only the project's
+    assert state.get_failure(PROJECT) == RunFailure(
+        PROJECT, None, T0 + timedelta(seconds=1), "interrupted (SIGINT)"
+    )
+    state.set_failure(PROJECT, None)
+    assert state.get_failure(PROJECT) is None
+    assert state.get_failure("proj-other") == RunFailure("proj-other", "run-9", T0, "boom")
 
 
 def test_run_numbers_count_up_from_one_without_duplicates(state: StateStore) -> None:

@@ -649,3 +649,33 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
     assert "second sync" in done.stdout.lower() and "labels/project=" in done.stdout
     assert any((tmp_path / "lake" / "labels").rglob("*.json"))
+
+
+def test_status_opens_the_state_read_only_and_reports_a_failed_sync_until_a_run_completes(
+    mirror: Mirror,
+) -> None:
+    # Given a lake in step, its state file as the sync left it
+    _first_sync(mirror)
+    state_file = Path(mirror.dest) / ".mirror-state.sqlite"
+    before = state_file.read_bytes()
+    # When status reads it
+    ok = mirror.status()
+    # Then it is OK, the file is unchanged and no -wal / -shm file is left beside it
+    assert ok.code == 0, ok.out + ok.err
+    assert state_file.read_bytes() == before
+    assert sorted(p.name for p in Path(mirror.dest).glob(".mirror-state*")) == [".mirror-state.sqlite"]
+
+    # Given a sync that stops: Encord answers 503 to every attempt at listing rows
+    mirror.emu.inject_fault("status", status=503, retry_after=1, count=4, query_type="labelrowmetadata")
+    assert mirror.sync("--full").code == 1
+    # When status is asked (no --max-lag: the watermark is recent)
+    failed = mirror.status()
+    # Then it is NOT OK and says the last sync failed, when and why
+    assert failed.code == 1, failed.out + failed.err
+    assert "last sync FAILED at " in failed.out and "EncordApiError" in failed.out
+    report = orjson.loads(mirror.status("--json").out)[0]
+    assert report["last_failure"]["reason"].startswith("EncordApiError") and report["problems"]
+
+    # When a sync completes / Then status is OK again
+    assert mirror.sync().code == 0
+    assert mirror.status().code == 0

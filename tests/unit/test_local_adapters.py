@@ -28,6 +28,7 @@ from encord_mirror.domain.models import (
     Gap,
     IndexEntry,
     RowOutcome,
+    RunFailure,
     RunProgress,
     RunRecord,
     SnapshotEvent,
@@ -455,3 +456,27 @@ def test_concurrent_publishers_lose_no_line(tmp_path: Path) -> None:
     assert sorted(orjson.loads(x)["detail"]["snapshot_id"] for x in stored.body.splitlines()) == [
         f"snap-{i}" for i in range(8)
     ]
+
+
+def test_a_read_only_state_reads_what_was_written_and_writes_nothing_beside_it(tmp_path: Path) -> None:
+    # Given a state with a watermark and a recorded failure, closed by its writer
+    path = tmp_path / "state.sqlite"
+    writer = SqliteStateStore(path)
+    mark = datetime(2026, 11, 1, tzinfo=UTC)
+    writer.set_watermark("p", mark)
+    writer.set_failure("p", RunFailure("p", "run-1", mark, "EncordApiError: down"))
+    writer.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    # When it is opened read-only and read
+    reader = SqliteStateStore(path, read_only=True)
+    assert reader.get_watermark("p") == mark
+    assert reader.get_failure("p") == RunFailure("p", "run-1", mark, "EncordApiError: down")
+    # Then a write is refused, and after closing no -wal / -shm file was left
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.set_watermark("p", mark + timedelta(days=1))
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == files == ["state.sqlite"]
+    # and a missing file is not created
+    with pytest.raises(FileNotFoundError):
+        SqliteStateStore(tmp_path / "missing.sqlite", read_only=True)
+    assert not (tmp_path / "missing.sqlite").exists()

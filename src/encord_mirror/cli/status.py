@@ -4,11 +4,12 @@
 encord-mirror status --project HASH [--project HASH]... --lake DEST [--state PATH] [--max-lag SECONDS]
                      [--json]
 ```
-Reads the state and the lake only (no Encord call, nothing written): per project the watermark and its
-age, the lease (a run in flight, or one that died and left it to expire), the open gaps and the COCO
+Reads the state (read-only: no `-wal`/`-shm` files left beside it) and the lake only (no Encord call,
+nothing written): per project the watermark and its age, the lease (a run in flight, or one that died and
+left it to expire), the last sync that failed before its run finished, the open gaps and the COCO
 snapshots owed with their reasons, the last run's manifest, and each partition's latest snapshot.
-Exit status: 0 healthy, 1 when a gap is open, a snapshot is owed, a project was never synced, or (with
-`--max-lag`) a watermark is older than that; 2 for a usage error. Light: it imports neither the SDK nor
+Exit status: 0 healthy, 1 when the last sync failed, a gap is open, a snapshot is owed, a project was never
+synced, or (with `--max-lag`) a watermark is older than that; 2 for a usage error. Light: it imports neither the SDK nor
 numpy, so a monitoring check can run it every minute.
 """
 
@@ -40,6 +41,8 @@ class ProjectStatus:
     snapshots_owed: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, run_id, reason
     last_run: dict[str, Any] | None = None  # key, uri, run_id, mode, finished_at, counts, errors
     snapshots: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, snapshot_id, counts, uri
+    # the last sync that stopped before its run was finalized (run_id, at, reason), until a run completes
+    last_failure: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -79,6 +82,10 @@ def project_status(
         last_run=_last_run(project_hash, lake),
         snapshots=_latest_snapshots(project_hash, lake),
     )
+    failure = state.get_failure(project_hash)
+    if failure is not None:
+        status.last_failure = {"run_id": failure.run_id, "at": iso_utc(failure.at), "reason": failure.reason}
+        status.problems.append(f"the last sync failed at {iso_utc(failure.at)}: {failure.reason}")
     if watermark is None:
         status.problems.append("never synced (no watermark)")
     elif max_lag is not None and lag is not None and lag > max_lag:
@@ -144,6 +151,9 @@ def format_status(statuses: list[ProjectStatus]) -> str:
             else:
                 state = "held" + (f" by {s.lease['holder']}" if s.lease["holder"] else "")
             out.append(f"  lease: {state}: run {s.lease['owner']} since {s.lease['acquired_at']}")
+        if s.last_failure is not None:
+            f = s.last_failure
+            out.append(f"  last sync FAILED at {f['at']} (run {f['run_id'] or 'not started'}): {f['reason']}")
         out.append(f"  gaps: {len(s.gaps)}")
         out.extend(f"    {g['label_hash']}: {g['reason']}" for g in s.gaps[:_SHOWN])
         out.append(f"  COCO snapshots owed: {len(s.snapshots_owed)}")
@@ -173,7 +183,10 @@ def status_main(args: argparse.Namespace) -> int:
     target = open_existing(args.lake, args.state)
     state = open_state(target, args.project, write=False)
     now = datetime.now(UTC)
-    statuses = [project_status(p, target.lake, state, now, args.max_lag) for p in args.project]
+    try:
+        statuses = [project_status(p, target.lake, state, now, args.max_lag) for p in args.project]
+    finally:
+        state.close()
     if args.json:
         print(orjson.dumps([asdict(s) for s in statuses], option=orjson.OPT_INDENT_2).decode())
     else:

@@ -238,34 +238,39 @@ def _sync_main(args: argparse.Namespace) -> int:
     source = open_source(args.ssh_key, args.encord_domain)
     target = open_target(args.lake, args.state)
     state = open_state(target, config.projects)
-    progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
-    if isinstance(target.lake, LocalLake):
-        swept = target.lake.sweep_temporaries()
-        if swept:
-            progress(f"lake: removed {len(swept)} temporary file(s) that killed writes left behind")
     try:
-        summary = execute_sync(
-            config,
-            source,
-            target,
-            state,
-            workers=args.workers,
-            full=args.full,
-            snapshots=snapshot_builder(target.lake, args.coco),
-            progress=progress,
-        )
-    except SyncAbortedError as exc:
-        print(f"encord-mirror: sync stopped: {exc}", file=sys.stderr)
-        print(
-            "Nothing is lost: the watermark moves only when a run completes; run sync again.", file=sys.stderr
-        )
-        if exc.__cause__ is not None and os.environ.get("ENCORD_MIRROR_DEBUG"):
-            traceback.print_exception(exc.__cause__)
-        elif exc.__cause__ is not None:
-            print("Set ENCORD_MIRROR_DEBUG=1 to see the traceback.", file=sys.stderr)
-        return 1
-    print(format_summary(summary, target, state))
-    return 0 if summary.ok else 1
+        progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
+        if isinstance(target.lake, LocalLake):
+            swept = target.lake.sweep_temporaries()
+            if swept:
+                progress(f"lake: removed {len(swept)} temporary file(s) that killed writes left behind")
+        try:
+            summary = execute_sync(
+                config,
+                source,
+                target,
+                state,
+                workers=args.workers,
+                full=args.full,
+                snapshots=snapshot_builder(target.lake, args.coco),
+                progress=progress,
+            )
+        except SyncAbortedError as exc:
+            return _report_abort(exc)
+        print(format_summary(summary, target, state))
+        return 0 if summary.ok else 1
+    finally:
+        state.close()  # the last connection checkpoints the WAL: the file alone holds the state
+
+
+def _report_abort(exc: SyncAbortedError) -> int:
+    print(f"encord-mirror: sync stopped: {exc}", file=sys.stderr)
+    print("Nothing is lost: the watermark moves only when a run completes; run sync again.", file=sys.stderr)
+    if exc.__cause__ is not None and os.environ.get("ENCORD_MIRROR_DEBUG"):
+        traceback.print_exception(exc.__cause__)
+    elif exc.__cause__ is not None:
+        print("Set ENCORD_MIRROR_DEBUG=1 to see the traceback.", file=sys.stderr)
+    return 1
 
 
 # -- the summary ---------------------------------------------------------------------------------------

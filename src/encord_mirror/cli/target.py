@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from encord_mirror.cli.errors import CliError
-from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError, StateStore
+from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
 if TYPE_CHECKING:
     from encord_mirror.adapters.local.state import SqliteStateStore
@@ -121,14 +121,15 @@ def _open_s3(dest: str) -> ObjectStore:
     return lake
 
 
-def open_state(target: LakeTarget, projects: Sequence[str], *, write: bool = True) -> StateStore:
+def open_state(target: LakeTarget, projects: Sequence[str], *, write: bool = True) -> SqliteStateStore:
     """The state of `target`, checked: a SQLite state of ours (`StateFileError` otherwise) that belongs
-    to this lake. `write`: a sync, which gives a new lake its id and binds a new state to the lake."""
+    to this lake. `write`: a sync, which gives a new lake its id and binds a new state to the lake;
+    otherwise the file is opened read-only, and nothing is written beside it either."""
     from encord_mirror.adapters.local.state import SqliteStateStore, StateFileError
 
     path = target.state_path
     try:
-        state = SqliteStateStore(path)
+        state = SqliteStateStore(path, read_only=not write)
     except StateFileError as exc:
         raise CliError(f"--state {exc}") from None
     except OSError as exc:

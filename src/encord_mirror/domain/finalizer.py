@@ -148,6 +148,7 @@ def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeR
     # Create-only: manifests are immutable, and whatever already holds this (unique) run's key stays.
     with contextlib.suppress(PreconditionFailedError):
         deps.lake.put(manifest_key, orjson.dumps(manifest, option=orjson.OPT_INDENT_2), if_none_match=True)
+    state.set_failure(project_hash, None)  # a run of the project completed: an earlier failure is behind it
     return FinalizeResult(
         project_hash=project_hash,
         run_id=run_id,

@@ -148,6 +148,18 @@ class Gap:
 
 
 @dataclass(frozen=True, slots=True)
+class RunFailure:
+    """A sync of the project that ended without finalizing its run (Encord failed mid-listing, a step
+    crashed, it was interrupted): kept until a later run of the project is finalized, so `status` can say
+    the lake is not in step although the watermark looks recent. `run_id` is None when no run began."""
+
+    project_hash: str
+    run_id: str | None
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkMessage:
     """One unit of fan-out work: hashes only (SQS caps a message at 256 KB), never label payloads."""
 

@@ -28,6 +28,7 @@ from encord_mirror.domain.models import (
     RowMeta,
     RowOutcome,
     RowQuery,
+    RunFailure,
     RunRecord,
 )
 from encord_mirror.domain.watermark import dedupe_key, is_newer, listing_window, require_utc
@@ -83,11 +84,19 @@ def plan(
         return PlanResult(project_hash, run_id, "lease_held", lease=state.get_lease(project_hash))
     try:
         return _plan_run(project_hash, run_id, signpost, config, deps, full)
-    except BaseException:
+    except BaseException as exc:
         # Nothing was sent, or the run is recorded and its chunks will finish it; either way a crash here
         # must not keep the project locked until the lease expires.
         state.release_lease(project_hash, run_id)
+        state.set_failure(project_hash, RunFailure(project_hash, run_id, signpost, failure_reason(exc)))
         raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a sync that stopped says why (a KeyboardInterrupt is the user's Ctrl-C, or SIGTERM)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted ({exc or 'SIGINT'})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _plan_run(

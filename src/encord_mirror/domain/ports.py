@@ -22,6 +22,7 @@ from encord_mirror.domain.models import (
     ProjectInfo,
     RowMeta,
     RowQuery,
+    RunFailure,
     RunProgress,
     RunRecord,
     SendReceipt,
@@ -102,6 +103,11 @@ class StateStore(Protocol):
     def get_filters(self, project_hash: str) -> str | None: ...
 
     def set_filters(self, project_hash: str, fingerprint: str) -> None: ...
+
+    # the last sync that failed before its run was finalized (cleared by the next finalized run)
+    def get_failure(self, project_hash: str) -> RunFailure | None: ...
+
+    def set_failure(self, project_hash: str, failure: RunFailure | None) -> None: ...
 
     def next_run_number(self, project_hash: str) -> int:
         """An atomic counter: 1 for the first run (reconciliation every Nth run keys off it)."""

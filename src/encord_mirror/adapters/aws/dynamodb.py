@@ -6,6 +6,7 @@
 | `WATERMARK`                      | `wm_us` (condition: only forward) and `wm_iso`                 |
 | `FILTERS`                        | `fingerprint`: the filters the lake was last synced with       |
 | `COUNTER`                        | `run_number` (UpdateItem ADD)                                  |
+| `FAILURE`                        | a sync that ended unfinalized: `run_id`, `at_us`, `reason`     |
 | `IDX#<label_hash>`               | the row index (newer-wins on `edited_us`)                      |
 | `GAP#<label_hash>`               | a row that failed for good                                     |
 | `RUN#<run_id>`                   | the run record (`blob`), `total`, `done`, the finalize claim   |
@@ -54,6 +55,7 @@ from encord_mirror.domain.models import (
     IndexEntry,
     Lease,
     Partition,
+    RunFailure,
     RunProgress,
     RunRecord,
     SnapshotDebt,
@@ -263,6 +265,23 @@ class DynamoStateStore:
     def set_filters(self, project_hash: str, fingerprint: str) -> None:
         item = self._key(project_hash, "FILTERS")
         item["fingerprint"] = _s(fingerprint)
+        self._client.put_item(TableName=self.table_name, Item=item)
+
+    def get_failure(self, project_hash: str) -> RunFailure | None:
+        item = self._get(project_hash, "FAILURE")
+        if item is None:
+            return None
+        run_id = item.get("run_id", {}).get("S")
+        return RunFailure(project_hash, run_id, _from_micros(int(item["at_us"]["N"])), item["reason"]["S"])
+
+    def set_failure(self, project_hash: str, failure: RunFailure | None) -> None:
+        if failure is None:
+            self._client.delete_item(TableName=self.table_name, Key=self._key(project_hash, "FAILURE"))
+            return
+        item = self._key(project_hash, "FAILURE")
+        item.update({"at_us": _n(_micros(failure.at)), "reason": _s(failure.reason)})
+        if failure.run_id is not None:
+            item["run_id"] = _s(failure.run_id)
         self._client.put_item(TableName=self.table_name, Item=item)
 
     def next_run_number(self, project_hash: str) -> int:

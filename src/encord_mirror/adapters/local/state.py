@@ -38,6 +38,7 @@ from encord_mirror.domain.models import (
     IndexEntry,
     Lease,
     Partition,
+    RunFailure,
     RunProgress,
     RunRecord,
     SnapshotDebt,
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS leases (project TEXT PRIMARY KEY, owner TEXT NOT NULL
     acquired_at TEXT, holder TEXT);
 CREATE TABLE IF NOT EXISTS watermarks (project TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS filters (project TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (project TEXT PRIMARY KEY, run_id TEXT, at TEXT NOT NULL,
+    reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (project TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS row_index (
     project TEXT NOT NULL, label_hash TEXT NOT NULL, data_hash TEXT NOT NULL, branch TEXT NOT NULL,
@@ -141,17 +144,29 @@ def _need_dt(value: str) -> datetime:
 
 
 class SqliteStateStore:
-    """A StateStore in one SQLite file (created if missing)."""
+    """A StateStore in one SQLite file (created if missing).
 
-    def __init__(self, path: Path) -> None:
+    `read_only=True` (for `status` and `verify`) opens an existing file without writing anything next to
+    it: a read-only SQLite connection to a WAL database otherwise creates `-wal` and `-shm` files and
+    leaves them behind, owned by whoever ran the reader, which can lock the next sync out. With no `-wal`
+    beside it the file holds every committed write, so it is read as immutable (no locks, no side files);
+    with one (a sync is running, or one died), through the existing `-wal` and `-shm`."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        if read_only and not self.path.is_file():
+            raise FileNotFoundError(f"no state file at {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._check()
+            if read_only:
+                return
             self._db().executescript(_SCHEMA)  # executescript runs its statements in their own transactions
             for table, names in _ADDED_COLUMNS.items():
                 self._add_columns(table, names)
@@ -166,7 +181,7 @@ class SqliteStateStore:
 
     def _check(self) -> None:
         """Refuse, before writing anything (even WAL mode), a file that is not an older or current state."""
-        with contextlib.closing(sqlite3.connect(self.path, timeout=30.0)) as db:
+        with contextlib.closing(self._connect()) as db:
             tables = _tables(db)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             version = (
@@ -226,12 +241,20 @@ class SqliteStateStore:
                 ],
             )
 
+    def _connect(self) -> sqlite3.Connection:
+        if not self.read_only:
+            return sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        wal = self.path.with_name(self.path.name + "-wal").exists()
+        uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0, check_same_thread=False)
+
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = self._connect()
+            if not self.read_only:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)
@@ -310,6 +333,29 @@ class SqliteStateStore:
     def set_filters(self, project_hash: str, fingerprint: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO filters VALUES (?, ?)", (project_hash, fingerprint))
+
+    def get_failure(self, project_hash: str) -> RunFailure | None:
+        try:
+            row = (
+                self._db()
+                .execute("SELECT run_id, at, reason FROM failures WHERE project = ?", (project_hash,))
+                .fetchone()
+            )
+        except sqlite3.OperationalError:
+            if not self.read_only:
+                raise
+            return None  # read-only, a state file from before failures were recorded: none recorded
+        return None if row is None else RunFailure(project_hash, row[0], _need_dt(row[1]), row[2])
+
+    def set_failure(self, project_hash: str, failure: RunFailure | None) -> None:
+        with self._tx() as db:
+            if failure is None:
+                db.execute("DELETE FROM failures WHERE project = ?", (project_hash,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                    (project_hash, failure.run_id, _ts(failure.at), failure.reason),
+                )
 
     def next_run_number(self, project_hash: str) -> int:
         with self._tx() as db:
