@@ -25,7 +25,14 @@ def _finalize(record: FinalizeRecord, runtime: wiring.Runtime) -> dict[str, Any]
     request = record.body
     logger.append_keys(project_hash=request.project_hash, run_id=request.run_id)
     summary = finalize_summary(finalize(request.project_hash, request.run_id, runtime.config, runtime.deps))
-    logger.info("run finalized" if summary["status"] == "finalized" else "nothing to finalize", extra=summary)
+    if summary["status"] == "incomplete":
+        logger.warning(
+            "finalize requested before every chunk was done: left for the last chunk", extra=summary
+        )
+    else:
+        logger.info(
+            "run finalized" if summary["status"] == "finalized" else "nothing to finalize", extra=summary
+        )
     return summary
 
 

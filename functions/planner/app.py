@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from encord_mirror.aws_lambda import wiring
 from encord_mirror.aws_lambda.models import ScheduleEvent, SyncRequestRecord
 from encord_mirror.aws_lambda.observability import logger, metrics, report_watermark_lag
-from encord_mirror.aws_lambda.results import PlanningFailedError, plan_summary
+from encord_mirror.aws_lambda.results import PlanningFailedError, UnconfiguredProjectError, plan_summary
 from encord_mirror.domain.planner import plan
 
 processor = BatchProcessor(event_type=EventType.SQS, model=SyncRequestRecord)
@@ -21,6 +22,11 @@ processor = BatchProcessor(event_type=EventType.SQS, model=SyncRequestRecord)
 def _sync_request(record: SyncRequestRecord, runtime: wiring.Runtime) -> dict[str, Any]:
     request = record.body
     logger.append_keys(project_hash=request.project_hash)
+    if request.project_hash not in runtime.config.projects:
+        refused = UnconfiguredProjectError(request.project_hash, runtime.config.projects)
+        logger.error("sync request refused", extra={"reason": str(refused)})
+        metrics.add_metric(name="SyncRequestsRefused", unit=MetricUnit.Count, value=1)
+        return {"project_hash": request.project_hash, "status": "refused", "reason": str(refused)}
     summary = plan_summary(plan(request.project_hash, runtime.config, runtime.deps, full=request.full))
     logger.info("planned", extra=summary)
     return summary

@@ -622,3 +622,43 @@ def test_a_sustained_rate_limit_slows_the_lambdas_but_loses_nothing(deployment: 
     deployment.emu.set_rate_limit(None)
     deployment.assert_in_step()
     assert deployment.manifests()[-1]["counts"]["failed"] == 0
+
+
+def test_an_early_finalize_request_waits_for_the_last_chunk(deployment: Deployment) -> None:
+    # Given the first run planned (its chunks on the work queue), and a finalize request sent for it at
+    # once, before any chunk is done
+    [run] = deployment.schedule()["runs"]
+    body = orjson.dumps({"project_hash": deployment.project, "run_id": run["run_id"]}).decode()
+    deployment.client("sqs").send_message(QueueUrl=deployment.aws.finalize_queue_url, MessageBody=body)
+
+    # When the finalizer takes it before the workers run
+    assert deployment.finalize.poll() == 1
+
+    # Then the run is not closed: no manifest, no watermark, the request consumed
+    assert deployment.manifests() == []
+    assert deployment.state.get_watermark(deployment.project) is None
+    assert deployment.finalize.failed_records == 0
+
+    # When the chunks are done and the last one asks for the finalizer
+    deployment.drain()
+
+    # Then the run is closed once with every row: in step, one manifest counting them all
+    deployment.assert_in_step()
+    [manifest] = deployment.manifests()
+    assert manifest["counts"]["written"] == run["to_sync"]
+
+
+def test_a_sync_request_for_a_project_not_configured_is_refused(deployment: Deployment) -> None:
+    # Given a project the emulator serves but the stack does not configure
+    other = build_fixture(deployment.emu.data_dir, extra_images=1)
+    deployment.emu.reload()
+    body = orjson.dumps({"project_hash": other.project_hash, "full": True}).decode()
+    deployment.client("sqs").send_message(QueueUrl=deployment.aws.sync_queue_url, MessageBody=body)
+
+    # When the planner takes the request
+    deployment.drain()
+
+    # Then nothing of it is mirrored, no run is recorded, and the request was not redelivered
+    assert list(deployment.lake.list_keys(f"labels/project={other.project_hash}/")) == []
+    assert deployment.state.get_watermark(other.project_hash) is None
+    assert deployment.sync_requests.failed_records == 0

@@ -127,6 +127,27 @@ def test_malformed_sync_request_is_reported_failed_alone(env: Env) -> None:
     assert {c.project_hash for c in env.queue.chunks} == {PROJECT}
 
 
+def test_a_sync_request_for_an_unconfigured_project_is_refused_and_logged(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a sync request naming a project that is not in PROJECTS
+    other = "00000000-0000-4000-8000-0000000000bb"
+    event = with_bodies(load_event("sync_request"), [{"project_hash": other, "full": True}])
+    # When the planner takes it
+    response = invoke("planner", event, env)
+    # Then nothing is planned for it (no lease, no run, no chunk), the record is consumed (asking again
+    # cannot succeed), and an error line names the project and the configured ones
+    assert failed_ids(response) == []
+    assert (
+        env.queue.chunks == []
+        and env.state.get_lease(other) is None
+        and env.state.get_watermark(other) is None
+    )
+    [refusal] = [r for r in caplog.records if r.getMessage() == "sync request refused"]
+    reason = str(refusal.__dict__["reason"])
+    assert refusal.levelname == "ERROR" and other in reason and PROJECT in reason
+
+
 # -- worker ----------------------------------------------------------------------------------------------
 
 
@@ -193,6 +214,29 @@ def test_finalize_commits_the_run_once_and_reports_watermark_lag(
     assert any(m.get("WatermarkLagSeconds") == [0.0] for m in emitted)
     # and so did the count of partitions owed a snapshot (none), which an alarm watches
     assert any(m.get("SnapshotsOwed") == [0.0] for m in emitted)
+
+
+def test_an_early_finalize_request_closes_nothing_until_the_last_chunk_is_done(env: Env) -> None:
+    # Given a run of two chunks of which only the first is done
+    env.create_sample_run()
+    worker_event = load_event("worker_sqs")
+    first, second = ({"Records": [record]} for record in worker_event["Records"])
+    invoke("worker", first, env)
+    assert env.queue.finalize_requests == []
+    # When a finalize request arrives early (a stray or hand-sent message)
+    early = invoke("finalizer", load_event("finalize"), env)
+    # Then it is consumed without closing the run: no manifest, no watermark, no claim taken
+    assert failed_ids(early) == []
+    assert env.lake.get(run_manifest_key(PROJECT, RUN_ID)) is None
+    assert env.state.get_watermark(PROJECT) is None
+    assert env.state.begin_finalize(PROJECT, RUN_ID, "probe", env.clock(), 1) == "claimed"
+    env.state.end_finalize(PROJECT, RUN_ID, "probe", finished=False)
+    # When the last chunk is done, it asks for the finalizer, which closes the run with both chunks' rows
+    invoke("worker", second, env)
+    assert env.queue.finalize_requests == [(PROJECT, RUN_ID)]
+    invoke("finalizer", load_event("finalize"), env)
+    manifest = env.lake.get(run_manifest_key(PROJECT, RUN_ID))
+    assert manifest is not None and len(orjson.loads(manifest.body)["rows"]) == 4
 
 
 def test_finalize_of_an_unknown_run_is_not_retried(env: Env) -> None:

@@ -197,8 +197,17 @@ def test_an_encord_domain_that_is_not_a_url_exits_2_naming_the_flag(
     key.write_text("not checked first")
     # When sync is given a domain that is not a URL
     code = main(
-        ["sync", "--project", "p1", "--lake", str(tmp_path / "lake"), "--ssh-key", str(key),
-         "--encord-domain", "not a url"]  # fmt: skip
+        [
+            "sync",
+            "--project",
+            "p1",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--ssh-key",
+            str(key),
+            "--encord-domain",
+            "not a url",
+        ]  # fmt: skip
     )
     # Then it exits 2, naming the flag, the value and what a domain looks like; no lake was made
     err = capsys.readouterr().err

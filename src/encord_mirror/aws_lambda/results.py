@@ -53,6 +53,19 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+class UnconfiguredProjectError(Exception):
+    """A sync request names a project that is not in PROJECTS: it would be mirrored without its watermark
+    lag reported or its schedule, so it is refused (and dropped: asking again cannot succeed)."""
+
+    def __init__(self, project_hash: str, configured: tuple[str, ...]) -> None:
+        super().__init__(
+            f"sync request for project {project_hash}, which is not configured (PROJECTS: "
+            f"{', '.join(configured)}); add it to the stack's Projects parameter to mirror it"
+        )
+        self.project_hash = project_hash
+        self.configured = configured
+
+
 def plan_summary(result: PlanResult) -> dict[str, Any]:
     metrics.add_metric(name="RowsToSync", unit=MetricUnit.Count, value=result.to_sync)
     metrics.add_metric(name="ChunksSent", unit=MetricUnit.Count, value=result.chunks - result.send_failed)
@@ -86,9 +99,12 @@ def chunk_summary(result: ChunkResult, *, attempt: int) -> dict[str, Any]:
 
 
 def finalize_summary(result: FinalizeResult) -> dict[str, Any]:
-    """The run's summary; raises FinalizeBusyError when another finalizer holds the run."""
+    """The run's summary; raises FinalizeBusyError when another finalizer holds the run. An "incomplete"
+    run is not an error: the request is dropped, and the worker that records the last chunk asks again."""
     if result.status == "busy":
         raise FinalizeBusyError(result.project_hash, result.run_id)
+    if result.status == "incomplete":
+        metrics.add_metric(name="EarlyFinalizeRequests", unit=MetricUnit.Count, value=1)
     if result.status == "finalized":
         metrics.add_metric(name="RunsFinalized", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="GapsOpen", unit=MetricUnit.Count, value=result.gaps_open)
@@ -105,4 +121,5 @@ def finalize_summary(result: FinalizeResult) -> dict[str, Any]:
         "snapshots": [s.snapshot_id for s in result.snapshots],
         "snapshots_owed": result.snapshots_owed,
         "errors": list(result.errors),
+        "chunks_pending": result.chunks_pending,
     }

@@ -9,8 +9,8 @@ nothing written): per project the watermark and its age, the lease (a run in fli
 left it to expire), the last sync that failed before its run finished, the open gaps and the COCO
 snapshots owed with their reasons, the last run's manifest, and each partition's latest snapshot.
 Exit status: 0 healthy, 1 when the last sync failed, a gap is open, a snapshot is owed, a project was never
-synced, or (with `--max-lag`) a watermark is older than that; 2 for a usage error. Light: it imports neither the SDK nor
-numpy, so a monitoring check can run it every minute.
+synced, or (with `--max-lag`) a watermark is older than that; 2 for a usage error. Light: it imports
+neither the SDK nor numpy, so a monitoring check can run it every minute.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
 class FinalizeResult:
     project_hash: str
     run_id: str
-    status: Literal["finalized", "already_finalized", "busy", "unknown_run"]
+    status: Literal["finalized", "already_finalized", "busy", "unknown_run", "incomplete"]
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -71,10 +71,12 @@ class FinalizeResult:
     snapshots: tuple[SnapshotEvent, ...] = ()
     snapshots_owed: int = 0  # partitions whose snapshot failed: stale until a later finalizer rebuilds them
     errors: tuple[str, ...] = ()  # snapshot or event failures: recorded in the manifest, never fatal
+    chunks_pending: int = 0  # status "incomplete": chunks of the run the ledger does not show done yet
 
 
 def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorDeps) -> FinalizeResult:
-    """Close the run. "already_finalized": its manifest is written; "busy": another finalizer holds it.
+    """Close the run. "already_finalized": its manifest is written; "busy": another finalizer holds it;
+    "incomplete": the ledger does not show every chunk of the run done (nothing is claimed or changed).
 
     Snapshot events: one per committed snapshot, with a single window for a duplicate. Each event the
     snapshot step returns is recorded as pending in the state store's outbox (keyed by
@@ -96,6 +98,13 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
     run = state.get_run(project_hash, run_id)
     if run is None:
         return FinalizeResult(project_hash, run_id, "unknown_run")
+    results = state.chunk_results(project_hash, run_id)
+    done = {r.chunk_id for r in results if r.final and r.run_id == run_id}
+    pending = sum(1 for chunk_id in run.chunk_ids if chunk_id not in done)
+    if pending:
+        # An early request (a stray or hand-sent message): closing now would commit the watermark past
+        # rows not yet written. The worker that records the last chunk asks again.
+        return FinalizeResult(project_hash, run_id, "incomplete", chunks_pending=pending)
     token = uuid.uuid4().hex
     now = require_utc(deps.clock(), "clock")
     claim = state.begin_finalize(project_hash, run_id, token, now, config.lease_ttl_seconds)
@@ -106,7 +115,7 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
 
     finished = False
     try:
-        result = _close_run(project_hash, run, deps)
+        result = _close_run(project_hash, run, results, deps)
         state.end_finalize(project_hash, run_id, token, finished=True)
         finished = True
         return result
@@ -120,10 +129,12 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
             state.release_lease(project_hash, run_id)
 
 
-def _close_run(project_hash: str, run: RunRecord, deps: MirrorDeps) -> FinalizeResult:
+def _close_run(
+    project_hash: str, run: RunRecord, results: list[ChunkResult], deps: MirrorDeps
+) -> FinalizeResult:
     state, run_id = deps.state, run.run_id
     now = require_utc(deps.clock(), "clock")
-    outcomes = _latest_outcomes(state.chunk_results(project_hash, run_id), run)
+    outcomes = _latest_outcomes(results, run)
     gaps = state.list_gaps(project_hash)
     before = state.get_watermark(project_hash)
     after = next_watermark(before, run.signpost, gaps)
