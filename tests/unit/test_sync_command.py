@@ -207,7 +207,7 @@ def test_an_encord_domain_that_is_not_a_url_exits_2_naming_the_flag(
             str(key),
             "--encord-domain",
             "not a url",
-        ]  # fmt: skip
+        ]
     )
     # Then it exits 2, naming the flag, the value and what a domain looks like; no lake was made
     err = capsys.readouterr().err
