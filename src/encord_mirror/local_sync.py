@@ -22,6 +22,7 @@ from encord_mirror.domain.models import ChunkMessage, ChunkResult, Lease, RunFai
 from encord_mirror.domain.planner import PlanResult, failure_reason, plan
 from encord_mirror.domain.ports import EventSink, LabelSource, ObjectStore, SnapshotBuilder, StateStore
 from encord_mirror.domain.worker import process_chunk
+from encord_mirror.tables import lake_recorders
 
 
 class SyncInterruptedError(KeyboardInterrupt):
@@ -132,6 +133,7 @@ def run_local_sync(
             events=sink,
             snapshots=snapshots,
             clock=now,
+            recorders=lake_recorders(lake, config),
         )
         run: list[str] = []  # the run id, once planned
         try:

@@ -285,6 +285,7 @@ def deployment(
             "CLASSIFICATION_FEATURE_HASHES": "",
             "MAX_ATTEMPTS": str(resources.max_receive_count),
             "LEASE_TTL_SECONDS": "900",
+            "HISTORY_KEEP_RUNS": "0",
             "COCO_MODE": "corrected",
             "ANNOUNCE_MIN_ANNOTATIONS": "0",
             "POWERTOOLS_SERVICE_NAME": "encord-mirror",

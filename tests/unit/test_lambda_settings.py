@@ -31,6 +31,7 @@ GOOD = {
     "CLASSIFICATION_FEATURE_HASHES": "c1,c2",
     "MAX_ATTEMPTS": "5",
     "LEASE_TTL_SECONDS": "900",
+    "HISTORY_KEEP_RUNS": "0",
     "COCO_MODE": "corrected",
     "ANNOUNCE_MIN_ANNOTATIONS": "0",
     "POWERTOOLS_SERVICE_NAME": "encord-mirror",

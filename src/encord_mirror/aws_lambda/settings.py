@@ -27,6 +27,7 @@ _CONFIG_VARIABLES = {
     "classification_feature_hashes": "CLASSIFICATION_FEATURE_HASHES",
     "max_attempts": "MAX_ATTEMPTS",
     "lease_ttl_seconds": "LEASE_TTL_SECONDS",
+    "history_keep_runs": "HISTORY_KEEP_RUNS",
 }
 
 
@@ -71,6 +72,7 @@ class Settings(BaseModel):
     CLASSIFICATION_FEATURE_HASHES: str
     MAX_ATTEMPTS: int
     LEASE_TTL_SECONDS: int
+    HISTORY_KEEP_RUNS: int = Field(ge=0)  # 0: keep every run's change log
     COCO_MODE: Literal["corrected", "encord-compatible", "off"]
     ANNOUNCE_MIN_ANNOTATIONS: int = Field(ge=0)
     POWERTOOLS_SERVICE_NAME: str = Field(min_length=1)
@@ -110,6 +112,7 @@ class Settings(BaseModel):
                 classification_feature_hashes=_csv(self.CLASSIFICATION_FEATURE_HASHES) or None,
                 max_attempts=self.MAX_ATTEMPTS,
                 lease_ttl_seconds=self.LEASE_TTL_SECONDS,
+                history_keep_runs=self.HISTORY_KEEP_RUNS or None,
             )
         except ConfigError as exc:
             variable = _CONFIG_VARIABLES.get(exc.setting, exc.setting)

@@ -29,6 +29,7 @@ from encord_mirror.aws_lambda.settings import Settings, load_settings
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.ports import SnapshotBuilder
+from encord_mirror.tables import lake_recorders
 
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
@@ -127,6 +128,7 @@ def runtime(settings: Settings | None = None, *, snapshots: bool = False) -> Run
     finalizer, `snapshots=True`) the COCO snapshot builder of the deployment's COCO mode."""
     settings = settings or load_settings()
     adapters = _aws_adapters(settings)
+    config = settings.mirror_config()
     deps = MirrorDeps(
         source=_sources.get(settings),
         lake=adapters.lake,
@@ -135,8 +137,9 @@ def runtime(settings: Settings | None = None, *, snapshots: bool = False) -> Run
         events=adapters.events,
         snapshots=_snapshot_builder(settings) if snapshots else None,
         clock=utc_now,
+        recorders=lake_recorders(adapters.lake, config),
     )
-    return Runtime(config=settings.mirror_config(), deps=deps)
+    return Runtime(config=config, deps=deps)
 
 
 def reset_caches() -> None:

@@ -119,6 +119,16 @@ def add_sync(sub: Any) -> None:
         metavar="HASH",
         help="keep only classifications of this feature hash (repeatable; default: all)",
     )
+    config_flag(
+        sync,
+        "--history-keep-runs",
+        setting="history_keep_runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep the change log (history/) of the newest N runs per project, folding older ones into a "
+        "base of what was current then (default: keep every run)",
+    )
     sync.add_argument(
         "--coco",
         choices=COCO_MODES,
@@ -172,7 +182,34 @@ def add_coco(sub: Any) -> None:
     latest.add_argument("--project", required=True)
     latest.add_argument("--branch", default="main")
     latest.add_argument("--stage", default=None, help="stage partition value; all stages when omitted")
+    latest.add_argument(
+        "--as-of",
+        default=None,
+        metavar="TIME",
+        help="the snapshot that was latest then (ISO 8601, with a zone)",
+    )
     latest.set_defaults(func="encord_mirror.cli.coco:latest_main")
+
+
+def add_history(sub: Any) -> None:
+    history = sub.add_parser("history", help="a label row's versions in the lake's change log")
+    history.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    history.add_argument("--label-hash", required=True, metavar="H")
+    history.add_argument("--project", default=None, metavar="HASH", help="default: every project")
+    history.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    history.set_defaults(func="encord_mirror.cli.history:history_main")
+
+
+def add_show(sub: Any) -> None:
+    show = sub.add_parser("show", help="a label row exactly as the lake held it after a run or at a time")
+    show.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    show.add_argument("--label-hash", required=True, metavar="H")
+    show.add_argument(
+        "--as-of", required=True, metavar="RUN_ID|TIME", help="a run id, or an ISO 8601 time with a zone"
+    )
+    show.add_argument("--branch", default="main")
+    show.add_argument("--project", default=None, metavar="HASH", help="default: every project")
+    show.set_defaults(func="encord_mirror.cli.show:show_main")
 
 
 def add_emulator(sub: Any) -> None:
@@ -186,4 +223,4 @@ def add_emulator(sub: Any) -> None:
     emulator.set_defaults(func="encord_mirror.cli.emulator:emulator_main")
 
 
-COMMANDS = (add_sync, add_status, add_demo, add_coco, add_emulator)
+COMMANDS = (add_sync, add_status, add_demo, add_coco, add_history, add_show, add_emulator)

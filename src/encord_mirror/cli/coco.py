@@ -13,6 +13,9 @@ from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.target import open_lake
 from encord_mirror.coco.convert import RowOntologyMismatchError, convert
 from encord_mirror.domain.lake import latest_key, partition_prefix
+from encord_mirror.domain.models import JsonDict, Partition
+from encord_mirror.domain.ports import ObjectStore
+from encord_mirror.reader import LakeReadError, snapshot_as_of
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -72,10 +75,15 @@ def latest_main(args: argparse.Namespace) -> int:
         )
     found = []
     for stage in stages:
-        stored = lake.get(latest_key(args.project, args.branch, stage))
-        if stored is None:
-            continue
-        latest = orjson.loads(stored.body)
+        if args.as_of is not None:
+            latest = _latest_as_of(lake, Partition(args.project, args.branch, stage), args.as_of, args.stage)
+            if latest is None:
+                continue
+        else:
+            stored = lake.get(latest_key(args.project, args.branch, stage))
+            if stored is None:
+                continue
+            latest = orjson.loads(stored.body)
         manifest_obj = lake.get(latest["manifest"])
         manifest = orjson.loads(manifest_obj.body) if manifest_obj else {}
         found.append(
@@ -96,8 +104,27 @@ def latest_main(args: argparse.Namespace) -> int:
         )
     if not found:
         where = f"stage {args.stage!r}" if args.stage else "any stage"
-        raise CliError(f"no COCO snapshot for project {args.project} branch {args.branch!r} in {where}")
+        when = f" as of {args.as_of}" if args.as_of else ""
+        raise CliError(f"no COCO snapshot for project {args.project} branch {args.branch!r} in {where}{when}")
     sys.stdout.write(
         orjson.dumps(found[0] if args.stage else found, option=orjson.OPT_INDENT_2).decode() + "\n"
     )
     return 0
+
+
+def _latest_as_of(lake: ObjectStore, part: Partition, as_of: str, one_stage: str | None) -> JsonDict | None:
+    """What `latest.json` said at `as_of`. With one stage asked, a time before its first snapshot is an
+    error naming it; over every stage, stages that had none yet are left out (and named if none had)."""
+    try:
+        snap = snapshot_as_of(lake, part, as_of)
+    except LakeReadError as exc:
+        if one_stage is not None or "not an ISO" in str(exc) or "timezone" in str(exc):
+            raise CliError(f"--as-of {as_of}: {exc}") from None
+        return None
+    return {
+        "snapshot_id": snap.snapshot_id,
+        "created_at": snap.created_at,
+        "coco": snap.coco_key,
+        "manifest": snap.coco_key.removesuffix("coco.json") + "manifest.json",
+        "counts": snap.manifest["counts"],
+    }

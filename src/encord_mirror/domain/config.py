@@ -65,6 +65,9 @@ class MirrorConfig(BaseModel):
     classification_feature_hashes: tuple[str, ...] | None = None
     max_attempts: int = Field(default=3, ge=1, le=100)
     lease_ttl_seconds: int = Field(default=900, ge=30)
+    # The change log keeps every run (None), or the newest N with what was current before them folded
+    # into one base (see `domain.history`).
+    history_keep_runs: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="wrap")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,6 +10,7 @@ from encord_mirror.domain.ports import (
     EventSink,
     LabelSource,
     ObjectStore,
+    RunRecorder,
     SnapshotBuilder,
     StateStore,
     WorkQueue,
@@ -25,3 +26,5 @@ class MirrorDeps:
     events: EventSink
     snapshots: SnapshotBuilder | None
     clock: Callable[[], datetime]  # aware UTC "now"
+    # What every run also keeps in the lake (change log, annotations table): see `lake_recorders`.
+    recorders: Sequence[RunRecorder] = ()

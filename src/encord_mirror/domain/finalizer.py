@@ -144,6 +144,9 @@ def _close_run(
         # Every selected row was synced (or is a gap, retried with these filters): the lake follows them.
         state.set_filters(project_hash, run.filters)
 
+    # Before the snapshots are announced, so that a consumer of the event finds the tables current too.
+    for recorder in deps.recorders:
+        recorder.record_run(run, outcomes, now=now)
     snapshots, errors, owed = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
     errors.extend(_announce(project_hash, snapshots, deps))
 
@@ -158,7 +161,7 @@ def _close_run(
     manifest["errors"] = errors
     # Create-only: manifests are immutable, and whatever already holds this (unique) run's key stays.
     with contextlib.suppress(PreconditionFailedError):
-        deps.lake.put(manifest_key, orjson.dumps(manifest, option=orjson.OPT_INDENT_2), if_none_match=True)
+        deps.lake.put(manifest_key, orjson.dumps(manifest) + b"\n", if_none_match=True)
     state.set_failure(project_hash, None)  # a run of the project completed: an earlier failure is behind it
     return FinalizeResult(
         project_hash=project_hash,

@@ -21,6 +21,7 @@ from encord_mirror.domain.models import (
     PartitionChanges,
     ProjectInfo,
     RowMeta,
+    RowOutcome,
     RowQuery,
     RunFailure,
     RunProgress,
@@ -220,4 +221,12 @@ class SnapshotBuilder(Protocol):
     def outdated(self, project_hash: str) -> list[Partition]:
         """The project's partitions whose latest snapshot is of another snapshot format (or COCO mode):
         the finalizer rebuilds them, as it does owed ones."""
+        ...
+
+
+class RunRecorder(Protocol):
+    def record_run(self, run: RunRecord, outcomes: Sequence[RowOutcome], *, now: datetime) -> None:
+        """Record what a run changed in the lake (the change log, the annotations table), before its
+        manifest is written. Idempotent for a run: a retried finalizer calls it again. An error fails the
+        finalizer, which is retried."""
         ...
