@@ -73,3 +73,33 @@ def test_every_partition_of_a_synced_lake_scores_ap_1_against_itself(synced: Syn
     for key, coco in snapshots.items():
         assert training_differences(coco) == [], key
     assert sum(len(c["annotations"]) for c in snapshots.values()) > 100
+
+
+def test_coco_export_writes_a_yolo_folder_of_a_partitions_latest_snapshot(
+    synced: Synced, tmp_path: Path
+) -> None:
+    # Given the largest partition of a synced project
+    key, coco = max(synced.latest_snapshots().items(), key=lambda item: len(item[1]["annotations"]))
+    _, project, branch, stage, _ = (p.partition("=")[2] for p in key.split("/"))
+    # When it is exported as YOLO
+    code, _, err = synced.cli(
+        "coco", "export", "--format", "yolo", "--lake", str(synced.root), "--project", project,
+        "--branch", branch, "--stage", stage, "--out", str(tmp_path / "yolo"),
+    )  # fmt: skip
+    # Then data.yaml names the categories and every exportable image has its label file
+    assert code == 0, err
+    data = (tmp_path / "yolo/data.yaml").read_text()
+    assert f"names: {orjson.dumps([c['name'] for c in coco['categories']]).decode()}" in data
+    labels = list((tmp_path / "yolo/labels/train").glob("*.txt"))
+    lines = sum(len(p.read_text().splitlines()) for p in labels)
+    assert labels and lines > 0 and f"{lines} labels" in err
+
+
+def test_coco_export_names_a_missing_snapshot(synced: Synced, tmp_path: Path) -> None:
+    # When a stage without a snapshot is asked for
+    code, _, err = synced.cli(
+        "coco", "export", "--format", "coco", "--lake", str(synced.root), "--project", synced.projects[0],
+        "--stage", "no-such-stage", "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    # Then it exits 2 naming the partition
+    assert code == 2 and "no-such-stage" in err

@@ -190,6 +190,18 @@ def add_coco(sub: Any) -> None:
     )
     latest.set_defaults(func="encord_mirror.cli.coco:latest_main")
 
+    export = coco_sub.add_parser(
+        "export", help="write a snapshot as a training folder: COCO or YOLO, with its images from the lake"
+    )
+    export.add_argument("--format", choices=("coco", "yolo"), required=True, dest="export_format")
+    export.add_argument("--lake", required=True, help="directory or s3://bucket/prefix")
+    export.add_argument("--project", required=True)
+    export.add_argument("--branch", default="main")
+    export.add_argument("--stage", required=True, help="stage partition value (see `coco latest`)")
+    export.add_argument("--snapshot", default=None, help="snapshot id (default: the latest)")
+    export.add_argument("--out", required=True, help="the folder to write (created)")
+    export.set_defaults(func="encord_mirror.cli.coco:export_main")
+
 
 def add_history(sub: Any) -> None:
     history = sub.add_parser("history", help="a label row's versions in the lake's change log")

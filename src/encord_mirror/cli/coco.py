@@ -12,7 +12,7 @@ import orjson
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.target import open_lake
 from encord_mirror.coco.convert import RowOntologyMismatchError, convert
-from encord_mirror.domain.lake import latest_key, partition_prefix
+from encord_mirror.domain.lake import latest_key, media_key, partition_prefix, snapshot_key
 from encord_mirror.domain.models import JsonDict, Partition
 from encord_mirror.domain.ports import ObjectStore
 from encord_mirror.reader import LakeReadError, snapshot_as_of
@@ -128,3 +128,43 @@ def _latest_as_of(lake: ObjectStore, part: Partition, as_of: str, one_stage: str
         "manifest": snap.coco_key.removesuffix("coco.json") + "manifest.json",
         "counts": snap.manifest["counts"],
     }
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from encord_mirror.coco.export import export_coco, export_yolo
+
+    lake = open_lake(args.lake)
+    where = f"project {args.project} branch {args.branch!r} stage {args.stage!r}"
+    snapshot_id = args.snapshot
+    if snapshot_id is None:
+        stored = lake.get(latest_key(args.project, args.branch, args.stage))
+        if stored is None:
+            raise CliError(f"no COCO snapshot for {where} (see `encord-mirror coco latest`)")
+        snapshot_id = orjson.loads(stored.body)["snapshot_id"]
+    coco_obj = lake.get(snapshot_key(args.project, args.branch, args.stage, snapshot_id, "coco.json"))
+    if coco_obj is None:
+        raise CliError(f"--snapshot {snapshot_id}: no such snapshot for {where}")
+    coco = orjson.loads(coco_obj.body)
+    out = Path(args.out).expanduser()
+
+    def media(file_name: str) -> bytes | None:
+        stored = lake.get(media_key(args.project, file_name))
+        return None if stored is None else stored.body
+
+    try:
+        if args.export_format == "yolo":
+            title = f"encord-mirror snapshot {snapshot_id} of {where}"
+            summary = export_yolo(coco, out, media, title=title)
+        else:
+            summary = export_coco(coco, out, media)
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: cannot write it ({exc.strerror or exc})") from None
+    skipped = "".join(f"; {n} left out: {why}" for why, n in sorted(summary.skipped.items()))
+    missing = (
+        f"; {summary.missing_media} images not in the lake's media folder (run `encord-mirror media`)"
+        if summary.missing_media
+        else ""
+    )
+    counts = f"{summary.images} images, {summary.labels} labels"
+    print(f"wrote {out} ({args.export_format}): {counts}{missing}{skipped}", file=sys.stderr)
+    return 0

@@ -213,7 +213,8 @@ def row_images(row: Mapping[str, Any], *, encord_compatible: bool) -> list[Image
             data_hash, frame = entry.key
             unit = units.get(data_hash) or {}
             body = entry.body
-            body["file_name"] = media_file_name(data_hash, frame, str(unit.get("data_type") or ""), body)
+            mime = str(unit.get("data_type") or "")
+            body["file_name"] = media_file_name(data_hash, frame, mime, str(row["data_type"]), body)
             body["encord_data_hash"] = data_hash
             body["encord_frame"] = frame
             body["encord_data_link"] = unit.get("data_link")
@@ -224,15 +225,17 @@ def row_images(row: Mapping[str, Any], *, encord_compatible: bool) -> list[Image
 _MEDIA_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/tiff": "tiff"}
 
 
-def media_file_name(data_hash: str, frame: int, mime_type: str, body: Mapping[str, Any]) -> str:
+def media_file_name(
+    data_hash: str, frame: int, mime_type: str, row_type: str, body: Mapping[str, Any]
+) -> str:
     """`<data_hash>/<frame>.<ext>`: unique per (data unit, frame), relative to the media folder the
     `media` step fills (README "Training from a snapshot"). Video frames are JPEG; a DICOM slice keeps its
     own file (`.dcm`); an image keeps its extension (its MIME type's, or its title's)."""
     if "video" in mime_type:
         ext = "jpg"
-    elif DICOM_MIME_TYPE in mime_type:
+    elif DICOM_MIME_TYPE in mime_type or row_type.lower() == "dicom":
         ext = "dcm"
-    elif mime_type in NIFTI_MIME_TYPES:
+    elif mime_type in NIFTI_MIME_TYPES or row_type.lower() == "nifti":
         ext = "nii"
     else:
         title = str(body.get("image_title") or "")

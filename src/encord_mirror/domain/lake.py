@@ -70,3 +70,12 @@ def partition_of(key: str) -> Partition:
         raise ValueError(f"not a label key or a latest.json key: {key!r}")
     values = [p.partition("=")[2] for p in parts[1:4]]
     return Partition(project_hash=values[0], branch=unquote(values[1]), stage=values[2])
+
+
+def media_prefix(project_hash: str) -> str:
+    """Where the `media` step puts a project's images: a snapshot's `file_name` is relative to it."""
+    return f"media/project={project_hash}/"
+
+
+def media_key(project_hash: str, file_name: str) -> str:
+    return f"{media_prefix(project_hash)}{file_name}"
