@@ -279,3 +279,35 @@ def test_every_function_uses_snapstart_through_a_published_alias(template: dict[
     function = template["Globals"]["Function"]
     assert function["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     assert function["AutoPublishAlias"] == "live"
+
+
+def test_glue_tables_use_partition_projection_over_the_lake_and_match_the_repos_ddl(
+    template: dict[str, Any],
+) -> None:
+    # Given the template's Glue database and tables, and the DDL in sql/athena/ for users outside SAM
+    from lake_sql import TABLE_FILES, columns
+
+    tables = _resources(template, "AWS::Glue::Table")
+    assert _resources(template, "AWS::Glue::Database")
+    assert not _resources(template, "AWS::Glue::Crawler")  # no crawler: partitions are projected
+    by_name = {t["Properties"]["TableInput"]["Name"]: t["Properties"] for t in tables.values()}
+    assert set(by_name) == set(TABLE_FILES)
+    lake_paths = {"labels": "labels", "annotations": "tables/annotations", "runs": "runs"}
+    for name, props in by_name.items():
+        table = props["TableInput"]
+        params = table["Parameters"]
+        # Then each projects its `project` partition from the deployed projects, under the lake's prefix
+        assert params["projection.enabled"] == "true" and params["projection.project.type"] == "enum"
+        assert params["projection.project.values"] == {"Ref": "Projects"}
+        with_prefix, without = params["storage.location.template"]["Fn::If"][1:]
+        assert (
+            with_prefix["Fn::Sub"]
+            == f"s3://${{LakeBucket}}/${{LakePrefix}}/{lake_paths[name]}/project=${{!project}}/"
+        )
+        assert without["Fn::Sub"] == f"s3://${{LakeBucket}}/{lake_paths[name]}/project=${{!project}}/"
+        assert table["PartitionKeys"] == [{"Name": "project", "Type": "string"}]
+        storage = table["StorageDescriptor"]
+        assert storage["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"
+        # And its columns are the DDL's, name for name and type for type
+        ddl = [(n, k.sql("hive").lower().replace(" ", "")) for n, k in columns(name)]
+        assert [(c["Name"], c["Type"]) for c in storage["Columns"]] == ddl, name
