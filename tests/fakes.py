@@ -6,7 +6,7 @@ they cannot drift. `FakeSource` is a tiny Encord: rows with branches, stages, ed
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -294,11 +294,17 @@ class RecordingQueue:
 
 
 class RecordingSnapshots:
-    """A SnapshotBuilder that records each partition it was asked to refresh."""
+    """A SnapshotBuilder that records each partition it was asked to refresh or check. `drifted`: what
+    `drift` reports a partition's latest snapshot lacks (the others are exact)."""
 
-    def __init__(self, fail: bool = False, outdated: Sequence[Partition] = ()) -> None:
+    def __init__(
+        self, fail: bool = False, drifted: Sequence[PartitionChanges] = (), outdated: Sequence[Partition] = ()
+    ) -> None:
         self.calls: list[tuple[PartitionChanges, str]] = []
+        self.checked: list[tuple[Partition, dict[str, str], bool]] = []
         self.fail = fail
+        self.drifted = {c.partition: c for c in drifted}
+        self.latest: set[Partition] = set()  # the partitions it made a snapshot of
         self.stale = list(outdated)  # partitions of an older snapshot format, reported once
 
     def outdated(self, project_hash: str) -> list[Partition]:
@@ -313,9 +319,19 @@ class RecordingSnapshots:
         if self.fail:
             raise RuntimeError("snapshot store unavailable")
         p = changes.partition
+        self.latest.add(p)
         return SnapshotEvent(
             f"{run_id}-{p.stage}", p.project_hash, p.branch, p.stage, {"rows": len(changes.upserted)}
         )
+
+    def drift(
+        self, partition: Partition, rows: Mapping[str, str], *, recover: bool
+    ) -> tuple[PartitionChanges, SnapshotEvent | None]:
+        self.checked.append((partition, dict(rows), recover))
+        return self.drifted.get(partition, PartitionChanges(partition, (), ())), None
+
+    def partitions(self, project_hash: str) -> set[Partition]:
+        return {p for p in self.latest if p.project_hash == project_hash}
 
 
 class RecordingEvents:

@@ -388,7 +388,16 @@ def test_an_incremental_snapshot_has_the_content_of_a_full_rebuild() -> None:
     assert len(incremental["annotations"]) == len(full["annotations"]) > 0
 
 
-def test_a_rescan_catches_up_with_changes_it_was_not_told_of_and_keeps_the_ids_of_the_rest() -> None:
+def _indexed(lake: ObjectStore, stage: str = ANNOTATE) -> dict[str, str]:
+    """The partition's rows as the row index has them: label hash -> the object's sha256."""
+    prefix = label_key(PROJECT, "main", stage, "")[: -len(".json")]
+    return {
+        key[len(prefix) : -len(".json")]: orjson.loads(lake.get(key).body)["mirror"]["sha256"]  # type: ignore[union-attr]
+        for key in lake.list_keys(prefix)
+    }
+
+
+def test_drift_names_what_the_snapshot_lacks_and_a_refresh_with_it_catches_up_keeping_ids() -> None:
     # Given a partition of 10 rows with a snapshot
     lake = MemoryLake()
     rows = _rows(12)
@@ -396,17 +405,20 @@ def test_a_rescan_catches_up_with_changes_it_was_not_told_of_and_keeps_the_ids_o
     builder = CocoSnapshotBuilder(lake, encord_compatible=False)
     builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-a", now=NOW)
     before, _ = _snapshot(lake)
-    # and changes whose refresh failed (one edited, one removed, one added), so nobody names them now
+    part = Partition(PROJECT, "main", ANNOTATE)
+    assert builder.drift(part, _indexed(lake), recover=False) == (_changes(), None)
+    # and changes whose refresh never happened (one edited, one removed, one added: a run that died)
     _move_box(rows[0])
     _write(lake, rows[0])
     lake.delete(label_key(PROJECT, "main", ANNOTATE, rows[3]["label_hash"]))
     _write(lake, rows[10])
-    # When the partition is rescanned with no changes named
-    rescan = PartitionChanges(Partition(PROJECT, "main", ANNOTATE), (), (), rescan=True)
-    event = builder.refresh(_project(), rescan, run_id="20261123T121500Z-b", now=NOW)
-    # Then the snapshot has every change, as a full rebuild would, and says what changed
+    # When the snapshot is compared with the rows the index holds
+    drift, event = builder.drift(part, _indexed(lake), recover=False)
+    # Then it names exactly them, and a refresh with them gives what a full rebuild would
+    assert event is None
+    assert drift == _changes(sorted([rows[0]["label_hash"], rows[10]["label_hash"]]), [rows[3]["label_hash"]])
+    assert builder.refresh(_project(), drift, run_id="20261123T121500Z-b", now=NOW) is not None
     after, manifest = _snapshot(lake)
-    assert event is not None
     live = [r for i, r in enumerate(rows[:11]) if i != 3]
     assert _normalised(after) == _normalised(_full_rebuild(live))
     changes = manifest["changes"]
@@ -416,11 +428,45 @@ def test_a_rescan_catches_up_with_changes_it_was_not_told_of_and_keeps_the_ids_o
         [rows[3]["label_hash"]],
     )
     # and the rows it did not change keep their image ids
-    untouched = rows[5]
-    assert _image_ids(after, untouched) == _image_ids(before, untouched)
-    # When it is rescanned again with nothing changed / Then no snapshot is made
-    again = builder.refresh(_project(), rescan, run_id="20261123T123000Z-c", now=NOW)
-    assert again is None
+    assert _image_ids(after, rows[5]) == _image_ids(before, rows[5])
+    assert builder.drift(part, _indexed(lake), recover=False) == (_changes(), None)
+
+
+def test_drift_finishes_a_snapshot_whose_finalizer_died_before_moving_latest_and_returns_its_event() -> None:
+    # Given a partition's snapshot, then a second one written by a finalizer that died before latest.json
+    lake = MemoryLake()
+    rows = _rows(3)
+    hashes = [_write(lake, r) for r in rows[:2]]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-a", now=NOW)
+    first = lake.get(latest_key(PROJECT, "main", ANNOTATE))
+    _write(lake, rows[2])
+    second = builder.refresh(
+        _project(), _changes([rows[2]["label_hash"]]), run_id="20261123T121500Z-b", now=NOW
+    )
+    assert second is not None and first is not None
+    lake.put(latest_key(PROJECT, "main", ANNOTATE), first.body)  # as if latest.json never moved
+    part = Partition(PROJECT, "main", ANNOTATE)
+    # When a finalizer that may follow a dead run checks the partition
+    drift, event = builder.drift(part, _indexed(lake), recover=True)
+    # Then the dead run's snapshot is made the latest, it is exact, and its event is returned again
+    assert drift == _changes() and event == second
+    assert _snapshot(lake)[1]["snapshot_id"] == second.snapshot_id
+    # and a check that recovers nothing returns the latest snapshot's event only when recovering
+    assert builder.drift(part, _indexed(lake), recover=False) == (_changes(), None)
+    assert builder.partitions(PROJECT) == {part}
+
+
+def test_drift_rebuilds_everything_when_latest_json_is_unreadable() -> None:
+    # Given a partition whose latest.json was overwritten with garbage
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(2)]
+    builder = CocoSnapshotBuilder(lake, encord_compatible=False)
+    builder.refresh(_project(), _changes(hashes), run_id="20261123T120000Z-a", now=NOW)
+    lake.put(latest_key(PROJECT, "main", ANNOTATE), b"{not json")
+    # When it is checked / Then every row is to be written again
+    drift, _ = builder.drift(Partition(PROJECT, "main", ANNOTATE), _indexed(lake), recover=False)
+    assert drift == _changes(sorted(hashes))
 
 
 def test_a_row_that_does_not_match_the_ontology_is_left_out_and_named() -> None:

@@ -24,6 +24,7 @@ from encord_mirror.domain.lake import partition_of, run_manifest_key
 from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
+    IndexEntry,
     Partition,
     PartitionChanges,
     ProjectInfo,
@@ -168,16 +169,23 @@ def test_a_failed_snapshot_is_owed_until_a_later_finalizer_rebuilds_it(
         (review, "run-1"),
         (annotate, "run-1"),
     }
-    # When run 2 touched only the branch partition and its finalizer's snapshot step works again
+    # When run 2 touched only the branch partition and its finalizer's snapshot step works again (the
+    # owed snapshots lack l2 in Review and still hold it in Annotate)
     clock.advance(60)
     _ran(state, clock, RowOutcome("l3", "removed", old_key=BRANCH), run_id="run-2")
-    snapshots = RecordingSnapshots()
+    state.put_index(IndexEntry(PROJECT, "l2", "d2", "main", NEW, review.stage, clock(), "s2", "e2", clock()))
+    stale = [PartitionChanges(review, ("l2",), ()), PartitionChanges(annotate, (), ("l2",))]
+    snapshots = RecordingSnapshots(drifted=stale)
     second = finalize(PROJECT, "run-2", CONFIG, replace(deps, snapshots=snapshots))
-    # Then the owed partitions are rebuilt by rescanning them, the branch one incrementally, and nothing
-    # is owed any more
+    # Then each owed partition is checked against the row index and rebuilt with what differs, the
+    # branch one with what the run did, and nothing is owed any more
+    assert sorted(snapshots.checked) == [(annotate, {}, True), (review, {"l2": "s2"}, True)]
     calls = {c.partition: c for c, _ in snapshots.calls}
-    assert set(calls) == {review, annotate, partition_of(BRANCH)}
-    assert calls[review].rescan and calls[annotate].rescan and not calls[partition_of(BRANCH)].rescan
+    assert calls == {
+        review: stale[0],
+        annotate: stale[1],
+        partition_of(BRANCH): PartitionChanges(partition_of(BRANCH), (), ("l3",)),
+    }
     assert second.snapshots_owed == 0 and second.errors == ()
     assert state.owed_snapshots(PROJECT) == []
     assert len(second.snapshots) == 3
@@ -190,9 +198,10 @@ def test_a_snapshot_that_fails_again_stays_owed_by_the_latest_run(
     finalize(PROJECT, "run-1", CONFIG, replace(deps, snapshots=RecordingSnapshots(fail=True)))
     clock.advance(60)
     _ran(state, clock, run_id="run-2")  # a run that changed nothing
-    failing = RecordingSnapshots(fail=True)
+    stale = PartitionChanges(partition_of(NEW), ("l1",), ())
+    failing = RecordingSnapshots(fail=True, drifted=[stale])
     second = finalize(PROJECT, "run-2", CONFIG, replace(deps, snapshots=failing))
-    assert [(c.partition, c.rescan) for c, _ in failing.calls] == [(partition_of(NEW), True)]
+    assert [c for c, _ in failing.calls] == [stale]
     assert second.snapshots_owed == 1
     assert [(d.partition, d.run_id) for d in state.owed_snapshots(PROJECT)] == [(partition_of(NEW), "run-2")]
 

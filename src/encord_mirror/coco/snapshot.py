@@ -55,7 +55,14 @@ from encord_mirror.coco.convert import (
 )
 from encord_mirror.coco.raster import Painting, RowMajorRuns
 from encord_mirror.domain.lake import label_key, latest_key, partition_of, partition_prefix, snapshot_key
-from encord_mirror.domain.models import JsonDict, Partition, PartitionChanges, ProjectInfo, SnapshotEvent
+from encord_mirror.domain.models import (
+    JsonDict,
+    Partition,
+    PartitionChanges,
+    ProjectInfo,
+    SnapshotEvent,
+    StoredObject,
+)
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
 ROWS_FILE = "rows.tsv"
@@ -516,6 +523,41 @@ class CocoSnapshotBuilder:
         self._move_latest(part, manifest, latest_obj)
         return self._event(part, manifest)
 
+    def drift(
+        self, partition: Partition, rows: Mapping[str, str], *, recover: bool
+    ) -> tuple[PartitionChanges, SnapshotEvent | None]:
+        part = partition
+        latest_obj = self._lake.get(latest_key(part.project_hash, part.branch, part.stage))
+        latest = _parsed_latest(latest_obj)
+        manifest = self._read_json(str(latest["manifest"])) if latest is not None else None
+        if recover:
+            unfinished = self._unfinished(part, latest["snapshot_id"] if latest is not None else None)
+            if unfinished is not None:
+                # A finalizer died after writing this snapshot and before moving latest.json: finish it.
+                self._move_latest(part, unfinished, latest_obj)
+                manifest = unfinished
+        held = {h: r.get("sha256") for h, r in (manifest or {}).get("rows", {}).items()}
+        upserted = tuple(sorted(h for h, sha in rows.items() if held.get(h) != sha))
+        removed = tuple(sorted(h for h in held if h not in rows))
+        event = self._event(part, manifest) if recover and manifest is not None else None
+        return PartitionChanges(part, upserted, removed), event
+
+    def partitions(self, project_hash: str) -> set[Partition]:
+        return {partition_of(key) for key in self._latest_keys(project_hash)}
+
+    def _latest_keys(self, project_hash: str) -> list[str]:
+        keys = self._lake.list_keys(f"coco/project={project_hash}/")
+        return [k for k in keys if k.count("/") == 4 and k.endswith("/latest.json")]
+
+    def _unfinished(self, part: Partition, latest_id: str | None) -> JsonDict | None:
+        """The newest snapshot of the partition newer than `latest_id` whose manifest (its last file) is
+        written: one a finalizer committed all but `latest.json` of."""
+        prefix = snapshot_key(part.project_hash, part.branch, part.stage, "", "")[:-1]
+        keys = self._lake.list_keys(prefix)
+        ids = [k[len(prefix) :].split("/", 1)[0] for k in keys if k.endswith("/manifest.json")]
+        newer = sorted(i for i in ids if latest_id is None or i > latest_id)
+        return self._read_json(self._key(part, newer[-1], "manifest.json")) if newer else None
+
     # -- helpers ---------------------------------------------------------------------------------
     def _previous(self, part: Partition, snapshot_id: str, ohash: str) -> _Previous | None:
         """The previous snapshot as far as it can be read; `coco` is set only if it can be carried over."""
@@ -619,9 +661,7 @@ class CocoSnapshotBuilder:
         if project_hash in self._checked:
             return []
         out: list[Partition] = []
-        for key in self._lake.list_keys(f"coco/project={project_hash}/"):
-            if key.count("/") != 4 or not key.endswith("/latest.json"):
-                continue
+        for key in self._latest_keys(project_hash):
             latest = self._read_json(key)
             if latest is not None and (
                 latest.get("format_version") != SNAPSHOT_FORMAT_VERSION
@@ -782,6 +822,17 @@ class CocoSnapshotBuilder:
             "manifest_uri": manifest["manifest_uri"],
         }
         return SnapshotEvent(manifest["snapshot_id"], part.project_hash, part.branch, part.stage, detail)
+
+
+def _parsed_latest(stored: StoredObject | None) -> JsonDict | None:
+    """A partition's `latest.json`, or None when there is none or it cannot be read as one."""
+    if stored is None:
+        return None
+    try:
+        latest = orjson.loads(stored.body)
+    except orjson.JSONDecodeError:
+        return None
+    return latest if isinstance(latest, dict) and {"snapshot_id", "manifest"} <= set(latest) else None
 
 
 COCO_MODES = ("corrected", "encord-compatible", "off")

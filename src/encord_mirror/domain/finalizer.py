@@ -54,6 +54,7 @@ from encord_mirror.domain.models import (
 )
 from encord_mirror.domain.ports import PreconditionFailedError
 from encord_mirror.domain.watermark import iso_utc, next_watermark, require_utc
+from encord_mirror.domain.worker import MAYBE_EARLIER
 
 COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
 
@@ -147,8 +148,8 @@ def _close_run(
     # Before the snapshots are announced, so that a consumer of the event finds the tables current too.
     for recorder in deps.recorders:
         recorder.record_run(run, outcomes, now=now)
-    snapshots, errors, owed = _refresh_snapshots(project_hash, run_id, outcomes, deps, now)
-    errors.extend(_announce(project_hash, snapshots, deps))
+    snapshots, errors, owed = _refresh_snapshots(project_hash, run, outcomes, deps, now)
+    errors.extend(_announce(project_hash, deps))
 
     counts = Counter({status: 0 for status in COUNTED})
     counts.update(o.status for o in outcomes)
@@ -178,12 +179,10 @@ def _close_run(
     )
 
 
-def _announce(project_hash: str, snapshots: list[SnapshotEvent], deps: MirrorDeps) -> list[str]:
-    """Publish through the outbox (see `finalize`): record this run's events as pending, publish every
-    pending event of the project, mark the accepted ones sent. Returns the sink's refusals."""
+def _announce(project_hash: str, deps: MirrorDeps) -> list[str]:
+    """Publish through the outbox (see `finalize`; `_refresh_snapshots` recorded this run's events):
+    publish every pending event of the project, mark the accepted ones sent. Returns the sink's refusals."""
     state = deps.state
-    if snapshots:
-        state.stage_events(project_hash, snapshots)
     pending = state.pending_events(project_hash)
     if not pending:
         return []
@@ -215,36 +214,58 @@ def touched_partitions(outcomes: list[RowOutcome]) -> list[PartitionChanges]:
 
 
 def _refresh_snapshots(
-    project_hash: str, run_id: str, outcomes: list[RowOutcome], deps: MirrorDeps, now: datetime
+    project_hash: str, run: RunRecord, outcomes: list[RowOutcome], deps: MirrorDeps, now: datetime
 ) -> tuple[list[SnapshotEvent], list[str], int]:
-    """Refresh the run's touched partitions and every partition still owed a snapshot (rescanned: its
-    refresh failed in an earlier run, after the watermark had moved past its rows). A refresh that fails
-    is owed until one succeeds, so a stale snapshot is never forgotten. Returns the events, the errors and
+    """Refresh the partitions the run's outcomes touched, and bring back in step every partition whose
+    changes the outcomes may not tell, by comparing its latest snapshot with the row index (`drift`):
+    - one owed a snapshot by another run (its run died after changing rows there: workers owe a partition
+      before they change it, see `worker`; or its refresh failed, and it is also rebuilt from all its
+      rows), recovering what that run left;
+    - this run's own, when a chunk found rows that an earlier, killed attempt of it had changed;
+    - every partition, on a reconciling run.
+    A refresh that fails is owed until one succeeds, so a stale snapshot is never forgotten. The events
+    are recorded in the outbox before any debt is settled, so a finalizer killed at any point leaves
+    either the debt (the next one recovers the event) or the event. Returns the events, the errors and
     how many partitions are still owed."""
-    if deps.snapshots is None:
-        return [], [], 0
-    state = deps.state
+    state, builder, run_id = deps.state, deps.snapshots, run.run_id
     owed = {d.partition: d for d in state.owed_snapshots(project_hash)}
-    todo = {c.partition: c for c in touched_partitions(outcomes)}
-    # A snapshot of an older format is rebuilt like an owed one (the README's contract change rule).
-    for part in [*owed, *deps.snapshots.outdated(project_hash)]:
-        todo[part] = replace(todo.get(part, PartitionChanges(part, (), ())), rescan=True)
-    if not todo:
+    if builder is None:
+        state.settle_snapshots(list(owed.values()))  # no snapshots are made, so none is owed
         return [], [], 0
+    todo = {c.partition: c for c in touched_partitions(outcomes)}
+    redelivered = any(o.status == "unchanged" and o.reason in MAYBE_EARLIER for o in outcomes)
+    recover = {
+        part for part, debt in owed.items() if redelivered or debt.run_id != run_id or not debt.writing_only
+    }
     events: list[SnapshotEvent] = []
     errors: list[str] = []
     failed: list[SnapshotDebt] = []
-    settled: list[SnapshotDebt] = []
     try:
-        project = deps.source.project_info(project_hash)
+        if recover or run.full:
+            index: dict[Partition, dict[str, str]] = defaultdict(dict)
+            for e in state.scan_index(project_hash):
+                index[Partition(project_hash, e.branch, e.partition_stage)][e.label_hash] = e.sha256
+            check = recover | (set(index) | builder.partitions(project_hash) if run.full else set())
+            for part in sorted(check):
+                drift, event = builder.drift(part, index.get(part, {}), recover=part in recover)
+                if event is not None:
+                    events.append(event)
+                if drift.upserted or drift.removed:
+                    todo[part] = _merged(todo.get(part), drift)
+        # After a failed refresh, and for a snapshot of an older format (the README's contract change rule),
+        # the partition is rebuilt checking all its rows.
+        for part in [*(p for p, d in owed.items() if not d.writing_only), *builder.outdated(project_hash)]:
+            todo[part] = replace(todo.get(part, PartitionChanges(part, (), ())), rescan=True)
+        project = deps.source.project_info(project_hash) if todo else None
     except Exception as exc:
-        reason = f"project info: {type(exc).__name__}: {exc}"
+        reason = f"snapshot check: {type(exc).__name__}: {exc}"
         errors.append(f"snapshots skipped: {reason}")
-        failed = [SnapshotDebt(part, run_id, reason) for part in todo]
+        failed = [SnapshotDebt(part, run_id, reason) for part in sorted({*todo, *recover})]
     else:
         for part, change in sorted(todo.items()):
+            assert project is not None
             try:
-                event = deps.snapshots.refresh(project, change, run_id=run_id, now=now)
+                event = builder.refresh(project, change, run_id=run_id, now=now)
             except Exception as exc:
                 # The labels are synced and the watermark has moved: the partition is owed a snapshot,
                 # which the next finalizer of the project rebuilds; the manifest says what went wrong.
@@ -252,14 +273,23 @@ def _refresh_snapshots(
                 errors.append(f"snapshot {part}: {reason} (owed: the next run rebuilds it)")
                 failed.append(SnapshotDebt(part, run_id, reason))
                 continue
-            if part in owed:
-                settled.append(owed[part])
             if event is not None:
                 events.append(event)
-    # Recorded before the manifest: a finalizer that cannot record a debt fails, and is retried.
-    state.settle_snapshots(settled)
+    # Recorded before the manifest: a finalizer that cannot record them fails, and is retried.
+    if events:
+        state.stage_events(project_hash, events)
+    failing = {d.partition for d in failed}
+    state.settle_snapshots([d for part, d in owed.items() if part not in failing])
     state.owe_snapshots(failed)
     return events, errors, len(failed)
+
+
+def _merged(first: PartitionChanges | None, second: PartitionChanges) -> PartitionChanges:
+    if first is None:
+        return second
+    upserted = tuple(sorted({*first.upserted, *second.upserted}))
+    removed = tuple(sorted({*first.removed, *second.removed}))
+    return PartitionChanges(first.partition, upserted, removed, rescan=first.rescan or second.rescan)
 
 
 def _manifest(

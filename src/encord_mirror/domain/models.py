@@ -267,3 +267,17 @@ class SnapshotDebt:
     partition: Partition
     run_id: str
     reason: str
+
+    @classmethod
+    def writing(cls, partition: Partition, run_id: str) -> SnapshotDebt:
+        """Recorded by a worker before it changes the partition's rows: if its run dies before its finalizer
+        refreshed the partition, the debt stays, and the next finalizer rebuilds what differs."""
+        return cls(partition, run_id, WRITING_REASON)
+
+    @property
+    def writing_only(self) -> bool:
+        """Recorded by `writing` (no snapshot of the partition has failed since)."""
+        return self.reason == WRITING_REASON
+
+
+WRITING_REASON = "its rows changed in a run that has not refreshed the snapshot (yet)"

@@ -80,9 +80,14 @@ def plan(
     signpost = require_utc(now if now is not None else deps.clock(), "now")
     run_id = new_run_id(signpost)
     state = deps.state
+    left = state.get_lease(project_hash)
     if not state.acquire_lease(project_hash, run_id, signpost, config.lease_ttl_seconds):
         return PlanResult(project_hash, run_id, "lease_held", lease=state.get_lease(project_hash))
     try:
+        # A lease left behind is a run that died (a finished run releases it). If it was reconciling, this
+        # run reconciles too: the removals and moves it did not get to are seen on reconciling runs only.
+        dead = state.get_run(project_hash, left.owner) if left is not None and left.owner != run_id else None
+        full = full or (dead is not None and dead.full)
         return _plan_run(project_hash, run_id, signpost, config, deps, full)
     except BaseException as exc:
         # Nothing was sent, or the run is recorded and its chunks will finish it; either way a crash here

@@ -6,7 +6,7 @@ conditional write that loses raises `PreconditionFailedError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -220,7 +220,22 @@ class SnapshotBuilder(Protocol):
 
     def outdated(self, project_hash: str) -> list[Partition]:
         """The project's partitions whose latest snapshot is of another snapshot format (or COCO mode):
-        the finalizer rebuilds them, as it does owed ones."""
+        the finalizer rebuilds them from all their rows."""
+        ...
+
+    def drift(
+        self, partition: Partition, rows: Mapping[str, str], *, recover: bool
+    ) -> tuple[PartitionChanges, SnapshotEvent | None]:
+        """What a refresh must change for the partition's latest snapshot to hold exactly `rows` (label hash
+        -> the row object's sha256, as the row index has them): rows missing or with another sha256
+        (upserted) and rows it holds that are not in `rows` (removed); none when it is exact.
+        `recover`: a run may have died while refreshing this partition. A snapshot it wrote without moving
+        `latest.json` is made the latest first, and the latest snapshot's event is returned, for the outbox
+        to hold (it keeps one per snapshot) in case the dead run never recorded it."""
+        ...
+
+    def partitions(self, project_hash: str) -> set[Partition]:
+        """The project's partitions that have a latest snapshot."""
         ...
 
 

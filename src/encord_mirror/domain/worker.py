@@ -9,6 +9,7 @@ its own; the others in its chunk carry on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -23,7 +24,9 @@ from encord_mirror.domain.models import (
     IndexEntry,
     LoadedRow,
     LoadResult,
+    Partition,
     RowOutcome,
+    SnapshotDebt,
 )
 from encord_mirror.domain.ports import PreconditionFailedError
 from encord_mirror.domain.rowdoc import (
@@ -37,7 +40,8 @@ from encord_mirror.domain.watermark import is_newer, require_utc
 _CAS_TRIES = 5
 SYNCED_IN_THIS_RUN = "already synced since this run began"
 NOT_IN_LAKE = "not in the lake"
-_MAYBE_EARLIER = (SYNCED_IN_THIS_RUN, NOT_IN_LAKE)
+# "unchanged" for these reasons may hide what an earlier delivery of the chunk did.
+MAYBE_EARLIER = (SYNCED_IN_THIS_RUN, NOT_IN_LAKE)
 
 
 class WriteContentionError(Exception):
@@ -61,13 +65,16 @@ def process_chunk(
     state = deps.state
     run = state.get_run(msg.project_hash, msg.run_id)
     signpost = run.signpost if run is not None else None
+    entries = {h: state.get_index(msg.project_hash, h) for h in (*msg.label_hashes, *msg.removals)}
+    loaded = _load(msg, config, deps) if msg.label_hashes else None
+    _owe_snapshots_first(msg, loaded, entries, deps)
     outcomes: list[RowOutcome] = []
     if msg.label_hashes:
-        outcomes.extend(_sync_rows(msg, config, deps, now, signpost))
+        outcomes.extend(_sync_rows(msg, loaded, config, deps, now, signpost, entries))
     if msg.removals:
-        outcomes.extend(_remove_rows(msg, deps, signpost))
+        outcomes.extend(_remove_rows(msg, deps, signpost, entries))
 
-    if attempt > 1 or any(o.status == "unchanged" and o.reason in _MAYBE_EARLIER for o in outcomes):
+    if attempt > 1 or any(o.status == "unchanged" and o.reason in MAYBE_EARLIER for o in outcomes):
         outcomes = _keep_earlier_effects(
             outcomes, state.chunk_results(msg.project_hash, msg.run_id), msg.chunk_id
         )
@@ -104,24 +111,58 @@ def _keep_earlier_effects(
     return [effects.get(o.label_hash, o) if o.status == "unchanged" else o for o in outcomes]
 
 
-def _sync_rows(
-    msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps, now: datetime, signpost: datetime | None
-) -> list[RowOutcome]:
+def _load(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps) -> LoadResult | str:
+    """The chunk's rows, or why they could not be loaded."""
     try:
-        loaded = deps.source.load_rows(msg.project_hash, msg.label_hashes, bundle_size=config.bundle_size)
+        return deps.source.load_rows(msg.project_hash, msg.label_hashes, bundle_size=config.bundle_size)
     except Exception as exc:  # a 429 storm or an outage: every row of the chunk retries
-        reason = f"load failed: {type(exc).__name__}: {exc}"
-        return [RowOutcome(h, "failed", reason=reason) for h in msg.label_hashes]
+        return f"load failed: {type(exc).__name__}: {exc}"
+
+
+def _owe_snapshots_first(
+    msg: ChunkMessage,
+    loaded: LoadResult | str | None,
+    entries: Mapping[str, IndexEntry | None],
+    deps: MirrorDeps,
+) -> None:
+    """Before a row changes, its partitions (where it goes, where it was) are recorded as owed a snapshot
+    by this run: a worker or finalizer killed after the change cannot leave a stale snapshot unnoticed,
+    since the debt stays until a finalizer has refreshed the partition (see `finalizer`). A partition
+    owed already keeps its debt: one of another run says that run's changes may be missing too."""
+    parts = {Partition(e.project_hash, e.branch, e.partition_stage) for e in entries.values() if e}
+    if isinstance(loaded, LoadResult):
+        parts.update(
+            Partition(r.meta.project_hash, r.meta.branch, stage_value(r.meta.stage_uuid, r.meta.stage_title))
+            for r in loaded.loaded
+        )
+    if parts:
+        parts -= {d.partition for d in deps.state.owed_snapshots(msg.project_hash)}
+    if parts:
+        deps.state.owe_snapshots([SnapshotDebt.writing(p, msg.run_id) for p in sorted(parts)])
+
+
+def _sync_rows(
+    msg: ChunkMessage,
+    loaded: LoadResult | str | None,
+    config: MirrorConfig,
+    deps: MirrorDeps,
+    now: datetime,
+    signpost: datetime | None,
+    entries: Mapping[str, IndexEntry | None],
+) -> list[RowOutcome]:
+    if not isinstance(loaded, LoadResult):
+        return [RowOutcome(h, "failed", reason=loaded or "not loaded") for h in msg.label_hashes]
 
     outcomes: list[RowOutcome] = []
     by_hash = {r.meta.label_hash: r for r in loaded.loaded if r.meta.label_hash}
     for label_hash in msg.label_hashes:
         row = by_hash.get(label_hash)
+        entry = entries.get(label_hash)
         try:
             if row is not None:
-                outcomes.append(_sync_one(row, config, deps, now, signpost))
+                outcomes.append(_sync_one(row, entry, config, deps, now, signpost))
             elif label_hash in loaded.gone:
-                outcomes.append(_remove_one(msg.project_hash, label_hash, deps))
+                outcomes.append(_remove_one(msg.project_hash, label_hash, entry, deps))
             else:
                 outcomes.append(RowOutcome(label_hash, "failed", reason=_why_missing(label_hash, loaded)))
         except Exception as exc:  # a poison row must not block the rest of its chunk
@@ -136,7 +177,12 @@ def _why_missing(label_hash: str, loaded: LoadResult) -> str:
 
 
 def _sync_one(
-    row: LoadedRow, config: MirrorConfig, deps: MirrorDeps, now: datetime, signpost: datetime | None
+    row: LoadedRow,
+    entry: IndexEntry | None,
+    config: MirrorConfig,
+    deps: MirrorDeps,
+    now: datetime,
+    signpost: datetime | None,
 ) -> RowOutcome:
     meta = row.meta
     label_hash = meta.label_hash
@@ -144,13 +190,12 @@ def _sync_one(
     project = meta.project_hash
     if not config.selects(meta):
         # The row left the stage / status filter since it was planned: it no longer belongs in the lake.
-        return _remove_one(project, label_hash, deps)
+        return _remove_one(project, label_hash, entry, deps)
     labels = filter_features(row.labels, config.object_feature_hashes, config.classification_feature_hashes)
     document, sha = build_document(row, labels, synced_at=now)
     body = encode_document(document)
     stage = stage_value(meta.stage_uuid, meta.stage_title)
     key = label_key(project, meta.branch, stage, label_hash)
-    entry = deps.state.get_index(project, label_hash)
     if entry is not None and is_newer(entry.last_edited_at, meta.last_edited_at):
         return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha)
     if entry is not None and entry.sha256 == sha and entry.key == key:
@@ -199,13 +244,9 @@ def _sync_one(
         return RowOutcome(
             label_hash, "moved", key=key, old_key=old_key, last_edited_at=meta.last_edited_at, sha256=sha
         )
-    return RowOutcome(
-        label_hash,
-        "written" if write.status == "written" else "unchanged",
-        key=key,
-        last_edited_at=meta.last_edited_at,
-        sha256=sha,
-    )
+    # Written, also when the lake held this content already (an attempt killed before it recorded the
+    # index, or a duplicate delivery): the index had another version, so the partition's snapshot did too.
+    return RowOutcome(label_hash, "written", key=key, last_edited_at=meta.last_edited_at, sha256=sha)
 
 
 def _conditional_put(
@@ -246,11 +287,14 @@ def _delete_if_unchanged(deps: MirrorDeps, key: str, etag: str) -> None:
         deps.lake.delete(key)
 
 
-def _remove_rows(msg: ChunkMessage, deps: MirrorDeps, signpost: datetime | None) -> list[RowOutcome]:
+def _remove_rows(
+    msg: ChunkMessage, deps: MirrorDeps, signpost: datetime | None, entries: Mapping[str, IndexEntry | None]
+) -> list[RowOutcome]:
     outcomes = []
     for label_hash in msg.removals:
         try:
-            outcomes.append(_remove_one(msg.project_hash, label_hash, deps, not_after=signpost))
+            entry = entries.get(label_hash)
+            outcomes.append(_remove_one(msg.project_hash, label_hash, entry, deps, not_after=signpost))
         except Exception as exc:
             outcomes.append(
                 RowOutcome(label_hash, "failed", reason=f"remove failed: {type(exc).__name__}: {exc}")
@@ -259,14 +303,19 @@ def _remove_rows(msg: ChunkMessage, deps: MirrorDeps, signpost: datetime | None)
 
 
 def _remove_one(
-    project: str, label_hash: str, deps: MirrorDeps, *, not_after: datetime | None = None
+    project: str,
+    label_hash: str,
+    entry: IndexEntry | None,
+    deps: MirrorDeps,
+    *,
+    not_after: datetime | None = None,
 ) -> RowOutcome:
-    """Remove a row from the current view (history stays in object versions and run manifests).
+    """Remove a row (`entry`: its index entry) from the current view (history stays in object versions and
+    run manifests).
 
     `not_after`: a removal planned by a run never deletes a version edited after that run's signpost, so
     a late redelivery of an old removal cannot undo a newer sync.
     """
-    entry = deps.state.get_index(project, label_hash)
     if entry is None:
         return RowOutcome(label_hash, "unchanged", reason=NOT_IN_LAKE)
     if not_after is not None and entry.last_edited_at is not None and entry.last_edited_at > not_after:

@@ -4,8 +4,9 @@
 {"source": "encord-mirror", "detail-type": "encord-mirror.snapshot.committed", "time": "<ISO 8601 UTC>",
  "detail": {...the builder's detail, "event_id", "snapshot_id", "project_hash", "branch", "stage"}}
 ```
-Lines are appended by compare-and-swap on the object, so concurrent publishers never lose a line. Receipts
-are keyed by event id.
+Lines are appended by compare-and-swap on the object, so concurrent publishers never lose a line; an event
+whose id the file already holds (published by a finalizer that died before recording it as sent) is not
+appended again, so each event is in the file once. Receipts are keyed by event id.
 """
 
 from __future__ import annotations
@@ -45,10 +46,16 @@ class JsonlEventSink:
         if not events:
             return SendReceipt(sent=(), failed={})
         now = self._clock()
-        lines = b"".join(event_line(e, now) for e in events)
         ids = tuple(e.event_id for e in events)
         for _ in range(_CAS_TRIES):
             current = self.lake.get(EVENTS_KEY)
+            held = current.body if current is not None else b""
+            # orjson writes `"event_id":"<id>"` without spaces, and ids hold no quote or backslash.
+            lines = b"".join(
+                event_line(e, now) for e in events if b'"event_id":"%s"' % e.event_id.encode() not in held
+            )
+            if not lines:
+                return SendReceipt(sent=ids, failed={})
             try:
                 if current is None:
                     self.lake.put(EVENTS_KEY, lines, if_none_match=True, content_type="application/x-ndjson")
