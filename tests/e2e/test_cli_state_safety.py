@@ -170,6 +170,11 @@ def test_a_run_killed_with_sigkill_leaves_a_lease_the_next_sync_takes_over_at_on
     state.close()
     assert lease is not None and lease.holder == f"pid {proc.pid} on {os.uname().nodename}", lease
     mirror.emu.latency_s = 0.0
+    # and status says the lease was left by a run that died, and which snapshots it left stale
+    before = mirror.status()
+    assert before.code == 1, before.out + before.err
+    assert f"left by a run that died (pid {proc.pid} on" in before.out
+    assert f"run {lease.owner} changed its rows and died before refreshing it" in before.out
 
     # When the next sync runs, long before the dead run's lease would expire
     run = mirror.sync()
@@ -179,6 +184,8 @@ def test_a_run_killed_with_sigkill_leaves_a_lease_the_next_sync_takes_over_at_on
     assert f"took over the lease of run {lease.owner}" in run.err and f"pid {proc.pid}" in run.err
     assert "skipped" not in run.out + run.err
     mirror.assert_in_step()
+    after = mirror.status()
+    assert after.code == 0, after.out + after.err
 
 
 def test_stale_temporaries_in_the_lake_are_swept_by_the_next_sync(mirror: Mirror) -> None:

@@ -177,13 +177,13 @@ def test_a_failed_snapshot_is_owed_until_a_later_finalizer_rebuilds_it(
     stale = [PartitionChanges(review, ("l2",), ()), PartitionChanges(annotate, (), ("l2",))]
     snapshots = RecordingSnapshots(drifted=stale)
     second = finalize(PROJECT, "run-2", CONFIG, replace(deps, snapshots=snapshots))
-    # Then each owed partition is checked against the row index and rebuilt with what differs, the
-    # branch one with what the run did, and nothing is owed any more
+    # Then each owed partition is checked against the row index and rebuilt with what differs, checking
+    # all its rows (rescan), the branch one with what the run did, and nothing is owed any more
     assert sorted(snapshots.checked) == [(annotate, {}, True), (review, {"l2": "s2"}, True)]
     calls = {c.partition: c for c, _ in snapshots.calls}
     assert calls == {
-        review: stale[0],
-        annotate: stale[1],
+        review: replace(stale[0], rescan=True),
+        annotate: replace(stale[1], rescan=True),
         partition_of(BRANCH): PartitionChanges(partition_of(BRANCH), (), ("l3",)),
     }
     assert second.snapshots_owed == 0 and second.errors == ()
@@ -201,7 +201,7 @@ def test_a_snapshot_that_fails_again_stays_owed_by_the_latest_run(
     stale = PartitionChanges(partition_of(NEW), ("l1",), ())
     failing = RecordingSnapshots(fail=True, drifted=[stale])
     second = finalize(PROJECT, "run-2", CONFIG, replace(deps, snapshots=failing))
-    assert [c for c, _ in failing.calls] == [stale]
+    assert [c for c, _ in failing.calls] == [replace(stale, rescan=True)]
     assert second.snapshots_owed == 1
     assert [(d.partition, d.run_id) for d in state.owed_snapshots(PROJECT)] == [(partition_of(NEW), "run-2")]
 

@@ -25,6 +25,7 @@ import orjson
 from encord_mirror.adapters.local.state import holder_gone
 from encord_mirror.cli.target import open_existing, open_state
 from encord_mirror.domain.lake import partition_of
+from encord_mirror.domain.models import SnapshotDebt
 from encord_mirror.domain.ports import ObjectStore, StateStore
 from encord_mirror.domain.watermark import iso_utc
 
@@ -39,6 +40,8 @@ class ProjectStatus:
     lease: dict[str, Any] | None  # owner, acquired_at, expires_at, expired, holder, holder_gone
     gaps: list[dict[str, Any]] = field(default_factory=list)  # label_hash, last_edited_at, run_id, reason
     snapshots_owed: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, run_id, reason
+    # Partitions whose rows the sync in flight is changing (its finalizer refreshes them): not a problem.
+    snapshots_pending: list[dict[str, Any]] = field(default_factory=list)
     last_run: dict[str, Any] | None = None  # key, uri, run_id, mode, finished_at, counts, errors
     snapshots: list[dict[str, Any]] = field(default_factory=list)  # branch, stage, snapshot_id, counts, uri
     # the last sync that stopped before its run was finalized (run_id, at, reason), until a run completes
@@ -52,6 +55,8 @@ def project_status(
     watermark = state.get_watermark(project_hash)
     lag = (now - watermark).total_seconds() if watermark is not None else None
     lease = state.get_lease(project_hash)
+    running = lease.owner if lease and lease.expires_at > now and not holder_gone(lease.holder) else None
+    debts = state.owed_snapshots(project_hash)
     status = ProjectStatus(
         project_hash,
         iso_utc(watermark),
@@ -75,10 +80,8 @@ def project_status(
             }
             for g in state.list_gaps(project_hash)
         ],
-        snapshots_owed=[
-            {"branch": d.partition.branch, "stage": d.partition.stage, "run_id": d.run_id, "reason": d.reason}
-            for d in state.owed_snapshots(project_hash)
-        ],
+        snapshots_owed=[_debt(d) for d in debts if not (d.writing_only and d.run_id == running)],
+        snapshots_pending=[_debt(d) for d in debts if d.writing_only and d.run_id == running],
         last_run=_last_run(project_hash, lake),
         snapshots=_latest_snapshots(project_hash, lake),
     )
@@ -93,8 +96,22 @@ def project_status(
     if status.gaps:
         status.problems.append(f"{len(status.gaps)} row(s) failed and hold the watermark")
     if status.snapshots_owed:
-        status.problems.append(f"{len(status.snapshots_owed)} COCO snapshot(s) failed and are stale")
+        status.problems.append(
+            f"{len(status.snapshots_owed)} COCO snapshot(s) are stale (a refresh failed, or its run died)"
+        )
     return status
+
+
+def _debt(debt: SnapshotDebt) -> dict[str, Any]:
+    reason = debt.reason
+    if debt.writing_only:
+        reason = f"run {debt.run_id} changed its rows and died before refreshing it; the next sync does"
+    return {
+        "branch": debt.partition.branch,
+        "stage": debt.partition.stage,
+        "run_id": debt.run_id,
+        "reason": reason,
+    }
 
 
 def _last_run(project_hash: str, lake: ObjectStore) -> dict[str, Any] | None:
