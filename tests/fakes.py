@@ -265,6 +265,26 @@ class FakeSource:
                 loaded.append(LoadedRow(replace(row).meta(project_hash), labels))
         return LoadResult(loaded=tuple(loaded), failed=failed, gone=tuple(gone))
 
+    def load_listed(self, project_hash: str, rows: Sequence[RowMeta], *, bundle_size: int) -> LoadResult:
+        """Like Encord: the content (and its edit time) is the current one; the stage and task status
+        are the planner's listing, and a row deleted since is gone."""
+        planned = {m.label_hash: m for m in rows if m.label_hash}
+        result = self.load_rows(project_hash, list(planned), bundle_size=bundle_size)
+        loaded = tuple(
+            LoadedRow(
+                replace(
+                    r.meta,
+                    stage_uuid=planned[h].stage_uuid,
+                    stage_title=planned[h].stage_title,
+                    task_status=planned[h].task_status,
+                ),
+                r.labels,
+            )
+            for r in result.loaded
+            if (h := r.meta.label_hash) is not None
+        )
+        return replace(result, loaded=loaded)
+
     @property
     def rows_initialised(self) -> int:
         return sum(len(c) for c in self.load_calls)

@@ -448,8 +448,10 @@ def test_a_429_storm_past_every_retry_leaves_a_gap_that_the_next_run_closes(mirr
 
 
 def test_rows_dropped_from_a_bundle_response_are_gaps_not_skips(mirror: Mirror) -> None:
-    # Given every bundle answer of the first sync leaving out one row (the SDK would not notice)
-    mirror.emu.inject_fault("omit_rows", query_type="labelrow", query_method="GET", omit=1, count=3)
+    # Given every bundle answer of the first sync leaving out one row (the SDK would not notice): each of
+    # the chunk's three deliveries initialises it from the planner's listing, then once more after
+    # listing it again
+    mirror.emu.inject_fault("omit_rows", query_type="labelrow", query_method="GET", omit=1, count=6)
 
     # When the first sync runs
     run = mirror.sync()

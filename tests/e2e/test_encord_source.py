@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa as rsa_key
 
+from encord_emulator.generate import generate
 from encord_emulator.keys import generate_keypair
 from encord_emulator.server import Emulator
 from encord_emulator.testing import build_fixture, corrupt_row
+from encord_mirror.adapters.aws.sqs import chunk_body
 from encord_mirror.adapters.encord_source import (
     EncordAuthError,
     EncordCredentialsError,
     EncordLabelSource,
     EncordProjectAccessError,
 )
-from encord_mirror.domain.models import BranchSelection, RowQuery
+from encord_mirror.aws_lambda.models import ChunkBody
+from encord_mirror.domain.codec import chunk_rows_from_json, chunk_rows_to_json
+from encord_mirror.domain.models import BranchSelection, ChunkMessage, Media, RowMeta, RowQuery
 from encord_mirror.domain.watermark import NaiveDatetimeError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -310,3 +316,122 @@ def _corrupt(row: dict[str, Any]) -> dict[str, Any]:
         "d": {"classificationHash": "d", "featureHash": "nope", "classifications": [], "range": [[0, 0]]}
     }
     return broken
+
+
+@pytest.fixture
+def every_kind(tmp_path: Path) -> Iterator[Env]:
+    """A generated project with every data type and shape the generator writes (and consensus branches)."""
+    project = generate(tmp_path / "generated", 120, seed=3)[0]
+    key_path, public_line = generate_keypair(tmp_path / "keys")
+    with Emulator(tmp_path / "generated", authorized_keys=[public_line]) as emu:
+        source = EncordLabelSource.from_key_file(key_path, domain=emu.url)
+        yield Env(emu, project, key_path, source)
+
+
+def test_load_listed_initialises_from_the_listing_alone_with_content_equal_to_encord(every_kind: Env) -> None:
+    # Given the listing of every labelled row of every branch, of every data type, sent through a chunk
+    # message's encoding
+    env = every_kind
+    listed = [
+        r
+        for r in env.source.list_rows(env.project, RowQuery(branches=BranchSelection("all")))
+        if r.label_hash
+    ]
+    assert {r.data_type for r in listed} >= {"image", "video", "img_group", "dicom", "nifti", "pdf", "audio"}
+    hashes = [r.label_hash for r in listed if r.label_hash]
+    carried = chunk_rows_from_json(
+        orjson.loads(orjson.dumps(chunk_rows_to_json(listed))), env.project, hashes
+    )
+    truth = env.truth()
+    env.emu.clear_log()
+
+    # When the source initialises them from that listing
+    result = env.source.load_listed(env.project, carried, bundle_size=1000)
+
+    # Then ONE labelrow GET carried them and nothing was listed again; each row equals Encord's content
+    # and carries the listing's stage and task status
+    assert result.failed == {} and result.gone == ()
+    assert [e["uids"] for e in _legacy(env.emu, "labelrow")] == [len(hashes)]
+    assert _legacy(env.emu, "labelrowmetadata") == []
+    assert sorted(r.meta.label_hash for r in result.loaded if r.meta.label_hash) == sorted(hashes)
+    for row in result.loaded:
+        assert row.meta.label_hash is not None
+        item = truth[row.meta.label_hash]
+        assert row.labels == item["row"]
+        assert (row.meta.stage_uuid, row.meta.task_status) == (item["stage_uuid"], item["task_status"])
+        assert (row.meta.data_hash, row.meta.data_title) == (item["data_hash"], item["data_title"])
+    assert not env.emu.writes()
+
+
+def test_load_listed_lists_again_only_a_row_deleted_since_planning_and_reports_it_gone(env: Env) -> None:
+    # Given the listing of four rows, one of them deleted in Encord afterwards
+    listed = [r for r in env.source.list_rows(env.project, RowQuery()) if r.label_hash][:4]
+    victim = listed[0].label_hash
+    assert victim is not None
+    env.emu.delete_row(env.project, victim)
+    env.emu.clear_log()
+
+    # When the source initialises them from that listing
+    result = env.source.load_listed(env.project, listed, bundle_size=100)
+
+    # Then the deleted row is gone and the others load: Encord refused the first bundle (an unknown
+    # label hash), one listing by label hash told gone from present, one more bundle loaded the rest
+    assert result.gone == (victim,)
+    assert sorted(r.meta.label_hash for r in result.loaded if r.meta.label_hash) == sorted(
+        r.label_hash for r in listed[1:] if r.label_hash
+    )
+    assert result.failed == {}
+    assert len(_legacy(env.emu, "labelrowmetadata")) == 1
+    assert not env.emu.writes()
+
+
+def test_load_listed_never_initialises_a_row_without_a_label_hash(env: Env) -> None:
+    # Given a listing that holds a data unit without a label row
+    listed = env.source.list_rows(env.project, RowQuery())
+    unlabelled = [r for r in listed if r.label_hash is None]
+    assert unlabelled
+
+    # When the source is asked to initialise it with a labelled row
+    result = env.source.load_listed(env.project, [*unlabelled, *listed[:1]], bundle_size=100)
+
+    # Then nothing was created in Encord (no labelrow PUT) and only the labelled row loaded
+    assert not env.emu.writes()
+    assert _legacy(env.emu, "labelrow", "PUT") == []
+    assert [r.meta.label_hash for r in result.loaded] == [listed[0].label_hash]
+
+
+def test_a_1000_row_chunk_message_stays_far_under_the_sqs_cap() -> None:
+    # Given a 1000-row chunk of UUID hashes on a long branch name, across every stage of a workflow
+    # with long stage titles, every row with its media fields
+    project = str(uuid.uuid4())
+    stages = [(str(uuid.uuid4()), f"Stage {i} " + "x" * 80) for i in range(8)]
+    rows = tuple(
+        RowMeta(
+            project_hash=project,
+            data_hash=str(uuid.uuid4()),
+            branch="consensus-" + "b" * 54,
+            label_hash=str(uuid.uuid4()),
+            last_edited_at=datetime(2026, 12, 3, 10, 11, 12, 123456, tzinfo=UTC) + timedelta(seconds=i),
+            stage_uuid=stages[i % 8][0],
+            stage_title=stages[i % 8][1],
+            task_status="IN_REVIEW",
+            data_title="a/long/path/" + "t" * 200 + ".mp4",
+            data_type="video",
+            media=Media(
+                number_of_frames=123456, frames_per_second=29.97, duration=4119.32, is_shadow_data=False
+            ),
+        )
+        for i in range(1000)
+    )
+    chunk = ChunkMessage(project, "20261203T101112.123Z-abcdef01", "20261203T101112.123Z-abcdef01-00001",
+                         tuple(r.label_hash for r in rows if r.label_hash), rows=rows)  # fmt: skip
+
+    # When it is encoded as the SQS body, and parsed back as the worker handler does
+    body = chunk_body(chunk)
+    parsed = ChunkBody.model_validate_json(body).message()
+
+    # Then the body is well under SQS's 256 KiB cap (the data title is not carried), and the worker
+    # gets the listing back, data title aside
+    size = len(body.encode())
+    assert size < 200 * 1024, size
+    assert parsed.rows == tuple(replace(r, data_title="") for r in rows)

@@ -470,8 +470,9 @@ def test_a_poison_row_goes_to_the_dlq_as_a_gap_that_holds_the_watermark(deployme
 
 
 def test_a_row_dropped_from_a_bundle_is_retried_by_redelivery_not_skipped(deployment: Deployment) -> None:
-    # Given Encord's first bundle answer leaving one row out (the SDK does not notice)
-    deployment.emu.inject_fault("omit_rows", query_type="labelrow", query_method="GET", omit=1, count=1)
+    # Given Encord's first two bundle answers leaving one row out (the SDK does not notice): the worker
+    # initialises from the planner's listing, then once more after listing the missing row again
+    deployment.emu.inject_fault("omit_rows", query_type="labelrow", query_method="GET", omit=1, count=2)
 
     # When the first sync runs through the queues
     deployment.schedule()

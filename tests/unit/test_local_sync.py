@@ -338,6 +338,9 @@ class TwoProjects:
     def load_rows(self, project_hash: str, label_hashes: Sequence[str], *, bundle_size: int) -> LoadResult:
         return self.by_project[project_hash].load_rows(project_hash, label_hashes, bundle_size=bundle_size)
 
+    def load_listed(self, project_hash: str, rows: Sequence[RowMeta], *, bundle_size: int) -> LoadResult:
+        return self.by_project[project_hash].load_listed(project_hash, rows, bundle_size=bundle_size)
+
 
 def test_several_projects_sync_into_their_own_partitions(
     source: FakeSource, lake: LocalLake, state: SqliteStateStore

@@ -418,3 +418,52 @@ def test_a_row_synced_by_an_earlier_run_is_reported_unchanged(
     clock.advance(60)
     _run(state, clock, "run-2")
     assert _status(_process(deps, _chunk([h], run_id="run-2"))) == {h: "unchanged"}
+
+
+def _planned(source: FakeSource, hashes: Sequence[str], run_id: str) -> ChunkMessage:
+    """A chunk as the planner sends it: the rows' listing rides along."""
+    rows = tuple(source.row(h).meta(PROJECT) for h in hashes)
+    return ChunkMessage(PROJECT, run_id, f"{run_id}-00000", tuple(hashes), rows=rows)
+
+
+def test_a_planned_chunk_is_initialised_from_its_listing_without_listing_again(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given a chunk that carries the planner's listing of its rows
+    hashes = source.add(3)
+    _run(state, clock)
+    msg = _planned(source, hashes, "run-1")
+    source.list_calls.clear()
+
+    # When it is processed
+    result = _process(deps, msg)
+
+    # Then every row is written from that listing: no listing call, one load of the three rows
+    assert _status(result) == dict.fromkeys(hashes, "written")
+    assert source.list_calls == []
+    assert source.load_calls == [tuple(hashes)]
+
+
+def test_a_late_duplicate_of_a_planned_chunk_never_moves_a_row_back_to_its_planned_stage(
+    source: FakeSource, deps: MirrorDeps, lake: LocalLake, state: SqliteStateStore, clock: Clock
+) -> None:
+    # Given run-1's chunk planned with the row in Annotate, then the row moved to Review and run-2
+    # (planned later) synced it there
+    (h,) = source.add(1)
+    _run(state, clock, "run-1")
+    stale = _planned(source, [h], "run-1")
+    _process(deps, stale)
+    source.move(h, REVIEW)
+    clock.advance(5)
+    _run(state, clock, "run-2")
+    _process(deps, _planned(source, [h], "run-2"))
+    assert lake.get(REVIEW_KEY.format(h)) is not None
+
+    # When a duplicate of run-1's chunk arrives after all that
+    again = _process(deps, stale)
+
+    # Then the row stays in Review (one copy); the duplicate reports what run-1's first delivery did
+    assert _status(again) == {h: "written"} and again.outcomes[0].key == ANNOTATE_KEY.format(h)
+    assert [k for k in lake.list_keys("labels/")] == [REVIEW_KEY.format(h)]
+    entry = state.get_index(PROJECT, h)
+    assert entry is not None and entry.key == REVIEW_KEY.format(h)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -26,12 +27,21 @@ from encord.exceptions import (
 )
 from encord.http.constants import DEFAULT_REQUESTS_SETTINGS, RequestsSettings
 from encord.objects.ontology_labels_impl import LabelRowV2
+from encord.orm.label_row import LabelRowMetadata, LabelStatus
 from encord.orm.project import ProjectType
 from encord.project import Project
 from encord.user_client import EncordUserClient
 
-from encord_mirror.domain.models import LoadedRow, LoadResult, ProjectInfo, RowMeta, RowQuery, Stage
-from encord_mirror.domain.watermark import require_utc
+from encord_mirror.domain.models import (
+    LoadedRow,
+    LoadResult,
+    Media,
+    ProjectInfo,
+    RowMeta,
+    RowQuery,
+    Stage,
+)
+from encord_mirror.domain.watermark import iso_utc, require_utc
 
 UserClientFactory = Callable[[], EncordUserClient]
 
@@ -122,6 +132,54 @@ def _enum_text(value: object) -> str | None:
     return str(value.value) if isinstance(value, Enum) else str(value)
 
 
+def _missing_means_gone(bundle_error: str) -> bool:
+    """Whether a bundle's error may mean that some of its label rows no longer exist."""
+    return bundle_error.startswith(ResourceNotFoundError.__name__)
+
+
+def _media(row: LabelRowV2) -> Media | None:
+    # A row with spaces (data groups, scenes) needs the listing's space layout, which a chunk message
+    # does not carry: the worker lists it again.
+    if row._space_map:
+        return None
+    return Media(
+        number_of_frames=row.number_of_frames,
+        frames_per_second=row.fps,
+        duration=row.duration,
+        is_shadow_data=row.is_shadow_data,
+    )
+
+
+def _listing_metadata(meta: RowMeta) -> LabelRowMetadata:
+    """The SDK's listing item rebuilt from a RowMeta: what `initialise_labels` and `to_encord_dict()` read
+    from the listing. The rest (dataset, data link, label status, dimensions) comes from the initialise
+    response, which replaces it."""
+    media = meta.media
+    assert media is not None
+    node = {"uuid": meta.stage_uuid, "title": meta.stage_title or ""} if meta.stage_uuid is not None else None
+    return LabelRowMetadata.from_dict(
+        {
+            "label_hash": meta.label_hash,
+            "last_edited_at": iso_utc(meta.last_edited_at),
+            "branch_name": meta.branch,
+            "data_hash": meta.data_hash,
+            "dataset_hash": "",
+            "dataset_title": "",
+            "data_title": meta.data_title,
+            "data_type": meta.data_type.upper(),
+            "data_link": None,
+            "spaces": {},
+            "label_status": LabelStatus.NOT_LABELLED.value,
+            "annotation_task_status": meta.task_status,
+            "workflow_graph_node": node,
+            "is_shadow_data": media.is_shadow_data,
+            "number_of_frames": media.number_of_frames,
+            "frames_per_second": media.frames_per_second,
+            "duration": media.duration,
+        }
+    )
+
+
 def _row_meta(project_hash: str, row: LabelRowV2) -> RowMeta:
     node = row.workflow_graph_node
     # The public `annotation_task_status` refuses workflow projects although the listing carries the value.
@@ -137,6 +195,7 @@ def _row_meta(project_hash: str, row: LabelRowV2) -> RowMeta:
         task_status=_enum_text(task_status),
         data_title=row.data_title,
         data_type=_enum_text(row.data_type) or "",
+        media=_media(row),
     )
 
 
@@ -271,14 +330,51 @@ class EncordLabelSource:
 
         by_hash = {row.label_hash: row for row in listed if row.label_hash is not None}
         gone = tuple(h for h in wanted if h not in by_hash)
-        rows = [by_hash[h] for h in wanted if h in by_hash]
-        metas = {h: _row_meta(project_hash, by_hash[h]) for h in by_hash}
+        pairs = [(_row_meta(project_hash, by_hash[h]), by_hash[h]) for h in wanted if h in by_hash]
+        loaded, failed, missing, bundle_error = self._initialise(project, pairs, bundle_size)
+        for label_hash in missing:
+            failed[label_hash] = (
+                f"bundle request failed: {bundle_error}"
+                if bundle_error
+                else "Encord left the row out of the bundle response (uninitialised)"
+            )
+        return LoadResult(loaded=tuple(loaded), failed=failed, gone=gone)
 
+    def load_listed(self, project_hash: str, rows: Sequence[RowMeta], *, bundle_size: int) -> LoadResult:
+        project = self._project(project_hash)
+        pairs: list[tuple[RowMeta, LabelRowV2]] = []
+        again: list[str] = []
+        seen: set[str] = set()
+        for meta in rows:
+            if meta.label_hash is None or meta.label_hash in seen:
+                continue  # never initialise a row without a label hash: that would create it in Encord
+            seen.add(meta.label_hash)
+            if meta.media is None:
+                again.append(meta.label_hash)
+            else:
+                pairs.append((meta, LabelRowV2(_listing_metadata(meta), project._client, project._ontology)))
+        loaded, failed, missing, bundle_error = self._initialise(project, pairs, bundle_size)
+        if bundle_error is not None and not _missing_means_gone(bundle_error):
+            failed.update(dict.fromkeys(missing, f"bundle request failed: {bundle_error}"))
+            missing = []
+        # A row deleted (or moved to another project) since it was listed: the bundle left it out or
+        # Encord refused the request; a listing by label hash tells gone from a glitch.
+        if not missing and not again:
+            return LoadResult(loaded=tuple(loaded), failed=failed, gone=())
+        rest = self.load_rows(project_hash, [*missing, *again], bundle_size=bundle_size)
+        failed.update(rest.failed)
+        return LoadResult(loaded=(*loaded, *rest.loaded), failed=failed, gone=rest.gone)
+
+    def _initialise(
+        self, project: Project, pairs: list[tuple[RowMeta, LabelRowV2]], bundle_size: int
+    ) -> tuple[list[LoadedRow], dict[str, str], list[str], str | None]:
+        """Initialise the rows in one bundle: (loaded, failed, label hashes left uninitialised, the error
+        the bundle raised if any)."""
         row_errors: dict[str, str] = {}
         bundle_error: str | None = None
         try:
             with project.create_bundle(bundle_size=max(1, bundle_size)) as bundle:
-                for row in rows:
+                for _, row in pairs:
                     _initialise_guarded(row, bundle, row_errors)
         except (AuthenticationError, SshKeyNotFound) as exc:
             raise EncordAuthError(self._key_origin, self._domain, describe_sdk_error(exc)) from None
@@ -288,28 +384,27 @@ class EncordLabelSource:
 
         loaded: list[LoadedRow] = []
         failed: dict[str, str] = {}
-        for row in rows:
+        missing: list[str] = []
+        for meta, row in pairs:
             label_hash = row.label_hash
             assert label_hash is not None
             if label_hash in row_errors:
                 failed[label_hash] = row_errors[label_hash]
             elif not row.is_labelling_initialised:
-                failed[label_hash] = (
-                    f"bundle request failed: {bundle_error}"
-                    if bundle_error
-                    else "Encord left the row out of the bundle response (uninitialised)"
-                )
+                missing.append(label_hash)
             else:
                 try:
                     labels = row.to_encord_dict()
                 except Exception as exc:  # a corrupt row may break anywhere in the SDK's serialiser
                     failed[label_hash] = f"corrupt label row: {describe_sdk_error(exc)}"
                     continue
-                meta = metas[label_hash]
                 # The content may be newer than the listing (edited in between): its own edit time wins.
                 edited = _utc_or_none(row.last_edited_at) or meta.last_edited_at
-                loaded.append(LoadedRow(meta=_replace_edited(meta, edited), labels=labels))
-        return LoadResult(loaded=tuple(loaded), failed=failed, gone=gone)
+                content = replace(
+                    meta, last_edited_at=edited, data_hash=row.data_hash, data_title=row.data_title
+                )
+                loaded.append(LoadedRow(meta=content, labels=labels))
+        return loaded, failed, missing, bundle_error
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -350,23 +445,6 @@ class EncordLabelSource:
             raise EncordProjectAccessError(project_hash, self._domain, describe_sdk_error(exc)) from None
         except EncordException as exc:
             raise EncordApiError(project_hash, operation, describe_sdk_error(exc)) from None
-
-
-def _replace_edited(meta: RowMeta, edited: datetime | None) -> RowMeta:
-    if edited == meta.last_edited_at:
-        return meta
-    return RowMeta(
-        project_hash=meta.project_hash,
-        data_hash=meta.data_hash,
-        branch=meta.branch,
-        label_hash=meta.label_hash,
-        last_edited_at=edited,
-        stage_uuid=meta.stage_uuid,
-        stage_title=meta.stage_title,
-        task_status=meta.task_status,
-        data_title=meta.data_title,
-        data_type=meta.data_type,
-    )
 
 
 def _initialise_guarded(row: LabelRowV2, bundle: Any, errors: dict[str, str]) -> None:

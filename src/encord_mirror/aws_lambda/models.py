@@ -3,9 +3,12 @@ Powertools BatchProcessor). The bodies mirror what `adapters.aws.sqs` sends."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from pydantic import BaseModel, ConfigDict, Field, Json
 
+from encord_mirror.domain.codec import chunk_rows_from_json
 from encord_mirror.domain.models import ChunkMessage
 
 
@@ -17,6 +20,9 @@ class ChunkBody(BaseModel):
     chunk_id: str = Field(min_length=1)
     label_hashes: tuple[str, ...] = Field(max_length=1000)
     removals: tuple[str, ...] = ()
+    # The planner's listing of `label_hashes` (codec.chunk_rows_to_json); absent in a message of a
+    # version that did not carry it: the worker lists those rows again.
+    rows: dict[str, Any] | None = None
 
     def message(self) -> ChunkMessage:
         return ChunkMessage(
@@ -25,6 +31,9 @@ class ChunkBody(BaseModel):
             chunk_id=self.chunk_id,
             label_hashes=self.label_hashes,
             removals=self.removals,
+            rows=()
+            if self.rows is None
+            else chunk_rows_from_json(self.rows, self.project_hash, self.label_hashes),
         )
 
 

@@ -62,6 +62,19 @@ class RowMeta:
     task_status: str | None
     data_title: str
     data_type: str
+    # What the source needs to initialise the row from this listing alone (None: list it again first).
+    media: Media | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """The listing's media fields a label row's content depends on (the initialise response lacks them):
+    `to_encord_dict()` writes `data_fps` and `data_duration` from them, and `is_shadow_data`."""
+
+    number_of_frames: int
+    frames_per_second: float | None = None
+    duration: float | None = None
+    is_shadow_data: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +174,18 @@ class RunFailure:
 
 @dataclass(frozen=True, slots=True)
 class ChunkMessage:
-    """One unit of fan-out work: hashes only (SQS caps a message at 256 KB), never label payloads."""
+    """One unit of fan-out work: hashes and the planner's listing of them, never label payloads (SQS
+    caps a message at 256 KB: `codec.encode_chunk_rows` keeps 1000 rows well under it).
+
+    `rows`, when given, is the listing of `label_hashes` in the same order: the worker initialises them
+    from it without listing them again."""
 
     project_hash: str
     run_id: str
     chunk_id: str  # stable across planner re-sends: the idempotency key
     label_hashes: tuple[str, ...]
     removals: tuple[str, ...] = ()  # label hashes no longer live in Encord: remove from the current view
+    rows: tuple[RowMeta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

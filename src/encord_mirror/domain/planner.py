@@ -163,7 +163,7 @@ def _plan_run(
 
     work.sort(key=lambda m: (m.branch, m.label_hash or ""))
     removals = sorted(set(removals))
-    chunks = _chunks(project_hash, run_id, [m.label_hash for m in work if m.label_hash], removals, config)
+    chunks = _chunks(project_hash, run_id, [m for m in work if m.label_hash], removals, config)
     state.create_run(
         RunRecord(
             project_hash=project_hash,
@@ -233,10 +233,10 @@ def _lake_holds(entry: IndexEntry, meta: RowMeta) -> bool:
 
 
 def _chunks(
-    project_hash: str, run_id: str, label_hashes: list[str], removals: list[str], config: MirrorConfig
+    project_hash: str, run_id: str, work: list[RowMeta], removals: list[str], config: MirrorConfig
 ) -> list[ChunkMessage]:
     size = config.bundle_size
-    loads = [tuple(label_hashes[i : i + size]) for i in range(0, len(label_hashes), size)]
+    loads = [tuple(work[i : i + size]) for i in range(0, len(work), size)]
     removes = [tuple(removals[i : i + size]) for i in range(0, len(removals), size)]
     # Removals ride along with loads first (fewer messages), then take chunks of their own.
     count = max(len(loads), len(removes))
@@ -245,8 +245,9 @@ def _chunks(
             project_hash=project_hash,
             run_id=run_id,
             chunk_id=f"{run_id}-{i:05d}",
-            label_hashes=loads[i] if i < len(loads) else (),
+            label_hashes=tuple(m.label_hash for m in loads[i] if m.label_hash) if i < len(loads) else (),
             removals=removes[i] if i < len(removes) else (),
+            rows=loads[i] if i < len(loads) else (),
         )
         for i in range(count)
     ]

@@ -54,6 +54,15 @@ class LabelSource(Protocol):
         """List fresh metadata for these label hashes (every branch) and initialise them in one bundle."""
         ...
 
+    def load_listed(self, project_hash: str, rows: Sequence[RowMeta], *, bundle_size: int) -> LoadResult:
+        """Initialise rows from their listing (the planner's) in one bundle, without listing them again.
+
+        Only rows the response lacks, or that cannot be initialised from the listing (`media` None), are
+        listed again by label hash: `gone` when Encord no longer has them. Each loaded row's edit time,
+        data hash and title are the initialised content's; its stage and task status are the listing's.
+        """
+        ...
+
 
 class ObjectStore(Protocol):
     """The lake. Keys are relative to the lake root (`labels/project=.../x.json`)."""

@@ -114,6 +114,12 @@ def _keep_earlier_effects(
 def _load(msg: ChunkMessage, config: MirrorConfig, deps: MirrorDeps) -> LoadResult | str:
     """The chunk's rows, or why they could not be loaded."""
     try:
+        if msg.rows:
+            # The planner's listing rides in the message: initialise at once (one request per bundle).
+            # A stage or task-status change since planning is not seen here: the lake may hold the
+            # row's old stage until the next reconciling run, exactly as for a change made just after
+            # this chunk. A row deleted since planning is listed again by the source and removed.
+            return deps.source.load_listed(msg.project_hash, msg.rows, bundle_size=config.bundle_size)
         return deps.source.load_rows(msg.project_hash, msg.label_hashes, bundle_size=config.bundle_size)
     except Exception as exc:  # a 429 storm or an outage: every row of the chunk retries
         return f"load failed: {type(exc).__name__}: {exc}"
@@ -160,7 +166,7 @@ def _sync_rows(
         entry = entries.get(label_hash)
         try:
             if row is not None:
-                outcomes.append(_sync_one(row, entry, config, deps, now, signpost))
+                outcomes.append(_sync_one(row, entry, config, deps, now, signpost, planned=bool(msg.rows)))
             elif label_hash in loaded.gone:
                 outcomes.append(_remove_one(msg.project_hash, label_hash, entry, deps))
             else:
@@ -183,6 +189,8 @@ def _sync_one(
     deps: MirrorDeps,
     now: datetime,
     signpost: datetime | None,
+    *,
+    planned: bool = False,
 ) -> RowOutcome:
     meta = row.meta
     label_hash = meta.label_hash
@@ -198,6 +206,25 @@ def _sync_one(
     key = label_key(project, meta.branch, stage, label_hash)
     if entry is not None and is_newer(entry.last_edited_at, meta.last_edited_at):
         return RowOutcome(label_hash, "stale", key=entry.key, last_edited_at=meta.last_edited_at, sha256=sha)
+    # `planned`: the stage and task status are the planner's listing. A copy of this version synced
+    # since the run began was listed no earlier (by this run, or by a later one): a late duplicate of
+    # this chunk must not move it back to where the row stood when this run was planned.
+    if (
+        planned
+        and entry is not None
+        and signpost is not None
+        and entry.synced_at >= signpost
+        and entry.last_edited_at == meta.last_edited_at
+        and (entry.sha256, entry.key) != (sha, key)
+    ):
+        return RowOutcome(
+            label_hash,
+            "unchanged",
+            key=entry.key,
+            last_edited_at=meta.last_edited_at,
+            sha256=entry.sha256,
+            reason=SYNCED_IN_THIS_RUN,
+        )
     if entry is not None and entry.sha256 == sha and entry.key == key:
         if (entry.task_status, entry.stage_uuid) != (meta.task_status, meta.stage_uuid):
             # An entry from before the index kept the task status: record it, or every reconciling run

@@ -1,4 +1,4 @@
-"""The work queue on SQS: one small message per chunk (hashes only), sent in batches of 10.
+"""The work queue on SQS: one message per chunk (hashes and their listing), sent in batches of 10.
 
 The message bodies are a public contract between the planner, the worker and the finalizer: the
 Lambda handlers parse them with the pydantic models in `encord_mirror.aws_lambda.models`.
@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from botocore.exceptions import ClientError
 
+from encord_mirror.domain.codec import chunk_rows_to_json
 from encord_mirror.domain.models import ChunkMessage, SendReceipt
 
 SQS_BATCH_MAX = 10
@@ -21,15 +22,16 @@ SQS_BATCH_BYTES = 250_000
 
 
 def chunk_body(chunk: ChunkMessage) -> str:
-    return orjson.dumps(
-        {
-            "project_hash": chunk.project_hash,
-            "run_id": chunk.run_id,
-            "chunk_id": chunk.chunk_id,
-            "label_hashes": list(chunk.label_hashes),
-            "removals": list(chunk.removals),
-        }
-    ).decode()
+    body: dict[str, Any] = {
+        "project_hash": chunk.project_hash,
+        "run_id": chunk.run_id,
+        "chunk_id": chunk.chunk_id,
+        "label_hashes": list(chunk.label_hashes),
+        "removals": list(chunk.removals),
+    }
+    if chunk.rows:
+        body["rows"] = chunk_rows_to_json(chunk.rows)
+    return orjson.dumps(body).decode()
 
 
 def finalize_body(project_hash: str, run_id: str) -> str:
