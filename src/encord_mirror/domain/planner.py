@@ -12,6 +12,7 @@ configuration change at once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -104,12 +105,72 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True, slots=True)
+class RowDiff:
+    """What a listing means for the lake, given the row index (see `diff_rows`)."""
+
+    sync: tuple[RowMeta, ...] = ()  # not in the lake, or another version of it (or every row: resend)
+    move: tuple[RowMeta, ...] = ()  # the lake holds this version, in another partition or task status
+    remove: tuple[str, ...] = ()  # label hashes to take out of the current view, sorted
+    resolved_gaps: tuple[str, ...] = ()  # gaps that need no work: the lake already agrees with Encord
+    skipped: int = 0  # listed rows whose version the lake already holds
+
+    @property
+    def work(self) -> list[RowMeta]:
+        """The rows the workers load, in the order they are chunked."""
+        return sorted((*self.sync, *self.move), key=lambda m: (m.branch, m.label_hash or ""))
+
+
+def diff_rows(
+    rows: Mapping[str, RowMeta],
+    index: Mapping[str, IndexEntry],
+    gaps: Collection[str],
+    selects: Callable[[RowMeta], bool],
+    *,
+    complete: bool,
+    resend: bool = False,
+) -> RowDiff:
+    """The pure heart of a plan: listed rows (latest version per label hash) against the row index.
+
+    `index` holds the entries of at least the listed rows; `complete` says the listing covered the whole
+    project, so an indexed row it did not return was deleted in Encord. `gaps` are the label hashes of
+    open gaps (a gap the listing no longer returns was deleted: its removal resolves it). `selects` is the
+    stage and task-status filter: a row it refuses leaves the lake. `resend`: the feature filters (or the
+    row format) changed, so every selected row is sent again.
+    """
+    sync: list[RowMeta] = []
+    move: list[RowMeta] = []
+    removals: list[str] = []
+    resolved: list[str] = []
+    skipped = 0
+    for label_hash, meta in rows.items():
+        entry = index.get(label_hash)
+        if not selects(meta):
+            if entry is not None:
+                removals.append(label_hash)
+            elif label_hash in gaps:
+                resolved.append(label_hash)
+        elif entry is None or resend or entry.last_edited_at != meta.last_edited_at:
+            sync.append(meta)
+        elif entry.key != _key_of(meta) or entry.task_status != meta.task_status:
+            # A task-status change alone moves neither the edit time nor the key.
+            move.append(meta)
+        else:
+            skipped += 1
+            if label_hash in gaps:
+                resolved.append(label_hash)
+    if complete:
+        removals.extend(h for h in index if h not in rows)
+    removals.extend(h for h in gaps if h not in rows)
+    return RowDiff(tuple(sync), tuple(move), tuple(sorted(set(removals))), tuple(resolved), skipped)
+
+
 def _plan_run(
     project_hash: str, run_id: str, signpost: datetime, config: MirrorConfig, deps: MirrorDeps, full: bool
 ) -> PlanResult:
-    state, source = deps.state, deps.source
+    state = deps.state
     if config.object_feature_hashes or config.classification_feature_hashes:
-        config.check_features(project_hash, source.project_info(project_hash).ontology)
+        config.check_features(project_hash, deps.source.project_info(project_hash).ontology)
     run_number = state.next_run_number(project_hash)
     watermark = state.get_watermark(project_hash)
     # Other filters than the lake was synced with: another selection (branches, stages, task statuses)
@@ -117,53 +178,18 @@ def _plan_run(
     # so every selected row is sent again (and rewritten only where its content changed).
     reselect, refilter = config.filters_changed(state.get_filters(project_hash))
     full = full or reselect or refilter or watermark is None or run_number % config.reconcile_every == 0
-    gaps = {g.label_hash: g for g in state.list_gaps(project_hash)}
+    gaps = {g.label_hash for g in state.list_gaps(project_hash)}
 
-    if full:
-        listed = source.list_rows(project_hash, RowQuery(branches=config.branches))
-    else:
-        after, before = listing_window(watermark, signpost, timedelta(seconds=config.overlap_seconds))
-        listed = source.list_rows(
-            project_hash, RowQuery(branches=config.branches, edited_after=after, edited_before=before)
-        )
-        if gaps:
-            listed += source.list_rows(
-                project_hash, RowQuery(branches=config.branches, label_hashes=tuple(sorted(gaps)))
-            )
-
+    listed = _list(project_hash, signpost, watermark, gaps, config, deps, full)
     rows, unlabelled = _latest_versions(listed)
-    # One scan beats thousands of point reads (DynamoDB: a GetItem each) once a listing is large.
-    scan = full or len(rows) > _POINT_READS_MAX
-    index = {e.label_hash: e for e in state.scan_index(project_hash)} if scan else None
+    diff = diff_rows(
+        rows, _index_for(project_hash, rows, deps, full), gaps, config.selects, complete=full, resend=refilter
+    )
+    if diff.resolved_gaps:
+        state.clear_gaps(project_hash, diff.resolved_gaps)
 
-    work: list[RowMeta] = []
-    removals: list[str] = []
-    resolved_gaps: list[str] = []
-    skipped = 0
-    for label_hash, meta in rows.items():
-        entry = index.get(label_hash) if index is not None else state.get_index(project_hash, label_hash)
-        if not config.selects(meta):
-            if entry is not None:
-                removals.append(label_hash)
-            elif label_hash in gaps:
-                resolved_gaps.append(label_hash)
-            continue
-        if entry is not None and not refilter and _lake_holds(entry, meta):
-            skipped += 1
-            if label_hash in gaps:
-                resolved_gaps.append(label_hash)
-            continue
-        work.append(meta)
-    if full and index is not None:
-        removals.extend(h for h in index if h not in rows)
-    # A gap that the listing no longer returns was deleted in Encord: the removal resolves it.
-    removals.extend(h for h in gaps if h not in rows)
-    if resolved_gaps:
-        state.clear_gaps(project_hash, resolved_gaps)
-
-    work.sort(key=lambda m: (m.branch, m.label_hash or ""))
-    removals = sorted(set(removals))
-    chunks = _chunks(project_hash, run_id, [m for m in work if m.label_hash], removals, config)
+    work = diff.work
+    chunks = _chunks(project_hash, run_id, [m for m in work if m.label_hash], diff.remove, config)
     state.create_run(
         RunRecord(
             project_hash=project_hash,
@@ -190,12 +216,47 @@ def _plan_run(
         previous_watermark=watermark,
         listed=len(listed),
         to_sync=len(work),
-        removals=len(removals),
-        skipped=skipped,
+        removals=len(diff.remove),
+        skipped=diff.skipped,
         unlabelled=len(unlabelled),
         chunks=len(chunks),
         send_failed=send_failed,
     )
+
+
+def _list(
+    project_hash: str,
+    signpost: datetime,
+    watermark: datetime | None,
+    gaps: Collection[str],
+    config: MirrorConfig,
+    deps: MirrorDeps,
+    full: bool,
+) -> list[RowMeta]:
+    """Everything (a reconciling run), or the rows edited in the listing window plus the open gaps."""
+    source, branches = deps.source, config.branches
+    if full:
+        return source.list_rows(project_hash, RowQuery(branches=branches))
+    after, before = listing_window(watermark, signpost, timedelta(seconds=config.overlap_seconds))
+    listed = source.list_rows(
+        project_hash, RowQuery(branches=branches, edited_after=after, edited_before=before)
+    )
+    if gaps:
+        listed += source.list_rows(
+            project_hash, RowQuery(branches=branches, label_hashes=tuple(sorted(gaps)))
+        )
+    return listed
+
+
+def _index_for(
+    project_hash: str, rows: Mapping[str, RowMeta], deps: MirrorDeps, full: bool
+) -> dict[str, IndexEntry]:
+    """The whole row index for a reconciling run, else the listed rows' entries. One scan beats thousands
+    of point reads (DynamoDB: a GetItem each) once a listing is large."""
+    state = deps.state
+    if full or len(rows) > _POINT_READS_MAX:
+        return {e.label_hash: e for e in state.scan_index(project_hash)}
+    return {h: e for h in rows if (e := state.get_index(project_hash, h)) is not None}
 
 
 def _latest_versions(listed: list[RowMeta]) -> tuple[dict[str, RowMeta], set[str]]:
@@ -218,22 +279,19 @@ def _latest_versions(listed: list[RowMeta]) -> tuple[dict[str, RowMeta], set[str
     return rows, unlabelled
 
 
-def _lake_holds(entry: IndexEntry, meta: RowMeta) -> bool:
-    """The lake already holds this version of the row in the right partition with its task status:
-    re-listing it is free. (A task-status change alone moves neither the edit time nor the key.)"""
+def _key_of(meta: RowMeta) -> str:
     assert meta.label_hash is not None
-    key = label_key(
+    return label_key(
         meta.project_hash, meta.branch, stage_value(meta.stage_uuid, meta.stage_title), meta.label_hash
-    )
-    return (
-        entry.last_edited_at == meta.last_edited_at
-        and entry.key == key
-        and entry.task_status == meta.task_status
     )
 
 
 def _chunks(
-    project_hash: str, run_id: str, work: list[RowMeta], removals: list[str], config: MirrorConfig
+    project_hash: str,
+    run_id: str,
+    work: list[RowMeta],
+    removals: Sequence[str],
+    config: MirrorConfig,
 ) -> list[ChunkMessage]:
     size = config.bundle_size
     loads = [tuple(work[i : i + size]) for i in range(0, len(work), size)]
