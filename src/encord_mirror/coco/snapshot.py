@@ -241,6 +241,69 @@ class _Splice:
         return out
 
 
+@dataclass(slots=True)
+class _Conversion:
+    """The touched rows of a refresh: converted (`new_rows`), gone from the partition or left out
+    (`gone`, with the reason in `skipped` for a row that could not be converted), and the annotations
+    added, changed and removed in the rows converted so far."""
+
+    new_rows: dict[str, _NewRow]
+    gone: set[str]
+    skipped: dict[str, str]
+    annotations: dict[str, int]
+
+    def leave_out(self, label_hash: str, reason: str) -> None:
+        self.gone.add(label_hash)
+        self.skipped[label_hash] = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """What changed since the previous snapshot, by row, and the new snapshot's counts."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    counts: dict[str, int]  # images, annotations
+
+
+@dataclass(slots=True)
+class _Files:
+    """A new snapshot's bodies before they are written: the largest objects of a refresh, so each is let
+    go (set to None) as soon as it is written."""
+
+    rows: int
+    coco: bytes | None
+    lines: _Splice | None  # rows.tsv's lines
+    entries: list[bytes]  # the manifest's rows
+
+
+def _tally(
+    conversion: _Conversion, prev_rows: Mapping[str, _PrevRow], touched: list[str], carried: _Previous | None
+) -> _Tally | None:
+    """The changes by row (only touched rows are parsed) and the counts; None when a refresh that carries
+    the previous snapshot over finds nothing changed (no new snapshot then)."""
+    new_rows = conversion.new_rows
+    old_records = {h: orjson.loads(prev_rows[h].record) for h in touched if h in prev_rows}
+    added = sorted(h for h in new_rows if h not in prev_rows)
+    changed = sorted(
+        h for h in new_rows if h in old_records and old_records[h]["sha256"] != new_rows[h].sha256
+    )
+    removed = sorted(h for h in conversion.gone if h in prev_rows)
+    n_images = n_annotations = 0
+    if carried is not None:
+        if not (added or changed or removed):
+            return None
+        conversion.annotations["removed"] += sum(int(old_records[h]["annotations"]) for h in removed)
+        n_images = carried.counts["images"] - sum(int(r["images"]) for r in old_records.values())
+        n_annotations = carried.counts["annotations"] - sum(
+            int(r["annotations"]) for r in old_records.values()
+        )
+    n_images += sum(r.n_images for r in new_rows.values())
+    n_annotations += sum(r.n_annotations for r in new_rows.values())
+    return _Tally(added, changed, removed, {"images": n_images, "annotations": n_annotations})
+
+
 class _RowMasks(MaskBatch):
     """One mask queue across rows (numpy's cost is per call, not per mask). A batch that fails is computed
     again row by row, so that only the row whose mask is bad is left out (named in `failed`)."""
@@ -326,8 +389,7 @@ class CocoSnapshotBuilder:
     ) -> SnapshotEvent | None:
         part = changes.partition
         sid = snapshot_id_for(run_id)
-        latest_k = latest_key(part.project_hash, part.branch, part.stage)
-        latest_obj = self._lake.get(latest_k)
+        latest_obj = self._lake.get(latest_key(part.project_hash, part.branch, part.stage))
         latest = orjson.loads(latest_obj.body) if latest_obj else None
         mine = self._read_json(self._key(part, sid, "manifest.json"))
         if latest is not None and latest["snapshot_id"] >= sid:
@@ -341,28 +403,68 @@ class CocoSnapshotBuilder:
         converter = self._converter(project)
         ohash = ontology_hash(project)
         prev = self._previous(part, latest["snapshot_id"], ohash) if latest is not None else None
-        prev_rows: dict[str, _PrevRow] = prev.rows if prev is not None else {}
         carried = prev if prev is not None and prev.coco is not None else None
-        if carried is not None:
-            counters = dict(carried.counters)
-            touched = sorted(set(changes.upserted) | set(changes.removed))
-            if changes.rescan:
-                # An earlier refresh failed, so which rows changed since the previous snapshot is not
-                # known: every row there and every row of the snapshot is checked (unchanged ones keep
-                # their ids).
-                touched = sorted({*touched, *self._listed(part), *carried.rows})
-        else:
+        counters, touched = self._touched(part, changes, carried)
+        conversion = self._convert_touched(converter, part, touched, carried, counters)
+        tally = _tally(conversion, prev.rows if prev is not None else {}, touched, carried)
+        if tally is None:
+            return None
+        files = self._assemble(converter, conversion, carried, prev.rows if prev is not None else {})
+        head = {**self._layout(ohash), "next": counters, "counts": tally.counts}
+        manifest: JsonDict = {
+            "snapshot_id": sid,
+            "run_id": run_id,
+            "created_at": now.astimezone(UTC).isoformat(),
+            "project_hash": part.project_hash,
+            "branch": part.branch,
+            "stage": part.stage,
+            "previous_snapshot_id": latest["snapshot_id"] if latest else None,
+            **self._layout(ohash),
+            "incremental": carried is not None,
+            "counts": {"rows": files.rows, **tally.counts},
+            "changes": {
+                "added": tally.added,
+                "changed": tally.changed,
+                "removed": tally.removed,
+                "skipped": dict(sorted(conversion.skipped.items())),
+                "annotations_added": conversion.annotations["added"],
+                "annotations_changed": conversion.annotations["changed"],
+                "annotations_removed": conversion.annotations["removed"],
+            },
+        }
+        stored = self._write(part, sid, head, manifest, files)
+        self._move_latest(part, stored, latest_obj)
+        return self._event(part, stored)
+
+    # -- the phases of a refresh -----------------------------------------------------------------
+    def _touched(
+        self, part: Partition, changes: PartitionChanges, carried: _Previous | None
+    ) -> tuple[dict[str, int], list[str]]:
+        """The id counters to number on from, and the rows to convert (in label-hash order)."""
+        if carried is None:
             # No usable previous snapshot: the first one of the partition, or the ontology changed (the ids
             # restart then, but the manifest still compares rows with the previous snapshot's).
             # Corrected mode numbers from 1 (COCOeval reads a matched id 0 as "unmatched").
             first_id = 0 if self._compatible else 1
             counters = {"image": first_id, "annotation": first_id, "track": 0}
-            touched = sorted(self._listed(part) | set(changes.removed))
+            return counters, sorted(self._listed(part) | set(changes.removed))
+        touched = set(changes.upserted) | set(changes.removed)
+        if changes.rescan:
+            # An earlier refresh failed, so which rows changed since the previous snapshot is not known:
+            # every row there and every row of the snapshot is checked (unchanged ones keep their ids).
+            touched |= {*self._listed(part), *carried.rows}
+        return dict(carried.counters), sorted(touched)
 
-        new_rows: dict[str, _NewRow] = {}
-        gone: set[str] = set()
-        skipped: dict[str, str] = {}
-        ann_changes = {"added": 0, "changed": 0, "removed": 0}
+    def _convert_touched(
+        self,
+        converter: Converter,
+        part: Partition,
+        touched: list[str],
+        carried: _Previous | None,
+        counters: dict[str, int],
+    ) -> _Conversion:
+        """Read and convert the touched rows; a row is serialised as soon as its masks are computed."""
+        out = _Conversion({}, set(), {}, {"added": 0, "changed": 0, "removed": 0})
         masks = _RowMasks()
         waiting: list[tuple[str, _Converted]] = []
 
@@ -370,17 +472,18 @@ class CocoSnapshotBuilder:
             masks.flush()
             for label_hash, converted in waiting:
                 if label_hash in masks.failed:
-                    gone.add(label_hash)
-                    skipped[label_hash] = masks.failed[label_hash]
+                    out.leave_out(label_hash, masks.failed[label_hash])
                     continue
                 old = carried.rows.get(label_hash) if carried is not None else None
-                new_rows[label_hash] = self._serialise(label_hash, converted, carried, old, ann_changes)
+                out.new_rows[label_hash] = self._serialise(
+                    label_hash, converted, carried, old, out.annotations
+                )
             waiting.clear()
 
         for label_hash in touched:
             stored = self._lake.get(label_key(part.project_hash, part.branch, part.stage, label_hash))
             if stored is None:
-                gone.add(label_hash)
+                out.gone.add(label_hash)
                 continue
             old = carried.rows.get(label_hash) if carried is not None else None
             masks.row = label_hash
@@ -396,37 +499,26 @@ class CocoSnapshotBuilder:
             except _ROW_ERRORS as exc:
                 # One bad row must not hold back the partition's snapshot: it is left out and named in the
                 # manifest, and comes back when it is fixed (touched again) or the ontology changes.
-                gone.add(label_hash)
-                skipped[label_hash] = f"{type(exc).__name__}: {exc}"
+                out.leave_out(label_hash, f"{type(exc).__name__}: {exc}")
                 continue
             waiting.append((label_hash, converted))
             # A row is serialised once its masks are computed: as soon as the shared queue is empty.
             if not masks or len(waiting) >= _WAITING_ROWS:
                 finish_waiting()
         finish_waiting()
+        return out
 
-        # What changed since the previous snapshot, by row and by annotation (only touched rows are parsed).
-        old_records = {h: orjson.loads(prev_rows[h].record) for h in touched if h in prev_rows}
-        added = sorted(h for h in new_rows if h not in prev_rows)
-        changed = sorted(
-            h for h in new_rows if h in old_records and old_records[h]["sha256"] != new_rows[h].sha256
-        )
-        removed = sorted(h for h in gone if h in prev_rows)
-        if carried is not None:
-            if not (added or changed or removed):
-                return None
-            ann_changes["removed"] += sum(int(old_records[h]["annotations"]) for h in removed)
-            n_images = carried.counts["images"] - sum(int(r["images"]) for r in old_records.values())
-            n_annotations = carried.counts["annotations"] - sum(
-                int(r["annotations"]) for r in old_records.values()
-            )
-        else:
-            n_images = n_annotations = 0
-        n_images += sum(r.n_images for r in new_rows.values())
-        n_annotations += sum(r.n_annotations for r in new_rows.values())
-
-        # Assemble from bytes, rows in label-hash order: unchanged rows are spliced from the previous
-        # snapshot's files (runs of them in one piece), never parsed.
+    def _assemble(
+        self,
+        converter: Converter,
+        conversion: _Conversion,
+        carried: _Previous | None,
+        prev_rows: Mapping[str, _PrevRow],
+    ) -> _Files:
+        """coco.json, and the pieces of rows.tsv and of the manifest's rows, from bytes, rows in label-hash
+        order: unchanged rows are spliced from the previous snapshot's files (runs of them in one piece),
+        never parsed. The converted rows and the previous coco.json are let go once they are in it."""
+        new_rows, gone = conversion.new_rows, conversion.gone
         kept = (h for h in carried.rows if h not in gone and h not in new_rows) if carried is not None else ()
         order = sorted([*kept, *new_rows])
         source = carried.coco if carried is not None else None
@@ -467,61 +559,43 @@ class CocoSnapshotBuilder:
                 _COCO_CLOSE,
             ]
         )
-        # The rows' COCO bytes and the previous coco.json are in the new one now: let them go.
         del images, annotations, source
         new_rows.clear()
         if carried is not None:
             carried.coco = None
-        head = {
-            **self._layout(ohash),
-            "next": counters,
-            "counts": {"images": n_images, "annotations": n_annotations},
-        }
-        rows_body = b"".join([_ROWS_V2, orjson.dumps(head), b"\n", *lines.parts()])
-        del lines
+        return _Files(len(order), coco_body, lines, entries)
+
+    def _write(
+        self, part: Partition, sid: str, head: JsonDict, manifest: JsonDict, files: _Files
+    ) -> Mapping[str, Any]:
+        """Write coco.json, rows.tsv and the manifest (create-only, in that order: the manifest says the
+        snapshot is whole), letting each body go once it is written; the manifest as stored."""
+        assert files.coco is not None and files.lines is not None
+        rows_body = b"".join([_ROWS_V2, orjson.dumps(head), b"\n", *files.lines.parts()])
+        files.lines = None
         keys = {name: self._key(part, sid, name) for name in ("coco.json", ROWS_FILE, "manifest.json")}
-        self._put_once(keys["coco.json"], coco_body)
+        self._put_once(keys["coco.json"], files.coco)
         self._put_once(keys[ROWS_FILE], rows_body)
         del rows_body
-        manifest: JsonDict = {
-            "snapshot_id": sid,
-            "run_id": run_id,
-            "created_at": now.astimezone(UTC).isoformat(),
-            "project_hash": part.project_hash,
-            "branch": part.branch,
-            "stage": part.stage,
-            "previous_snapshot_id": latest["snapshot_id"] if latest else None,
-            **self._layout(ohash),
-            "incremental": carried is not None,
-            "counts": {"rows": len(order), "images": n_images, "annotations": n_annotations},
-            "changes": {
-                "added": added,
-                "changed": changed,
-                "removed": removed,
-                "skipped": dict(sorted(skipped.items())),
-                "annotations_added": ann_changes["added"],
-                "annotations_changed": ann_changes["changed"],
-                "annotations_removed": ann_changes["removed"],
-            },
-            "coco": {
-                "key": keys["coco.json"],
-                "uri": self._lake.uri(keys["coco.json"]),
-                "sha256": hashlib.sha256(coco_body).hexdigest(),
-                "bytes": len(coco_body),
-            },
-            "manifest_uri": self._lake.uri(keys["manifest.json"]),
+        manifest["coco"] = {
+            "key": keys["coco.json"],
+            "uri": self._lake.uri(keys["coco.json"]),
+            "sha256": hashlib.sha256(files.coco).hexdigest(),
+            "bytes": len(files.coco),
         }
-        del coco_body
+        manifest["manifest_uri"] = self._lake.uri(keys["manifest.json"])
+        files.coco = None
         # One JSON object on one line, newline-terminated (Hive JSON SerDes and pyarrow read it); "rows"
         # goes last, spliced in as its entries' bytes.
-        manifest_body = b"".join([orjson.dumps(manifest)[:-1], b',"rows":{', b",".join(entries), b"}}\n"])
-        del entries
+        manifest_body = b"".join(
+            [orjson.dumps(manifest)[:-1], b',"rows":{', b",".join(files.entries), b"}}\n"]
+        )
+        files.entries = []
         try:
             self._lake.put(keys["manifest.json"], manifest_body, if_none_match=True)
         except PreconditionFailedError:
-            manifest = self._read_json(keys["manifest.json"]) or manifest
-        self._move_latest(part, manifest, latest_obj)
-        return self._event(part, manifest)
+            return self._read_json(keys["manifest.json"]) or manifest
+        return manifest
 
     def drift(
         self, partition: Partition, rows: Mapping[str, str], *, recover: bool
