@@ -223,8 +223,11 @@ def _sync_project(
     if left is not None and left.owner != result.run_id:
         say(f"{project_hash}: took over the lease of run {left.owner}: {_why_free(left, deps.clock())}")
     mode = "full" if result.full else "incremental"
-    if result.refilter:
-        say(f"{project_hash}: the feature filters changed since the last sync: every row is synced again")
+    if result.refilter and result.previous_watermark is not None:
+        say(
+            f"{project_hash}: the feature filters or the row format changed since the last sync: "
+            "every row is sent again"
+        )
     try:
         say(
             f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "

@@ -25,8 +25,8 @@ from encord_mirror.coco.convert import Ontology, RowOntologyMismatchError, conve
 from encord_mirror.domain.lake import label_key, latest_key, partition_of, snapshot_key, stage_value
 from encord_mirror.domain.models import BranchSelection, JsonDict, Partition
 from encord_mirror.domain.ports import ObjectStore
+from encord_mirror.domain.rowdoc import MIRROR_KEY, ROW_FORMAT_VERSION
 
-MIRROR_KEY = "mirror"
 MAIN_ONLY = BranchSelection()
 TruthRow = Mapping[str, Any]
 _SORTED = orjson.OPT_SORT_KEYS
@@ -114,6 +114,8 @@ def _content_differences(lake: ObjectStore, key: str, item: TruthRow) -> list[st
     if not isinstance(mirror, dict):
         out.append(f"no '{MIRROR_KEY}' metadata: {key}")
     else:
+        if mirror.get("format_version") != ROW_FORMAT_VERSION:
+            out.append(f"row format {mirror.get('format_version')} != {ROW_FORMAT_VERSION}: {key}")
         if mirror.get("stage_uuid") != item.get("stage_uuid"):
             out.append(f"stage uuid differs: {key} ({mirror.get('stage_uuid')} != {item.get('stage_uuid')})")
         if item.get("task_status") is not None and mirror.get("task_status") != item.get("task_status"):

@@ -145,9 +145,11 @@ def test_a_run_with_nothing_to_do_asks_for_its_finalize_at_once(
 def test_dedupe_sends_one_version_of_a_row_listed_twice(
     source: FakeSource, deps: MirrorDeps, state: SqliteStateStore, queue: RecordingQueue, clock: Clock
 ) -> None:
-    # Given a watermark, a row edited since, and an open gap on the same row (so two listings return it)
+    # Given a watermark (of a lake synced with these filters), a row edited since, and an open gap on the
+    # same row (so two listings return it)
     source.add(3)
     state.set_watermark(PROJECT, clock())
+    state.set_filters(PROJECT, CONFIG.filters_fingerprint())
     clock.advance(10)
     source.edit("label-0001")
     state.add_gaps([Gap(PROJECT, "label-0001", None, "old-run", "boom")])
@@ -167,6 +169,7 @@ def test_open_gaps_are_retried_even_outside_the_listing_window(
     source.add(2)
     clock.advance(3600)
     state.set_watermark(PROJECT, clock())
+    state.set_filters(PROJECT, CONFIG.filters_fingerprint())
     state.add_gaps([Gap(PROJECT, "label-0000", None, "old-run", "429")])
     clock.advance(60)
     # When an incremental run plans

@@ -12,6 +12,7 @@ from fakes import CAR, PERSON, PROJECT, REVIEW, T0, WEATHER, FakeRow, labels_dic
 
 from encord_mirror.domain.models import LoadedRow, Stage
 from encord_mirror.domain.rowdoc import (
+    ROW_FORMAT_VERSION,
     CorruptRowError,
     build_document,
     content_sha256,
@@ -36,6 +37,7 @@ def test_every_to_encord_dict_key_is_kept_unchanged_and_mirror_is_added() -> Non
     assert {k: v for k, v in parsed.items() if k != "mirror"} == row.labels
     assert set(parsed) - set(row.labels) == {"mirror"}
     assert parsed["mirror"] == {
+        "format_version": ROW_FORMAT_VERSION,
         "project_hash": PROJECT,
         "label_hash": "l1",
         "data_hash": "d1",

@@ -64,6 +64,7 @@ from encord_mirror.domain.models import (
     StoredObject,
 )
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
+from encord_mirror.domain.rowdoc import MIRROR_KEY
 
 ROWS_FILE = "rows.tsv"
 _ROWS_V2 = b"#v2\t"
@@ -805,7 +806,7 @@ class CocoSnapshotBuilder:
             ann.body["id"] = ann_id
             ann.body["attributes"]["track_id"] = state.tracks[ann.object_hash]
             annotations.append(ann.body)
-        mirror = row.get("mirror") or {}
+        mirror = row.get(MIRROR_KEY) or {}
         record = {
             "label_hash": row.get("label_hash"),
             "data_hash": row.get("data_hash"),

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from encord_mirror.domain.models import BranchSelection, RowMeta
+from encord_mirror.domain.rowdoc import ROW_FORMAT_VERSION
 
 # Encord's own ceiling for one bundled label-row request (`LABEL_ROW_BUNDLE_GET_LIMIT`): the SDK does not
 # cap a larger bundle, and the server answers MULTI_LABEL_LIMIT_ERROR.
@@ -98,9 +99,10 @@ class MirrorConfig(BaseModel):
 
     def filters_fingerprint(self) -> str:
         """`<selection>.<content>`: digests of what decides which rows are in the lake (branches, stage and
-        task-status filters) and of what each row holds (feature filters). A run planned with another
-        selection than the last completed run reconciles; with another content filter, it also sends every
-        selected row again (see the planner)."""
+        task-status filters) and of what each row holds (feature filters and the row format version). A
+        run planned with another selection than the last completed run reconciles; with another content,
+        it also sends every selected row again (see the planner): that is how a lake written with another
+        row format is rewritten."""
         selection = {
             "branches": [self.branches.mode, self.branches.name],
             "stage_include": sorted(self.stage_include),
@@ -110,14 +112,16 @@ class MirrorConfig(BaseModel):
         content = {
             "object_feature_hashes": _sorted_or_none(self.object_feature_hashes),
             "classification_feature_hashes": _sorted_or_none(self.classification_feature_hashes),
+            "row_format_version": ROW_FORMAT_VERSION,
         }
         return f"{_digest(selection)}.{_digest(content)}"
 
     def filters_changed(self, synced_with: str | None) -> tuple[bool, bool]:
         """(selection changed, content changed) since the lake was synced with the `synced_with`
-        fingerprint. None (a state from before filters were recorded) is taken as these filters."""
+        fingerprint. None (a new state, or one from before filters were recorded) is taken as this
+        selection, but not as this content: its rows may have been written in an older row format."""
         if synced_with is None:
-            return False, False
+            return False, True
         old_selection, _, old_content = synced_with.partition(".")
         selection, _, content = self.filters_fingerprint().partition(".")
         return old_selection != selection, old_content != content

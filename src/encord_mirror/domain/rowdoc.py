@@ -2,7 +2,7 @@
 
 ```
 { ...every key of LabelRowV2.to_encord_dict(), same values...,
-  "mirror": {"project_hash", "label_hash", "data_hash", "branch", "stage" (partition value),
+  "mirror": {"format_version", "project_hash", "label_hash", "data_hash", "branch", "stage" (partition value),
              "stage_uuid", "stage_title", "task_status", "last_edited_at" (ISO 8601 UTC or null),
              "sha256", "synced_at" (ISO 8601 UTC)} }
 ```
@@ -10,6 +10,10 @@
 and `mirror.synced_at` left out. It covers the labels and the workflow metadata, not the sync time, so:
 a row whose content and stage did not change is not rewritten (a re-sync leaves the lake byte-identical),
 a task status change is, and anyone can verify an object by recomputing the hash.
+
+`mirror.format_version` is `ROW_FORMAT_VERSION`; an object without it is version 1. It is part of the
+hashed content, so a new version changes every row's sha256 and the worker rewrites a row it is sent; the
+planner sends every row once after an upgrade (the version is part of `MirrorConfig.filters_fingerprint`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from encord_mirror.domain.models import JsonDict, LoadedRow
 from encord_mirror.domain.watermark import iso_utc
 
 MIRROR_KEY = "mirror"
+# The shape of a row object (README, "The lake"). 1: objects written before the `mirror` block carried a
+# version; 2: `mirror.format_version` added.
+ROW_FORMAT_VERSION = 2
 _UNHASHED = ("sha256", "synced_at")
 
 
@@ -114,6 +121,7 @@ def build_document(row: LoadedRow, labels: JsonDict, *, synced_at: datetime) -> 
         raise CorruptRowError(meta.label_hash or meta.data_hash, "labels are not a to_encord_dict() mapping")
     document: JsonDict = dict(labels)
     document[MIRROR_KEY] = {
+        "format_version": ROW_FORMAT_VERSION,
         "project_hash": meta.project_hash,
         "label_hash": meta.label_hash,
         "data_hash": meta.data_hash,
