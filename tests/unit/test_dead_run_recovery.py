@@ -184,6 +184,7 @@ def test_a_run_after_a_run_that_died_reconciles_if_that_one_was_reconciling(
 ) -> None:
     # Given a lake synced once, then a run that died holding the lease (expired since)
     state.set_watermark(PROJECT, clock() - timedelta(hours=1))
+    state.set_filters(PROJECT, CONFIG.filters_fingerprint())
     state.next_run_number(PROJECT)
     dead = RunRecord(PROJECT, "run-dead", clock(), clock(), dead_full, ())
     state.create_run(dead)
