@@ -151,6 +151,75 @@ def test_create_only_put_loses_to_an_existing_object(lake: ObjectStore) -> None:
     assert stored is not None and stored.body == b'{"a":1}'
 
 
+MIB = 1024 * 1024
+
+
+def _pieces(total: int, piece: int = 300_000) -> list[bytes]:
+    """`total` bytes in uneven chunks (not aligned with any part size), each chunk's bytes distinct."""
+    return [bytes([i % 251]) * min(piece, total - start) for i, start in enumerate(range(0, total, piece))]
+
+
+@pytest.mark.parametrize("size", [0, 1000, 11 * MIB], ids=["empty", "one-part", "three-parts"])
+def test_a_streamed_write_is_read_back_whole_and_streamed(lake: ObjectStore, size: int) -> None:
+    # Given chunks adding up to `size` bytes (S3: 11 MiB is a multipart upload of three 5 MiB+ parts)
+    if isinstance(lake, S3ObjectStore):
+        lake = S3ObjectStore(lake.bucket, lake.prefix, lake._client, part_size=5 * MIB)
+    chunks = _pieces(size)
+    # When they are written as one object, create-only
+    etag = lake.put_stream("coco/big/coco.json", iter(chunks), if_none_match=True)
+    # Then get() returns every byte with the same etag, and open() streams the same bytes
+    stored = lake.get("coco/big/coco.json")
+    assert stored is not None and stored.body == b"".join(chunks) and stored.etag == etag
+    stream = lake.open("coco/big/coco.json")
+    assert stream is not None
+    try:
+        read = b"".join(iter(lambda: stream.read(1 * MIB), b""))
+    finally:
+        stream.close()
+    assert read == stored.body
+    assert lake.open("coco/none.json") is None
+
+
+def test_a_create_only_streamed_write_loses_to_an_existing_object_and_leaves_nothing(
+    lake: ObjectStore,
+) -> None:
+    # Given an object at the key
+    lake.put("coco/big/coco.json", b"first")
+    if isinstance(lake, S3ObjectStore):
+        lake = S3ObjectStore(lake.bucket, lake.prefix, lake._client, part_size=5 * MIB)
+    # When a create-only streamed write of a multipart-sized body targets it
+    with pytest.raises(PreconditionFailedError):
+        lake.put_stream("coco/big/coco.json", iter(_pieces(11 * MIB)), if_none_match=True)
+    # Then the first object stays, and no upload or temporary file is left behind
+    stored = lake.get("coco/big/coco.json")
+    assert stored is not None and stored.body == b"first"
+    if isinstance(lake, S3ObjectStore):
+        uploads = lake._client.list_multipart_uploads(Bucket=lake.bucket).get("Uploads", [])
+        assert uploads == []
+    else:
+        assert not [p for p in Path(lake.uri("coco/big/coco.json")).parent.iterdir() if p.name != "coco.json"]
+
+
+def test_a_streamed_write_that_fails_midway_leaves_no_object(lake: ObjectStore) -> None:
+    # Given chunks whose producer fails after 6 MiB (a crash while building a snapshot)
+    if isinstance(lake, S3ObjectStore):
+        lake = S3ObjectStore(lake.bucket, lake.prefix, lake._client, part_size=5 * MIB)
+
+    def failing() -> Any:
+        yield from _pieces(6 * MIB)
+        raise RuntimeError("the converter failed")
+
+    # When it is written / Then the error comes through and there is no object, partial or whole
+    with pytest.raises(RuntimeError, match="converter failed"):
+        lake.put_stream("coco/big/coco.json", failing(), if_none_match=True)
+    assert lake.get("coco/big/coco.json") is None
+    assert list(lake.list_keys("coco/")) == []
+    if isinstance(lake, S3ObjectStore):
+        assert lake._client.list_multipart_uploads(Bucket=lake.bucket).get("Uploads", []) == []
+    else:
+        assert not list(Path(lake.uri("coco")).rglob("*.*"))
+
+
 def test_if_match_write_wins_only_over_the_etag_it_read(lake: ObjectStore) -> None:
     # Given an object and its etag
     first = lake.put("labels/x.json", b"v1")

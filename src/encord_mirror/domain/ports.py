@@ -6,9 +6,9 @@ conditional write that loses raises `PreconditionFailedError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from encord_mirror.domain.models import (
     ChunkMessage,
@@ -79,6 +79,24 @@ class ObjectStore(Protocol):
         content_type: str = "application/json",
     ) -> str:
         """Write and return the new etag. `if_match`: only over that etag; `if_none_match`: create-only."""
+        ...
+
+    def open(self, key: str) -> BinaryIO | None:
+        """The object as a stream to `read(n)` from and close, for an object too large to hold whole;
+        None when it does not exist."""
+        ...
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        """Write an object of any size from `chunks`, holding about one part at a time (S3: a multipart
+        upload, completed only after the last part, so readers never see a partial object); return its
+        etag. `if_none_match`: create-only. A failure leaves no object behind."""
         ...
 
     def delete(self, key: str) -> None:

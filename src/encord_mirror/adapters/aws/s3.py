@@ -1,9 +1,11 @@
-"""The lake on S3: conditional writes with `If-Match` / `If-None-Match: *` (S3 supports both on PutObject)."""
+"""The lake on S3: conditional writes with `If-Match` / `If-None-Match: *` (S3 supports both on PutObject,
+and `If-None-Match` on CompleteMultipartUpload, which `put_stream` uses for objects of any size)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, cast
 
 from botocore.exceptions import ClientError
 
@@ -27,16 +29,44 @@ def _bare_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+# A multipart upload's parts are 5 MiB at least (but the last); 16 MiB keeps a 10 GB object within the
+# 10,000-part limit while a streamed write holds one part at a time.
+PART_SIZE = 16 * 1024 * 1024
+
+
+def _raise_lost_condition(error: Any, key: str, *, if_match: bool) -> None:
+    code, status = _error_code(error), _status(error)
+    if code in _LOST_CONDITION_CODES or status in {409, 412}:
+        raise PreconditionFailedError(key) from error
+    if if_match and (code == "NoSuchKey" or status == 404):
+        raise PreconditionFailedError(key) from error
+
+
+def _parts(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The chunks regrouped into parts of `size` bytes (the last may be smaller)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
 class S3ObjectStore:
     """ObjectStore port over one bucket and key prefix. Encryption follows the bucket's default (SSE)."""
 
-    def __init__(self, bucket: str, prefix: str, client: Any, *, page_size: int = 1000) -> None:
+    def __init__(
+        self, bucket: str, prefix: str, client: Any, *, page_size: int = 1000, part_size: int = PART_SIZE
+    ) -> None:
         if not bucket:
             raise ValueError("S3ObjectStore needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._client = client
         self._page_size = page_size  # ListObjectsV2's own maximum; smaller only to test paging
+        self._part_size = part_size  # smaller only to test multipart writes with small bodies
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -44,15 +74,24 @@ class S3ObjectStore:
     def _relative(self, full_key: str) -> str:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
-    def get(self, key: str) -> StoredObject | None:
+    def _get_object(self, key: str) -> dict[str, Any] | None:
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+            return cast(dict[str, Any], self._client.get_object(Bucket=self.bucket, Key=self._full(key)))
         except ClientError as error:
             if _error_code(error) in {"NoSuchKey", "404"} or _status(error) == 404:
                 return None
             raise
+
+    def get(self, key: str) -> StoredObject | None:
+        response = self._get_object(key)
+        if response is None:
+            return None
         body: bytes = response["Body"].read()
         return StoredObject(body=body, etag=_bare_etag(str(response["ETag"])))
+
+    def open(self, key: str) -> BinaryIO | None:
+        response = self._get_object(key)
+        return None if response is None else cast(BinaryIO, response["Body"])
 
     def put(
         self,
@@ -76,11 +115,43 @@ class S3ObjectStore:
         try:
             response = self._client.put_object(**kwargs)
         except ClientError as error:
-            code, status = _error_code(error), _status(error)
-            if code in _LOST_CONDITION_CODES or status in {409, 412}:
-                raise PreconditionFailedError(key) from error
-            if if_match is not None and (code == "NoSuchKey" or status == 404):
-                raise PreconditionFailedError(key) from error
+            _raise_lost_condition(error, key, if_match=if_match is not None)
+            raise
+        return _bare_etag(str(response["ETag"]))
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        parts = _parts(chunks, self._part_size)
+        first = next(parts, b"")
+        second = next(parts, None)
+        if second is None:  # small enough for one PutObject
+            return self.put(key, first, if_none_match=if_none_match, content_type=content_type)
+        full = self._full(key)
+        upload_id = self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, ContentType=content_type
+        )["UploadId"]
+        try:
+            done = []
+            for number, body in enumerate(itertools.chain((first, second), parts), start=1):
+                part = self._client.upload_part(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                done.append({"PartNumber": number, "ETag": part["ETag"]})
+            kwargs: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+            response = self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": done}, **kwargs
+            )
+        except BaseException as exc:
+            # An abandoned upload costs storage until the bucket's lifecycle rule aborts it: abort now.
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            if isinstance(exc, ClientError):
+                _raise_lost_condition(exc, key, if_match=False)
             raise
         return _bare_etag(str(response["ETag"]))
 

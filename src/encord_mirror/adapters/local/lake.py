@@ -13,8 +13,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from encord_mirror.adapters.local.process import process_gone, this_host
 from encord_mirror.domain.models import StoredObject
@@ -75,6 +76,10 @@ class LocalLake:
                     continue  # its writer renamed or removed it meanwhile
         return removed
 
+    def _temporary_prefix(self) -> str:
+        """Host and pid in a temporary's name, so `sweep_temporaries` knows when its writer is gone."""
+        return f"{_TMP_PREFIX}{self.temporary_tag()}-{os.getpid()}-"
+
     def _path(self, key: str) -> Path:
         parts = key.split("/")
         if (
@@ -94,6 +99,12 @@ class LocalLake:
             return None
         return StoredObject(body=body, etag=etag_of(body))
 
+    def open(self, key: str) -> BinaryIO | None:
+        try:
+            return self._path(key).open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
     def put(
         self,
         key: str,
@@ -112,8 +123,7 @@ class LocalLake:
                 if if_match is not None and (current is None or current.etag != if_match):
                     raise PreconditionFailedError(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            prefix = f"{_TMP_PREFIX}{self.temporary_tag()}-{os.getpid()}-"
-            fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=self._temporary_prefix(), dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(body)
@@ -122,6 +132,33 @@ class LocalLake:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return etag_of(body)
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        # Written outside the lock (it may take long); only the condition check and the rename are inside.
+        fd, tmp = tempfile.mkstemp(prefix=self._temporary_prefix(), dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    handle.write(chunk)
+            with self._lock:
+                if if_none_match and path.exists():
+                    raise PreconditionFailedError(key)
+                os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest.hexdigest()
 
     def delete(self, key: str) -> None:
         path = self._path(key)
