@@ -14,10 +14,10 @@ run) raises `LakeReadError` naming what was asked, never a partial answer.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -53,7 +53,13 @@ class _ReadOnly:
     def uri(self, key: str) -> str:
         return self._store.uri(key)
 
+    def open(self, key: str) -> BinaryIO | None:
+        return self._store.open(key)
+
     def put(self, key: str, body: bytes, **_: Any) -> str:
+        raise ReadOnlyLakeError(f"the reader is read-only (asked to write {key})")
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], **_: Any) -> str:
         raise ReadOnlyLakeError(f"the reader is read-only (asked to write {key})")
 
     def delete(self, key: str) -> None:
