@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -54,6 +55,20 @@ class CountingLake(LocalLake):
         if key.startswith("coco/"):
             self.coco_written += len(body)
         return super().put(key, body, **kwargs)
+
+    def open(self, key: str) -> BinaryIO | None:
+        stream = super().open(key)
+        if stream is not None and key.startswith("coco/"):
+            self.coco_read += Path(self.uri(key)).stat().st_size
+        return stream
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], **kwargs: Any) -> str:
+        def counted() -> Iterator[bytes]:
+            for chunk in chunks:
+                self.coco_written += len(chunk)
+                yield chunk
+
+        return super().put_stream(key, counted(), **kwargs)
 
     def reset(self) -> None:
         self.row_reads = self.coco_read = self.coco_written = 0

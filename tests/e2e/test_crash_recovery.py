@@ -60,7 +60,7 @@ class Point:
 # (step, highest nth that every run of the phase reaches, whens): the named points of the pipeline.
 WRITES = [("lake.put:labels/", 3, ("before", "after")), ("state.put_index", 3, ("before", "after"))]
 SNAPSHOTS = [
-    ("lake.put:/coco.json", 1, ("after",)),
+    ("lake.put_stream:/coco.json", 1, ("after",)),
     ("lake.put:/manifest.json", 1, ("before", "after")),
     ("lake.put:/latest.json", 1, ("before", "after")),
     ("state.settle_snapshots", 1, ("before",)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,12 @@ class CrashingLake:
         return self.inner.put(
             key, body, if_match=if_match, if_none_match=if_none_match, content_type=content_type
         )
+
+    def open(self, key: str) -> Any:
+        return self.inner.open(key)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], **kwargs: Any) -> str:
+        return self.put(key, b"".join(chunks), **kwargs)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -247,6 +247,12 @@ class KillingLake:
         return self.inner.put(
             key, body, if_match=if_match, if_none_match=if_none_match, content_type=content_type
         )
+
+    def open(self, key: str) -> Any:
+        return self.inner.open(key)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], **kwargs: Any) -> str:
+        return self.put(key, b"".join(chunks), **kwargs)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

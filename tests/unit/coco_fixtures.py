@@ -8,10 +8,11 @@ video frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, BinaryIO
 
 from encord_mirror.domain.models import StoredObject
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
@@ -270,6 +271,8 @@ class MemoryLake:
         self.objects: dict[str, tuple[bytes, str]] = {}
         self.gets: list[str] = []
         self.puts: list[str] = []
+        self.opened: list[str] = []  # read as a stream (open)
+        self.streamed: list[str] = []  # written from chunks (put_stream)
         self._version = 0
 
     def get(self, key: str) -> StoredObject | None:
@@ -296,6 +299,23 @@ class MemoryLake:
         self.objects[key] = (body, etag)
         self.puts.append(key)
         return etag
+
+    def open(self, key: str) -> BinaryIO | None:
+        self.opened.append(key)
+        found = self.objects.get(key)
+        return None if found is None else io.BytesIO(found[0])
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        # Through put(), so a test lake that overrides put() sees streamed writes too.
+        self.streamed.append(key)
+        return self.put(key, b"".join(chunks), if_none_match=if_none_match, content_type=content_type)
 
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)

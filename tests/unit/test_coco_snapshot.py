@@ -4,6 +4,8 @@ the announce threshold; on the in-memory fake and on the local directory lake.""
 from __future__ import annotations
 
 import hashlib
+import io
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -542,8 +544,11 @@ def test_a_refresh_reads_the_previous_rows_tsv_and_coco_json_but_not_its_manifes
     # When one row is edited and the partition refreshed
     edited, _ = _edit_one_and_refresh(lake, rows)
     # Then the previous snapshot's per-row bytes come from rows.tsv and coco.json, never its manifest
-    assert previous["rows.tsv"] in lake.gets and previous["coco.json"] in lake.gets
+    assert previous["rows.tsv"] in lake.gets and previous["coco.json"] in lake.opened
     assert previous["manifest.json"] not in lake.gets
+    # and coco.json is streamed both ways: read through open(), written through put_stream(), never whole
+    assert not [k for k in lake.gets if k.endswith("/coco.json")]
+    assert _snapshot_file(lake, "coco.json") in lake.streamed
     # and the new manifest still lists every row, the counts match the COCO file, and only the edit changed
     coco, manifest = _snapshot(lake)
     assert manifest["incremental"] is True and sorted(manifest["rows"]) == sorted(hashes)
@@ -689,3 +694,17 @@ def test_a_row_whose_mask_cannot_be_computed_is_left_out_and_the_rows_batched_wi
     others = [r for r in rows if r is not bad]
     assert sorted(manifest["rows"]) == sorted(r["label_hash"] for r in others)
     assert _normalised(coco) == _normalised(_full_rebuild(others))
+
+
+def test_the_images_array_is_found_in_the_previous_coco_json_across_block_boundaries() -> None:
+    # Given files of up to three read blocks with the marker anywhere (straddling blocks too), or nowhere
+    from encord_mirror.coco.snapshot import _BLOCK, _IMAGES_OPEN, _Source
+
+    rng = random.Random(7)
+    for _ in range(100):
+        body = bytearray(b"x" * rng.randint(0, 3 * _BLOCK))
+        if rng.random() < 0.8:
+            at = rng.choice([rng.randint(0, len(body)), max(0, _BLOCK - 3), 2 * _BLOCK - 5])
+            body[at:at] = _IMAGES_OPEN
+        # When it is searched block by block / Then it is where a whole-file search finds it
+        assert _Source(io.BytesIO(bytes(body))).find_head(_IMAGES_OPEN) == bytes(body).find(_IMAGES_OPEN)

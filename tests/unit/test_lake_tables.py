@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from conftest import Mirror
@@ -150,6 +150,12 @@ class CountingLake:
 
     def put(self, key: str, body: bytes, **kwargs: Any) -> str:
         return self.inner.put(key, body, **kwargs)
+
+    def open(self, key: str) -> BinaryIO | None:
+        return self.inner.open(key)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], **kwargs: Any) -> str:
+        return self.inner.put_stream(key, chunks, **kwargs)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

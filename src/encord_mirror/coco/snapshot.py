@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import itemgetter
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -80,6 +82,12 @@ _COCO_CLOSE = b"]}\n"  # every lake document ends with a newline
 _ROW_ERRORS = (RowOntologyMismatchError, orjson.JSONDecodeError, KeyError, TypeError, ValueError)
 # Converted rows waiting for their masks; the mask queue is flushed early when this many wait.
 _WAITING_ROWS = 64
+# coco.json never sits whole in memory: the previous one is read from a seekable file (the lake's own, or
+# a temporary copy of an S3 object) and the new one's arrays are spooled to temporary files, then streamed
+# to the lake (S3: a multipart upload), in blocks of this size.
+_BLOCK = 1024 * 1024
+# How far into a coco.json its `images` array may start (info and categories come first).
+_HEAD_LIMIT = 64 * 1024 * 1024
 
 
 class SnapshotConflictError(RuntimeError):
@@ -125,7 +133,7 @@ class _Previous:
     rows_body: bytes
     images_len: int  # the bytes inside coco.json's images array
     annotations_len: int
-    coco: bytes | None = None
+    coco: _Source | None = None
     images_at: int = 0  # where that array's content starts in coco.json
     annotations_at: int = 0
 
@@ -153,6 +161,10 @@ class _NewRow:
     annotations: bytes  # its COCO annotations, likewise
     line: bytes  # its rows.tsv line
     entry: bytes  # its manifest entry, `"label_hash": {...}`
+
+    def counted(self) -> _NewRow:
+        """The row without its bytes (what the tally needs, once the bytes are in the assembly)."""
+        return _NewRow(self.sha256, self.data_title, self.n_images, self.n_annotations, b"", b"", b"", b"")
 
 
 def _parse_rows(body: bytes) -> tuple[JsonDict, dict[str, _PrevRow], int, int]:
@@ -200,9 +212,111 @@ def _entry(label_hash: str, record: bytes) -> bytes:
     return b"".join((orjson.dumps(label_hash), b":", record))
 
 
+class _Source:
+    """The previous coco.json as a seekable file, read by byte range; closed with the refresh."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        file.seek(0, 2)
+        self.size = file.tell()
+
+    @classmethod
+    def of(cls, stream: IO[bytes]) -> _Source:
+        """The stream itself when it can seek (a local file), else a temporary copy of it (S3's body)."""
+        if stream.seekable():
+            return cls(stream)
+        copy = tempfile.TemporaryFile()  # noqa: SIM115  (kept open as the source; closed by close())
+        try:
+            with stream:
+                shutil.copyfileobj(stream, copy, _BLOCK)
+        except BaseException:
+            copy.close()
+            raise
+        return cls(copy)
+
+    def read(self, start: int, end: int) -> bytes:
+        self._file.seek(start)
+        return self._file.read(end - start)
+
+    def find_head(self, marker: bytes) -> int:
+        """Where `marker` first occurs within the first `_HEAD_LIMIT` bytes, or -1 (read block by block)."""
+        window, at = b"", 0  # `window` starts at byte `at`
+        while at + len(window) < min(self.size, _HEAD_LIMIT):
+            window += self.read(at + len(window), at + len(window) + _BLOCK)
+            found = window.find(marker)
+            if found >= 0:
+                return at + found
+            keep = len(marker) - 1  # a marker may straddle two blocks
+            at, window = at + len(window) - keep, window[-keep:]
+        return -1
+
+    def copy_to(self, out: _Spool, start: int, end: int) -> None:
+        self._file.seek(start)
+        while start < end:
+            block = self._file.read(min(_BLOCK, end - start))
+            if not block:
+                raise EOFError(f"the previous coco.json ended at {start} of {end} bytes")
+            out.write(block)
+            start += len(block)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Spool:
+    """One JSON array's content (items joined by commas) on a temporary file: copied spans of the previous
+    coco.json and new items, in order; runs of copied spans that follow each other there are copied as one."""
+
+    def __init__(self, source: _Source | None) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115  (lives with the spool; closed by close())
+        self._source = source
+        self._start = self._end = -1
+        self._empty = True
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def copy(self, start: int, end: int) -> None:
+        if start == end:
+            return
+        if self._start >= 0 and start == self._end + 1:  # the next item after a comma
+            self._end = end
+            return
+        self._flush()
+        self._start, self._end = start, end
+
+    def add(self, piece: bytes) -> None:
+        if piece:
+            self._flush()
+            self._item()
+            self.write(piece)
+
+    def _item(self) -> None:
+        if not self._empty:
+            self.write(b",")
+        self._empty = False
+
+    def _flush(self) -> None:
+        if self._start >= 0:
+            assert self._source is not None
+            self._item()
+            self._source.copy_to(self, self._start, self._end)
+            self._start = self._end = -1
+
+    def blocks(self) -> Iterator[bytes]:
+        self._flush()
+        self._file.seek(0)
+        while block := self._file.read(_BLOCK):
+            yield block
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _Splice:
     """The pieces of a body made of new items and spans of a previous body, `sep` between items; spans
-    that follow each other there are copied as one piece (the unchanged rows between two changed ones)."""
+    that follow each other there are copied as one piece (the unchanged rows between two changed ones).
+    For rows.tsv's lines, whose previous body is in memory (about a hundred bytes a row)."""
 
     def __init__(self, source: bytes | None, sep: bytes) -> None:
         self._view = memoryview(source if source is not None else b"")
@@ -248,10 +362,11 @@ class _Conversion:
     (`gone`, with the reason in `skipped` for a row that could not be converted), and the annotations
     added, changed and removed in the rows converted so far."""
 
-    new_rows: dict[str, _NewRow]
+    new_rows: dict[str, _NewRow]  # counts and sha256 only: their bytes are in the assembly
     gone: set[str]
     skipped: dict[str, str]
     annotations: dict[str, int]
+    incremental: bool  # the previous snapshot is carried over
 
     def leave_out(self, label_hash: str, reason: str) -> None:
         self.gone.add(label_hash)
@@ -268,15 +383,69 @@ class _Tally:
     counts: dict[str, int]  # images, annotations
 
 
-@dataclass(slots=True)
-class _Files:
-    """A new snapshot's bodies before they are written: the largest objects of a refresh, so each is let
-    go (set to None) as soon as it is written."""
+class _Assembly:
+    """A new snapshot's bodies, assembled while the touched rows are converted, rows in label-hash order:
+    unchanged rows are spliced from the previous snapshot's files (runs of them in one piece), never
+    parsed, and converted rows go in as they come (in label-hash order too). coco.json's arrays are
+    spooled to temporary files (`_Spool`); rows.tsv's lines and the manifest's rows stay in memory.
+    Closing it removes the spools and closes the previous coco.json."""
 
-    rows: int
-    coco: bytes | None
-    lines: _Splice | None  # rows.tsv's lines
-    entries: list[bytes]  # the manifest's rows
+    def __init__(self, carried: _Previous | None, touched: list[str]) -> None:
+        source = carried.coco if carried is not None else None
+        self._carried = carried
+        self.images, self.annotations = _Spool(source), _Spool(source)
+        self.lines: _Splice | None = _Splice(carried.rows_body if carried is not None else None, b"")
+        self.entries: list[bytes] = []
+        self.rows = 0
+        self.first_title: Any = None
+        skip = set(touched)
+        self._kept = iter([h for h in carried.rows if h not in skip] if carried is not None else [])
+        self._next_kept = next(self._kept, None)
+
+    def add(self, label_hash: str, new: _NewRow) -> None:
+        """A converted row, after every unchanged row before it (rows come in label-hash order)."""
+        self._keep_until(label_hash)
+        if not self.rows:
+            self.first_title = new.data_title
+        self.rows += 1
+        assert self.lines is not None
+        self.images.add(new.images)
+        self.annotations.add(new.annotations)
+        self.lines.add(new.line)
+        self.entries.append(new.entry)
+
+    def finish(self) -> None:
+        """The unchanged rows after the last converted one."""
+        self._keep_until(None)
+
+    def _keep_until(self, label_hash: str | None) -> None:
+        carried = self._carried
+        while self._next_kept is not None and (label_hash is None or self._next_kept < label_hash):
+            assert carried is not None and self.lines is not None
+            h, old = self._next_kept, carried.rows[self._next_kept]
+            if not self.rows:
+                self.first_title = orjson.loads(old.record).get("data_title")
+            self.rows += 1
+            self.images.copy(carried.images_at + old.i0, carried.images_at + old.i1)
+            self.annotations.copy(carried.annotations_at + old.a0, carried.annotations_at + old.a1)
+            self.lines.copy(old.l0, old.l1)
+            self.entries.append(_entry(h, old.record))
+            self._next_kept = next(self._kept, None)
+
+    def coco(self, head: bytes) -> Iterator[bytes]:
+        """coco.json in blocks: `head` (info and categories), then the two arrays."""
+        yield head + _IMAGES_OPEN
+        yield from self.images.blocks()
+        yield _ANNOTATIONS_OPEN
+        yield from self.annotations.blocks()
+        yield _COCO_CLOSE
+
+    def close(self) -> None:
+        self.images.close()
+        self.annotations.close()
+        if self._carried is not None and self._carried.coco is not None:
+            self._carried.coco.close()
+            self._carried.coco = None
 
 
 def _tally(
@@ -406,34 +575,37 @@ class CocoSnapshotBuilder:
         prev = self._previous(part, latest["snapshot_id"], ohash) if latest is not None else None
         carried = prev if prev is not None and prev.coco is not None else None
         counters, touched = self._touched(part, changes, carried)
-        conversion = self._convert_touched(converter, part, touched, carried, counters)
-        tally = _tally(conversion, prev.rows if prev is not None else {}, touched, carried)
-        if tally is None:
-            return None
-        files = self._assemble(converter, conversion, carried, prev.rows if prev is not None else {})
-        head = {**self._layout(ohash), "next": counters, "counts": tally.counts}
-        manifest: JsonDict = {
-            "snapshot_id": sid,
-            "run_id": run_id,
-            "created_at": now.astimezone(UTC).isoformat(),
-            "project_hash": part.project_hash,
-            "branch": part.branch,
-            "stage": part.stage,
-            "previous_snapshot_id": latest["snapshot_id"] if latest else None,
-            **self._layout(ohash),
-            "incremental": carried is not None,
-            "counts": {"rows": files.rows, **tally.counts},
-            "changes": {
-                "added": tally.added,
-                "changed": tally.changed,
-                "removed": tally.removed,
-                "skipped": dict(sorted(conversion.skipped.items())),
-                "annotations_added": conversion.annotations["added"],
-                "annotations_changed": conversion.annotations["changed"],
-                "annotations_removed": conversion.annotations["removed"],
-            },
-        }
-        stored = self._write(part, sid, head, manifest, files)
+        assembly = _Assembly(carried, touched)
+        try:
+            conversion = self._convert_touched(converter, part, touched, carried, counters, assembly)
+            tally = _tally(conversion, prev.rows if prev is not None else {}, touched, carried)
+            if tally is None:
+                return None
+            assembly.finish()
+            manifest: JsonDict = {
+                "snapshot_id": sid,
+                "run_id": run_id,
+                "created_at": now.astimezone(UTC).isoformat(),
+                "project_hash": part.project_hash,
+                "branch": part.branch,
+                "stage": part.stage,
+                "previous_snapshot_id": latest["snapshot_id"] if latest else None,
+                **self._layout(ohash),
+                "incremental": conversion.incremental,
+                "counts": {"rows": assembly.rows, **tally.counts},
+                "changes": {
+                    "added": tally.added,
+                    "changed": tally.changed,
+                    "removed": tally.removed,
+                    "skipped": dict(sorted(conversion.skipped.items())),
+                    "annotations_added": conversion.annotations["added"],
+                    "annotations_changed": conversion.annotations["changed"],
+                    "annotations_removed": conversion.annotations["removed"],
+                },
+            }
+            stored = self._write(part, sid, manifest, counters, tally, converter, assembly)
+        finally:
+            assembly.close()
         self._move_latest(part, stored, latest_obj)
         return self._event(part, stored)
 
@@ -463,9 +635,11 @@ class CocoSnapshotBuilder:
         touched: list[str],
         carried: _Previous | None,
         counters: dict[str, int],
+        assembly: _Assembly,
     ) -> _Conversion:
-        """Read and convert the touched rows; a row is serialised as soon as its masks are computed."""
-        out = _Conversion({}, set(), {}, {"added": 0, "changed": 0, "removed": 0})
+        """Read and convert the touched rows; a row is serialised as soon as its masks are computed and
+        goes into the assembly at once (only its counts and sha256 are kept)."""
+        out = _Conversion({}, set(), {}, {"added": 0, "changed": 0, "removed": 0}, carried is not None)
         masks = _RowMasks()
         waiting: list[tuple[str, _Converted]] = []
 
@@ -476,9 +650,9 @@ class CocoSnapshotBuilder:
                     out.leave_out(label_hash, masks.failed[label_hash])
                     continue
                 old = carried.rows.get(label_hash) if carried is not None else None
-                out.new_rows[label_hash] = self._serialise(
-                    label_hash, converted, carried, old, out.annotations
-                )
+                new = self._serialise(label_hash, converted, carried, old, out.annotations)
+                assembly.add(label_hash, new)
+                out.new_rows[label_hash] = new.counted()
             waiting.clear()
 
         for label_hash in touched:
@@ -509,89 +683,48 @@ class CocoSnapshotBuilder:
         finish_waiting()
         return out
 
-    def _assemble(
+    def _write(
         self,
+        part: Partition,
+        sid: str,
+        manifest: JsonDict,
+        counters: dict[str, int],
+        tally: _Tally,
         converter: Converter,
-        conversion: _Conversion,
-        carried: _Previous | None,
-        prev_rows: Mapping[str, _PrevRow],
-    ) -> _Files:
-        """coco.json, and the pieces of rows.tsv and of the manifest's rows, from bytes, rows in label-hash
-        order: unchanged rows are spliced from the previous snapshot's files (runs of them in one piece),
-        never parsed. The converted rows and the previous coco.json are let go once they are in it."""
-        new_rows, gone = conversion.new_rows, conversion.gone
-        kept = (h for h in carried.rows if h not in gone and h not in new_rows) if carried is not None else ()
-        order = sorted([*kept, *new_rows])
-        source = carried.coco if carried is not None else None
-        images, annotations = _Splice(source, b","), _Splice(source, b",")
-        lines = _Splice(carried.rows_body if carried is not None else None, b"")
-        entries: list[bytes] = []
-        for h in order:
-            new = new_rows.get(h)
-            if new is None and carried is not None:
-                old = carried.rows[h]
-                images.copy(carried.images_at + old.i0, carried.images_at + old.i1)
-                annotations.copy(carried.annotations_at + old.a0, carried.annotations_at + old.a1)
-                lines.copy(old.l0, old.l1)
-                entries.append(_entry(h, old.record))
-            elif new is not None:
-                images.add(new.images)
-                annotations.add(new.annotations)
-                lines.add(new.line)
-                entries.append(new.entry)
-        first_title = None
-        if order:
-            first = new_rows.get(order[0])
-            first_title = (
-                first.data_title
-                if first is not None
-                else orjson.loads(prev_rows[order[0]].record).get("data_title")
-            )
-        coco_body = b"".join(
+        assembly: _Assembly,
+    ) -> Mapping[str, Any]:
+        """Write coco.json (streamed from the assembly), rows.tsv and the manifest (create-only, in that
+        order: the manifest says the snapshot is whole); the manifest as stored."""
+        keys = {name: self._key(part, sid, name) for name in ("coco.json", ROWS_FILE, "manifest.json")}
+        title = assembly.first_title
+        head = b"".join(
             [
                 b'{"info":',
-                orjson.dumps(info(None if first_title is None else str(first_title))),
+                orjson.dumps(info(None if title is None else str(title))),
                 b',"categories":',
                 orjson.dumps(converter.ontology.coco_categories(encord_compatible=self._compatible)),
-                _IMAGES_OPEN,
-                *images.parts(),
-                _ANNOTATIONS_OPEN,
-                *annotations.parts(),
-                _COCO_CLOSE,
             ]
         )
-        del images, annotations, source
-        new_rows.clear()
-        if carried is not None:
-            carried.coco = None
-        return _Files(len(order), coco_body, lines, entries)
-
-    def _write(
-        self, part: Partition, sid: str, head: JsonDict, manifest: JsonDict, files: _Files
-    ) -> Mapping[str, Any]:
-        """Write coco.json, rows.tsv and the manifest (create-only, in that order: the manifest says the
-        snapshot is whole), letting each body go once it is written; the manifest as stored."""
-        assert files.coco is not None and files.lines is not None
-        rows_body = b"".join([_ROWS_V2, orjson.dumps(head), b"\n", *files.lines.parts()])
-        files.lines = None
-        keys = {name: self._key(part, sid, name) for name in ("coco.json", ROWS_FILE, "manifest.json")}
-        self._put_once(keys["coco.json"], files.coco)
+        digest, size = self._put_stream_once(keys["coco.json"], assembly.coco(head))
+        assert assembly.lines is not None
+        rows_head = {**self._layout(str(manifest["ontology_hash"])), "next": counters, "counts": tally.counts}
+        rows_body = b"".join([_ROWS_V2, orjson.dumps(rows_head), b"\n", *assembly.lines.parts()])
+        assembly.lines = None
         self._put_once(keys[ROWS_FILE], rows_body)
         del rows_body
         manifest["coco"] = {
             "key": keys["coco.json"],
             "uri": self._lake.uri(keys["coco.json"]),
-            "sha256": hashlib.sha256(files.coco).hexdigest(),
-            "bytes": len(files.coco),
+            "sha256": digest,
+            "bytes": size,
         }
         manifest["manifest_uri"] = self._lake.uri(keys["manifest.json"])
-        files.coco = None
         # One JSON object on one line, newline-terminated (Hive JSON SerDes and pyarrow read it); "rows"
         # goes last, spliced in as its entries' bytes.
         manifest_body = b"".join(
-            [orjson.dumps(manifest)[:-1], b',"rows":{', b",".join(files.entries), b"}}\n"]
+            [orjson.dumps(manifest)[:-1], b',"rows":{', b",".join(assembly.entries), b"}}\n"]
         )
-        files.entries = []
+        assembly.entries = []
         try:
             self._lake.put(keys["manifest.json"], manifest_body, if_none_match=True)
         except PreconditionFailedError:
@@ -667,27 +800,29 @@ class CocoSnapshotBuilder:
             rows = {h: _PrevRow(orjson.dumps(r), 0, 0, 0, 0, 0, 0, 0, 0) for h, r in manifest["rows"].items()}
             return _Previous({k: manifest.get(k) for k in _LAYOUT}, {}, {}, rows, b"", 0, 0)
         if prev.layout == self._layout(ohash):
-            coco = self._lake.get(self._key(part, snapshot_id, "coco.json"))
-            if coco is not None:
-                self._attach(prev, coco.body)
+            stream = self._lake.open(self._key(part, snapshot_id, "coco.json"))
+            if stream is not None:
+                self._attach(prev, _Source.of(stream))
         return prev
 
     @staticmethod
-    def _attach(prev: _Previous, coco: bytes) -> None:
-        """Carry `coco` over if rows.tsv's byte counts lay it out exactly; else the refresh rebuilds."""
+    def _attach(prev: _Previous, coco: _Source) -> None:
+        """Carry `coco` over if rows.tsv's byte counts lay it out exactly; else close it (the refresh
+        rebuilds)."""
         # The first `,"images":[` outside a string: inside one its quotes would be escaped.
-        start = coco.find(_IMAGES_OPEN)
-        if start < 0:
-            return
+        start = coco.find_head(_IMAGES_OPEN)
         images_at = start + len(_IMAGES_OPEN)
         images_end = images_at + prev.images_len
         annotations_at = images_end + len(_ANNOTATIONS_OPEN)
         if (
-            coco[images_end:annotations_at] == _ANNOTATIONS_OPEN
-            and len(coco) == annotations_at + prev.annotations_len + len(_COCO_CLOSE)
-            and coco.endswith(_COCO_CLOSE)
+            start >= 0
+            and coco.read(images_end, annotations_at) == _ANNOTATIONS_OPEN
+            and coco.size == annotations_at + prev.annotations_len + len(_COCO_CLOSE)
+            and coco.read(coco.size - len(_COCO_CLOSE), coco.size) == _COCO_CLOSE
         ):
             prev.coco, prev.images_at, prev.annotations_at = coco, images_at, annotations_at
+        else:
+            coco.close()
 
     def _serialise(
         self,
@@ -703,7 +838,9 @@ class CocoSnapshotBuilder:
             ann_changes["added"] += len(converted.annotations)
         else:
             at = carried.annotations_at
-            before = {a["id"]: a for a in orjson.loads(b"[" + carried.coco[at + old.a0 : at + old.a1] + b"]")}
+            before = {
+                a["id"]: a for a in orjson.loads(b"[" + carried.coco.read(at + old.a0, at + old.a1) + b"]")
+            }
             after: list[JsonDict] = orjson.loads(b"[" + annotations + b"]")
             after_ids = {a["id"] for a in after}
             ann_changes["added"] += sum(1 for a in after if a["id"] not in before)
@@ -834,6 +971,33 @@ class CocoSnapshotBuilder:
     def _read_json(self, key: str) -> Any:
         stored = self._lake.get(key)
         return None if stored is None else orjson.loads(stored.body)
+
+    def _put_stream_once(self, key: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+        """Stream `chunks` to `key` create-only; their sha256 and size. Like `_put_once`, an object an
+        earlier attempt of this run wrote must hold the same bytes (compared by streaming its sha256)."""
+        digest, size = hashlib.sha256(), 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        try:
+            self._lake.put_stream(key, counted(), if_none_match=True)
+        except PreconditionFailedError:
+            for _ in counted():  # the rest of our bytes, for their digest
+                pass
+            stream = self._lake.open(key)
+            existing = hashlib.sha256()
+            if stream is not None:
+                with stream:
+                    while block := stream.read(_BLOCK):
+                        existing.update(block)
+            if stream is None or existing.hexdigest() != digest.hexdigest():
+                raise SnapshotConflictError(key, "already written with different content") from None
+        return digest.hexdigest(), size
 
     def _put_once(self, key: str, body: bytes) -> None:
         try:
