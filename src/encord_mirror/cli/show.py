@@ -17,6 +17,11 @@ def show_main(args: argparse.Namespace) -> int:
         body = lake.row_bytes_as_of(args.label_hash, args.as_of, branch=args.branch, project=args.project)
     except LakeReadError as exc:
         raise CliError(f"--label-hash {args.label_hash} --as-of {args.as_of}: {exc}") from None
-    sys.stdout.buffer.write(body + b"\n")
-    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)  # bytes as stored; a text stream only when redirected
+    if buffer is not None:
+        sys.stdout.flush()
+        buffer.write(body + b"\n")
+        buffer.flush()
+    else:
+        sys.stdout.write(body.decode() + "\n")
     return 0
