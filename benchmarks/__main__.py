@@ -20,7 +20,7 @@ def main() -> int:
     parser.add_argument(
         "--coco-baseline-max", type=int, default=10_000, help="largest size CocoExporter runs at (quadratic)"
     )
-    parser.add_argument("--suite", choices=["mirror", "coco", "cold-start", "all"], default="all")
+    parser.add_argument("--suite", choices=["mirror", "coco", "cold-start", "tables", "all"], default="all")
     parser.add_argument("--out", default=".bench/results.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -38,6 +38,10 @@ def main() -> int:
         from benchmarks import coco_bench
 
         results["coco"] = coco_bench.run(sizes, args.coco_baseline_max)
+    if args.suite in ("tables", "all"):
+        from benchmarks import tables_bench
+
+        results["tables"] = tables_bench.run(sizes)
     if args.suite in ("cold-start", "all"):
         from benchmarks import cold_start
 

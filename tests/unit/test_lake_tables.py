@@ -17,7 +17,7 @@ from encord_mirror.adapters.local import LocalLake
 from encord_mirror.domain.lake import stage_value
 from encord_mirror.domain.models import Partition, StoredObject
 from encord_mirror.reader.sdk import label_row
-from encord_mirror.tables.annotations import AnnotationsTable, read_table, table_key
+from encord_mirror.tables.annotations import MEMBER_ROWS, AnnotationsTable, index_key, read_table, table_key
 from encord_mirror.tables.records import COLUMNS, annotation_records
 
 A = Partition(PROJECT, "main", stage_value(ANNOTATE.uuid, ANNOTATE.title))
@@ -165,3 +165,41 @@ class CountingLake:
 
     def uri(self, key: str) -> str:
         return self.inner.uri(key)
+
+
+def test_a_refresh_rewrites_only_the_gzip_members_holding_a_changed_row_and_readers_see_one_table(
+    mirror: Mirror, source: FakeSource, lake: LocalLake
+) -> None:
+    # Given 40 synced rows: their table is gzip members of MEMBER_ROWS rows each
+    source.add(40)
+    mirror.sync()
+    index = orjson.loads(lake.get(index_key(A)).body)  # type: ignore[union-attr]
+    assert len(index["members"]) == -(-40 // MEMBER_ROWS)
+    before = lake.get(table_key(A)).body  # type: ignore[union-attr]
+    # When one row in the last member changes and the partition is refreshed
+    source.edit("label-0039")
+    stats = AnnotationsTable(lake).refresh(A, ["label-0039"], [])
+    after = lake.get(table_key(A)).body  # type: ignore[union-attr]
+    # Then only that member was decompressed: the others' bytes are copied as they were
+    first_members = sum(n for _, n in index["members"][:-1])
+    assert after[:first_members] == before[:first_members]
+    assert stats.lines_copied == 3 * (40 - 2 * MEMBER_ROWS - 1)
+    # And DuckDB reads the multi-member file as one table, all 120 records
+    import duckdb
+
+    count = duckdb.sql(f"SELECT count(*) FROM read_json('{lake.root / table_key(A)}')").fetchall()
+    assert count == [(120,)]
+
+
+def test_a_table_whose_member_index_is_stale_is_read_whole_and_indexed_again(
+    mirror: Mirror, source: FakeSource, lake: LocalLake
+) -> None:
+    # Given a synced table whose member index is lost (a finalizer died between the two writes)
+    source.add(20)
+    mirror.sync()
+    lake.delete(index_key(A))
+    # When a row is removed from the partition
+    stats = AnnotationsTable(lake).refresh(A, [], ["label-0003"])
+    # Then every other record is kept, and the index is back
+    assert by_row(read_table(lake, A)) == {f"label-{i:04d}": 3 for i in range(20) if i != 3}
+    assert stats.lines_copied == 57 and lake.get(index_key(A)) is not None

@@ -19,13 +19,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from encord_mirror.adapters.encord_source import EncordLabelSource
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.sync import execute_sync, format_summary
 from encord_mirror.cli.target import LakeTarget, open_state, open_target
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.config import MirrorConfig
-from encord_mirror.domain.ports import StateStore
+from encord_mirror.domain.ports import ObjectStore, StateStore
 from encord_mirror.local_sync import ProjectSummary, SyncSummary
 
 EDITS = 5
@@ -246,6 +248,25 @@ def _where_to_look(target: LakeTarget, project_hash: str) -> None:
     if runs:
         _say(f"the last run's manifest (counts, every row's key and sha256): {lake.uri(runs[-1])}")
     _say(f"the mirror's state (watermark, row index, gaps): {target.state_path}")
+    tables = lake.uri(f"tables/annotations/project={project_hash}/_table.json").removesuffix("_table.json")
+    _say(f"the annotations table (one record per object / classification per frame): {tables}")
+    if first_key:
+        label_hash = _edited_row(lake, runs) or first_key.rsplit("/", 1)[1].removesuffix(".json")
+        _say("a row's versions, and the row as the first run left it (from the change log, history/):")
+        _say(f"  encord-mirror history --lake {target.location} --label-hash {label_hash}")
+        as_of = _first_run(runs)
+        _say(f"  encord-mirror show --lake {target.location} --label-hash {label_hash} --as-of {as_of}")
     _say("mirror a real project (your Encord ed25519 key; add --encord-domain for another region):")
     _say("  encord-mirror sync --project <PROJECT_HASH> --lake ./lake --ssh-key ~/.ssh/encord_ed25519")
     _say("  encord-mirror sync --project <PROJECT_HASH> --lake s3://bucket/prefix --ssh-key ...")
+
+
+def _first_run(run_keys: list[str]) -> str:
+    return run_keys[0].rsplit("/", 1)[1].removesuffix(".json") if run_keys else "<RUN_ID>"
+
+
+def _edited_row(lake: ObjectStore, run_keys: list[str]) -> str | None:
+    """A row the second run rewrote in place (an edit), so its history has two versions."""
+    stored = lake.get(run_keys[1]) if len(run_keys) > 1 else None
+    rows = orjson.loads(stored.body).get("rows", []) if stored else []
+    return next((r["label_hash"] for r in rows if r["status"] == "written" and not r.get("old_key")), None)

@@ -16,7 +16,7 @@ def show_main(args: argparse.Namespace) -> int:
     try:
         body = lake.row_bytes_as_of(args.label_hash, args.as_of, branch=args.branch, project=args.project)
     except LakeReadError as exc:
-        raise CliError(f"--label-hash {args.label_hash} --as-of {args.as_of}: {exc}") from None
+        raise CliError(f"--label-hash {args.label_hash}: {exc}") from None
     buffer = getattr(sys.stdout, "buffer", None)  # bytes as stored; a text stream only when redirected
     if buffer is not None:
         sys.stdout.flush()

@@ -23,6 +23,7 @@ rebuilt once from every row of the current view, then kept current like any othe
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import io
 from collections import defaultdict
@@ -34,13 +35,14 @@ import orjson
 
 from encord_mirror.domain.finalizer import touched_partitions
 from encord_mirror.domain.lake import label_key, partition_of, partition_prefix
-from encord_mirror.domain.models import Partition, RowOutcome, RunRecord
+from encord_mirror.domain.models import Partition, RowOutcome, RunRecord, StoredObject
 from encord_mirror.domain.ports import ObjectStore
 from encord_mirror.tables.records import annotation_records
 
 TABLE_FILE = "annotations.jsonl.gz"
 FORMAT_VERSION = 1
 _LINE_START = b'{"label_hash":"'
+MEMBER_ROWS = 16  # rows per gzip member: 1% of rows changed at random touches ~15% of the members
 
 
 def table_key(part: Partition) -> str:
@@ -51,6 +53,10 @@ def table_partition(key: str) -> Partition:
     """The partition of a table file's key."""
     project, branch, stage = (p.partition("=")[2] for p in key.split("/")[2:5])
     return partition_of(f"labels/project={project}/branch={branch}/stage={stage}/x.json")
+
+
+def index_key(part: Partition) -> str:
+    return table_key(part).removesuffix(TABLE_FILE) + "_members.json"
 
 
 def marker_key(project_hash: str) -> str:
@@ -113,32 +119,73 @@ class AnnotationsTable:
             rows_read += 1
             if stored is not None:
                 records = annotation_records(orjson.loads(stored.body))
-                fresh[label_hash] = [orjson.dumps(r) + b"\n" for r in records]
+                if records:
+                    fresh[label_hash] = [orjson.dumps(r) + b"\n" for r in records]
         key = table_key(part)
         old = self._lake.get(key) if previous else None
-        out = io.BytesIO()
+        members = self._members(part, old)
+        body = old.body if old is not None else b""
+        # Each touched row belongs to the member whose first row sorts at or before it (or the first one).
+        firsts = [m[0] for m in members]
+        todo: dict[int, list[str]] = defaultdict(list)
+        for label_hash in sorted(touched):
+            todo[max(bisect.bisect_right(firsts, label_hash) - 1, 0)].append(label_hash)
+        pieces: list[tuple[str, bytes | memoryview]] = []
+        view = memoryview(body)
         copied = written = 0
-        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
-            pending = iter(sorted(fresh.items()))
-            nxt = next(pending, None)
-            for line in _lines(old.body if old is not None else None):
-                label_hash = _line_hash(line)
-                while nxt is not None and nxt[0] < label_hash:
-                    gz.writelines(nxt[1])
-                    written += len(nxt[1])
-                    nxt = next(pending, None)
-                if label_hash not in touched:
-                    gz.write(line)
-                    copied += 1
-            while nxt is not None:
-                gz.writelines(nxt[1])
-                written += len(nxt[1])
-                nxt = next(pending, None)
-        if copied + written:
-            self._lake.put(key, out.getvalue(), content_type="application/gzip")
-        elif old is not None or not previous:
-            self._lake.delete(key)
+        for i, (first, start, end) in enumerate(members):
+            if i not in todo:
+                pieces.append((first, view[start:end]))  # untouched: its compressed bytes, as they are
+                continue
+            rows: dict[str, list[bytes]] = defaultdict(list)
+            for line in gzip.decompress(view[start:end]).splitlines(keepends=True):
+                rows[_line_hash(line)].append(line)
+            for label_hash in todo[i]:
+                rows.pop(label_hash, None)
+                if label_hash in fresh:
+                    rows[label_hash] = fresh.pop(label_hash)
+                    written += len(rows[label_hash])
+            copied += sum(len(lines) for h, lines in rows.items() if h not in touched)
+            pieces.extend(_compress(rows))
+        written += sum(len(lines) for lines in fresh.values())  # a partition that had no table yet
+        pieces.extend(_compress(fresh))
+        if not pieces:
+            if old is not None or not previous:
+                self._lake.delete(key)
+                self._lake.delete(index_key(part))
+            return RefreshStats(rows_read, copied, written)
+        etag = self._lake.put(key, b"".join(p for _, p in pieces), content_type="application/gzip")
+        index = {"etag": etag, "members": [[first, len(p)] for first, p in pieces]}
+        self._lake.put(index_key(part), orjson.dumps(index))
         return RefreshStats(rows_read, copied, written)
+
+    def _members(self, part: Partition, old: StoredObject | None) -> list[tuple[str, int, int]]:
+        """(first label hash, start, end) of each gzip member of the table file, from its index; the
+        whole file as one member when the index is missing or belongs to another version of the file (a
+        finalizer that died between the two writes): that refresh then reads it all, and indexes it."""
+        if old is None:
+            return []
+        stored = self._lake.get(index_key(part))
+        index = orjson.loads(stored.body) if stored is not None else {}
+        if index.get("etag") == old.etag and sum(n for _, n in index["members"]) == len(old.body):
+            out, at = [], 0
+            for first, n in index["members"]:
+                out.append((first, at, at + n))
+                at += n
+            return out
+        return [("", 0, len(old.body))]
+
+
+def _compress(rows: dict[str, list[bytes]]) -> list[tuple[str, bytes]]:
+    """Rows (label hash -> its record lines) as gzip members of MEMBER_ROWS rows each, in label-hash order:
+    a refresh rewrites only the members that hold a changed row, and copies the others' bytes."""
+    ordered = sorted(rows.items())
+    out = []
+    for n in range(0, len(ordered), MEMBER_ROWS):
+        chunk = ordered[n : n + MEMBER_ROWS]
+        data = b"".join(line for _, lines in chunk for line in lines)
+        out.append((chunk[0][0], gzip.compress(data, compresslevel=6, mtime=0)))
+    return out
 
 
 def _lines(body: bytes | None) -> Iterator[bytes]:
