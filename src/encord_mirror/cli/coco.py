@@ -12,6 +12,7 @@ import orjson
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.target import open_lake
 from encord_mirror.coco.convert import RowOntologyMismatchError, convert
+from encord_mirror.domain.history import HistoryError, parse_time
 from encord_mirror.domain.lake import latest_key, media_key, partition_prefix, snapshot_key
 from encord_mirror.domain.models import JsonDict, Partition
 from encord_mirror.domain.ports import ObjectStore
@@ -73,6 +74,11 @@ def latest_main(args: argparse.Namespace) -> int:
         stages = sorted(
             {k[len(prefix) :].split("/", 1)[0].removeprefix("stage=") for k in lake.list_keys(prefix)} - {""}
         )
+    if args.as_of is not None:
+        try:
+            parse_time(args.as_of)
+        except HistoryError as exc:
+            raise CliError(str(exc)) from None
     found = []
     for stage in stages:
         if args.as_of is not None:
@@ -118,8 +124,8 @@ def _latest_as_of(lake: ObjectStore, part: Partition, as_of: str, one_stage: str
     try:
         snap = snapshot_as_of(lake, part, as_of)
     except LakeReadError as exc:
-        if one_stage is not None or "not an ISO" in str(exc) or "timezone" in str(exc):
-            raise CliError(f"--as-of {as_of}: {exc}") from None
+        if one_stage is not None:
+            raise CliError(str(exc)) from None
         return None
     return {
         "snapshot_id": snap.snapshot_id,

@@ -44,6 +44,7 @@ INDEX = "_index.json"
 PART_ROWS = 500  # rows per part file: bounds a finalizer's memory whatever a run's size
 RUN_ID = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z-[0-9a-f]+$")
 _LOGGED = ("written", "moved", "removed")
+_DATE_WITH_ZONE = re.compile(r"^\d{4}-\d{2}-\d{2}[+-]\d{2}:?\d{2}$")
 
 
 class HistoryError(LookupError):
@@ -312,7 +313,7 @@ class ChangeLog:
             before = [v for v in versions if v.run_id <= when]
             cutoff = f"run {when}"
         else:
-            at = _parse_time(when)
+            at = parse_time(when)
             if at < datetime.fromisoformat(first_time):
                 raise HistoryError(f"--as-of {when}: before {oldest}")
             before = [v for v in versions if datetime.fromisoformat(v.time) <= at]
@@ -345,13 +346,17 @@ def _version(project: str, e: JsonDict) -> Version:
     )
 
 
-def _parse_time(value: str) -> datetime:
+def parse_time(value: str) -> datetime:
+    """An `--as-of` time: ISO 8601 with a zone (`Z` or an offset); a date alone is its midnight."""
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    if _DATE_WITH_ZONE.match(text):
+        text = text[:10] + "T00:00:00" + text[10:]
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise HistoryError(
             f"--as-of {value!r}: neither a run id (20261123T182200.123Z-1a2b3c4d) nor an ISO 8601 time"
         ) from None
     if parsed.tzinfo is None:
-        raise HistoryError(f"--as-of {value!r}: give a timezone (e.g. {value}Z for UTC)")
+        raise HistoryError(f"--as-of {value!r}: give a timezone (e.g. {value.strip()}Z for UTC)")
     return parsed

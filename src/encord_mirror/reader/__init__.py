@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from encord_mirror.domain.history import ChangeLog, HistoryError, Version
+from encord_mirror.domain.history import ChangeLog, HistoryError, Version, parse_time
 from encord_mirror.domain.lake import latest_key, partition_of, partition_prefix
 from encord_mirror.domain.models import JsonDict, Partition, StoredObject
 from encord_mirror.domain.ports import ObjectStore
@@ -294,9 +294,9 @@ def _text(value: str | datetime) -> str:
 def _aware(value: str | datetime) -> datetime:
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise LakeReadError(f"--as-of {value!r}: not an ISO 8601 time") from None
+            return parse_time(value)
+        except HistoryError as exc:
+            raise LakeReadError(str(exc)) from None
     if value.tzinfo is None:
         raise LakeReadError(f"--as-of {value.isoformat()}: give a timezone (e.g. Z for UTC)")
     return value
