@@ -112,8 +112,12 @@ class AnnotationsTable:
         """Replace the records of `upserted` rows (read from the current view: a row no longer there is
         dropped) and drop those of `removed` rows; `previous=False` starts from an empty table."""
         touched = set(upserted) | set(removed)
+        key = table_key(part)
+        old = self._lake.get(key) if previous else None
+        members = self._members(part, old)
         fresh: dict[str, list[bytes]] = {}
-        rows_read = 0
+        rows_read = written = 0
+        pieces: list[tuple[str, bytes | memoryview]] = []
         for label_hash in sorted(set(upserted)):
             stored = self._lake.get(label_key(part.project_hash, part.branch, part.stage, label_hash))
             rows_read += 1
@@ -121,18 +125,19 @@ class AnnotationsTable:
                 records = annotation_records(orjson.loads(stored.body))
                 if records:
                     fresh[label_hash] = [orjson.dumps(r) + b"\n" for r in records]
-        key = table_key(part)
-        old = self._lake.get(key) if previous else None
-        members = self._members(part, old)
+            if not members and len(fresh) == MEMBER_ROWS:
+                # A new table (a first run, a rebuild): compressed as it is read, so memory stays flat.
+                written += sum(len(lines) for lines in fresh.values())
+                pieces.extend(_compress(fresh))
+                fresh = {}
         body = old.body if old is not None else b""
         # Each touched row belongs to the member whose first row sorts at or before it (or the first one).
         firsts = [m[0] for m in members]
         todo: dict[int, list[str]] = defaultdict(list)
         for label_hash in sorted(touched):
             todo[max(bisect.bisect_right(firsts, label_hash) - 1, 0)].append(label_hash)
-        pieces: list[tuple[str, bytes | memoryview]] = []
         view = memoryview(body)
-        copied = written = 0
+        copied = 0
         for i, (first, start, end) in enumerate(members):
             if i not in todo:
                 pieces.append((first, view[start:end]))  # untouched: its compressed bytes, as they are
