@@ -15,7 +15,7 @@ from encord_mirror.aws_lambda import wiring
 from encord_mirror.aws_lambda.models import FinalizeRecord
 from encord_mirror.aws_lambda.observability import logger, metrics, report_watermark_lag
 from encord_mirror.aws_lambda.results import finalize_summary
-from encord_mirror.coco import snapshot as _coco_snapshot  # noqa: F401  (imported at init: in SnapStart's snapshot)
+from encord_mirror.coco import snapshot as _coco_snapshot  # noqa: F401  (loaded at init, not on the first run)
 from encord_mirror.domain.finalizer import finalize
 
 processor = BatchProcessor(event_type=EventType.SQS, model=FinalizeRecord)

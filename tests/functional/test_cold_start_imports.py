@@ -38,6 +38,6 @@ def test_the_planner_and_worker_cold_starts_skip_the_coco_stack(handler: str) ->
     assert not {m for m in modules if m.split(".")[0] in COCO_STACK or m.startswith("encord_mirror.coco")}
 
 
-def test_the_finalizer_loads_the_coco_stack_at_init_so_snapstart_keeps_it() -> None:
+def test_the_finalizer_loads_the_coco_stack_at_init() -> None:
     modules = _imported_after_loading("finalizer")
     assert {"encord_mirror.coco.snapshot", "encord_mirror.coco.raster"} <= modules

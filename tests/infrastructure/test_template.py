@@ -274,11 +274,22 @@ def test_a_plain_sam_build_builds_the_layer_with_the_makefile_that_make_layer_us
     assert "python -m encord_mirror.build_layer --out" in root_makefile
 
 
-def test_every_function_uses_snapstart_through_a_published_alias(template: dict[str, Any]) -> None:
+def test_functions_use_snapstart_through_a_published_alias_but_the_finalizer_gets_disk(
+    template: dict[str, Any],
+) -> None:
     # SnapStart applies to published versions only; event sources must follow the alias to use them.
     function = template["Globals"]["Function"]
     assert function["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     assert function["AutoPublishAlias"] == "live"
+    # SnapStart allows at most 512 MB of /tmp: the finalizer, which streams snapshots through /tmp,
+    # opts out and gets the disk (a parameter, 4 GB by default)
+    finalizer = template["Resources"]["FinalizerFunction"]["Properties"]
+    assert finalizer["SnapStart"] == {"ApplyOn": "None"}
+    assert finalizer["EphemeralStorage"] == {"Size": {"Ref": "FinalizerTmpMB"}}
+    assert template["Parameters"]["FinalizerTmpMB"]["Default"] > 512
+    for name, resource in _resources(template, "AWS::Serverless::Function").items():
+        if name != "FinalizerFunction":
+            assert "EphemeralStorage" not in resource["Properties"], name
 
 
 def test_glue_tables_use_partition_projection_over_the_lake_and_match_the_repos_ddl(
