@@ -34,6 +34,7 @@ lint: dev
 	$(RUN) ruff check src tests functions benchmarks packages
 	$(RUN) ruff format --check src tests functions benchmarks packages
 	$(RUN) mypy
+	$(RUN) lint-imports --no-cache
 
 bench: dev
 	$(RUN) python -m benchmarks $(BENCH_ARGS)
