@@ -5,7 +5,9 @@ It serves a fixture directory (format in `store.py` and the package README) on b
 * v2 REST: `GET /v2/public/projects/{p}`, `GET /v2/public/ontologies/{h}`,
   `GET /v2/public/projects/{p}/branches` (paged with `pageToken` / `nextPageToken`).
 * legacy RPC `POST /public`: `labelrowmetadata` GET (every filter applied server-side), `labelrow` GET
-  (initialise, up to 1000 uids), `labelrow` PUT (create), `labelrow` POST (save).
+  (initialise, up to 1000 uids; with `get_signed_url`, signed media links: `media.py`), `labelrow` PUT
+  (create), `labelrow` POST (save).
+* `GET /__media/...`: the bytes behind a signed media URL (`media.py`).
 
 Both signature schemes are verified against authorized OpenSSH ed25519 public keys, every API request
 is logged (writes flagged), and the control endpoints under `/__emulator/` (no auth) steer the clock, faults,
@@ -35,6 +37,7 @@ import orjson
 from encord_emulator.auth import Authenticator, AuthError
 from encord_emulator.faults import FaultBook, FaultKind, FaultRule, FaultSpecError, RateLimiter
 from encord_emulator.keys import KeyFormatError, read_public_key_file
+from encord_emulator.media import MEDIA_PREFIX, MediaServer
 from encord_emulator.store import (
     MAIN_BRANCH,
     DateMode,
@@ -219,6 +222,7 @@ class Emulator:
         self.clock = Clock()
         self.faults = FaultBook()
         self.rate_limiter = RateLimiter()
+        self.media = MediaServer()
         self._lock = threading.RLock()
         self._store = Store(load_fixture_dir(self.data_dir))
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=200_000)
@@ -421,6 +425,9 @@ class Emulator:
         path = urlsplit(target).path
         if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
             return self._control(method, target, body)
+        if path.startswith(MEDIA_PREFIX):
+            status, media_body, media_headers = self.media.answer(method, target)
+            return Reply(status, media_body, media_headers)
         return self._api(method, target, headers, body)
 
     def _api(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
@@ -547,7 +554,10 @@ class Emulator:
                         records = [store.row(project_hash, label_hash) for label_hash in uids]
                         if omit:
                             records = records[: max(0, len(records) - omit)]
-                        return _raw_rows(store.row_bytes(records))
+                        raws = store.row_bytes(records)
+                        if payload.get("get_signed_url"):
+                            raws = [self.media.sign_row(self.url, project_hash, raw) for raw in raws]
+                        return _raw_rows(raws)
                     if operation[1] == "PUT":
                         branch = payload.get("branch_name") or MAIN_BRANCH
                         now = self.clock.now()
