@@ -8,8 +8,8 @@ or a string (Lambda: Secrets Manager) and never appears in a message or a log li
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from encord.configs import ENCORD_DOMAIN
+from encord.constants.enums import DataType
 from encord.exceptions import (
     AuthenticationError,
     AuthorisationError,
@@ -197,6 +198,34 @@ def _row_meta(project_hash: str, row: LabelRowV2) -> RowMeta:
         data_type=_enum_text(row.data_type) or "",
         media=_media(row),
     )
+
+
+MediaFrame = tuple[str, int]  # (data hash of the image or data unit, frame): a COCO image's Encord keys
+
+
+@dataclass(frozen=True, slots=True)
+class SignedLinks:
+    """What `signed_links` found: a fetchable URL per media frame, and the rows it could not sign, why."""
+
+    links: dict[MediaFrame, str]
+    failed: dict[str, str]  # label hash -> reason
+
+
+def _signed_frames(row: LabelRowV2, wanted: Collection[MediaFrame]) -> dict[MediaFrame, str]:
+    """The signed URLs of an initialised row's wanted frames: an image's or image-group member's
+    `data_link`, a DICOM slice's `metadata.file_uri` (video frames and volumes have no file of their own)."""
+    out: dict[MediaFrame, str] = {}
+    if row.data_type in (DataType.IMAGE, DataType.IMG_GROUP):
+        for view in row.get_frame_views():
+            key = (view.image_hash, 0)
+            if key in wanted and view.data_link:
+                out[key] = view.data_link
+    elif row.data_type == DataType.DICOM:
+        for data_hash, frame in wanted:
+            metadata = row.get_frame_view(frame).metadata if data_hash == row.data_hash else None
+            if metadata is not None and metadata.file_uri:
+                out[(data_hash, frame)] = metadata.file_uri
+    return out
 
 
 class EncordLabelSource:
@@ -406,6 +435,50 @@ class EncordLabelSource:
                 loaded.append(LoadedRow(meta=content, labels=labels))
         return loaded, failed, missing, bundle_error
 
+    def signed_links(
+        self, project_hash: str, wanted: Mapping[str, Collection[MediaFrame]], *, bundle_size: int
+    ) -> SignedLinks:
+        """Signed URLs of the media frames of label rows (label hash -> its wanted frames), through the
+        SDK's `initialise_labels(include_signed_url=True)` in one bundle: read-only (a row is never saved,
+        and one without a label hash is never asked for). Signed URLs expire: fetch them at once."""
+        hashes = list(wanted)
+        if not hashes:
+            return SignedLinks({}, {})
+        project = self._project(project_hash)
+        listed = self._guard(
+            project_hash,
+            "label row listing",
+            lambda: project.list_label_rows_v2(label_hashes=hashes, include_all_label_branches=True),
+        )
+        rows = {row.label_hash: row for row in listed if row.label_hash in wanted}
+        errors: dict[str, str] = {}
+        bundle_error: str | None = None
+        try:
+            with project.create_bundle(bundle_size=max(1, bundle_size)) as bundle:
+                for row in rows.values():
+                    _initialise_guarded(row, bundle, errors, signed=True)
+        except (AuthenticationError, SshKeyNotFound) as exc:
+            raise EncordAuthError(self._key_origin, self._domain, describe_sdk_error(exc)) from None
+        except EncordException as exc:
+            bundle_error = describe_sdk_error(exc)
+        links: dict[MediaFrame, str] = {}
+        failed: dict[str, str] = {}
+        for label_hash in hashes:
+            signed_row = rows.get(label_hash)
+            if signed_row is None:
+                failed[label_hash] = "Encord no longer has this label row"
+            elif label_hash in errors:
+                failed[label_hash] = errors[label_hash]
+            elif not signed_row.is_labelling_initialised:
+                failed[label_hash] = (
+                    f"bundle request failed: {bundle_error}"
+                    if bundle_error
+                    else "Encord left the row out of the bundle response"
+                )
+            else:
+                links.update(_signed_frames(signed_row, wanted[label_hash]))
+        return SignedLinks(links, failed)
+
     # -- internals -------------------------------------------------------------------------------------
 
     def _user_client(self) -> EncordUserClient:
@@ -447,7 +520,9 @@ class EncordLabelSource:
             raise EncordApiError(project_hash, operation, describe_sdk_error(exc)) from None
 
 
-def _initialise_guarded(row: LabelRowV2, bundle: Any, errors: dict[str, str]) -> None:
+def _initialise_guarded(
+    row: LabelRowV2, bundle: Any, errors: dict[str, str], *, signed: bool = False
+) -> None:
     """Queue `row` in the bundle so that a corrupt response item fails this row alone.
 
     The bundle parses each response item inside its loop: one item the SDK cannot parse would raise out of
@@ -466,4 +541,4 @@ def _initialise_guarded(row: LabelRowV2, bundle: Any, errors: dict[str, str]) ->
             errors[label_hash] = f"corrupt label row: {describe_sdk_error(exc)}"
 
     vars(row)["from_labels_dict"] = guarded
-    row.initialise_labels(bundle=bundle)
+    row.initialise_labels(bundle=bundle, include_signed_url=signed)

@@ -33,6 +33,17 @@ def _lake_and_state(parser: Any) -> None:
     )
 
 
+def _encord(parser: Any) -> None:
+    parser.add_argument(
+        "--ssh-key",
+        default=None,
+        metavar="FILE",
+        help="Encord ed25519 private key file (default: $ENCORD_SSH_KEY_FILE, else the key's text in "
+        "$ENCORD_SSH_KEY)",
+    )
+    parser.add_argument("--encord-domain", default=None, metavar="URL", help="Encord API domain")
+
+
 def add_sync(sub: Any) -> None:
     sync = sub.add_parser("sync", help="bring a lake in step with one or more Encord projects")
     config_flag(
@@ -45,8 +56,7 @@ def add_sync(sub: Any) -> None:
         help="repeatable",
     )
     _lake_and_state(sync)
-    sync.add_argument("--ssh-key", required=True, metavar="FILE", help="Encord ed25519 private key file")
-    sync.add_argument("--encord-domain", default=None, metavar="URL", help="Encord API domain")
+    _encord(sync)
     sync.add_argument("--full", action="store_true", help="reconcile: list all rows and diff with the index")
     config_flag(
         sync,
@@ -136,6 +146,11 @@ def add_sync(sub: Any) -> None:
         help="COCO snapshots per branch and stage: with the converter's corrections (default), exactly as "
         "Encord's CocoExporter, or none",
     )
+    sync.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as JSON on stdout (progress stays on stderr)",
+    )
     sync.set_defaults(func="encord_mirror.cli.sync:sync_main")
 
 
@@ -203,6 +218,37 @@ def add_coco(sub: Any) -> None:
     export.set_defaults(func="encord_mirror.cli.coco:export_main")
 
 
+def add_media(sub: Any) -> None:
+    media = sub.add_parser(
+        "media", help="fetch the images of the latest COCO snapshots into the lake (media/project=<p>/)"
+    )
+    media.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
+    media.add_argument("--project", required=True, metavar="HASH")
+    media.add_argument("--branch", default="main")
+    media.add_argument(
+        "--stage",
+        action="append",
+        default=None,
+        metavar="STAGE",
+        help="stage partition value (see `coco latest`); repeatable; default: every stage with a snapshot",
+    )
+    _encord(media)
+    media.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    media.add_argument(
+        "--bundle-size",
+        type=int,
+        default=100,
+        help="label rows signed per SDK bundle (default 100, at most 1000)",
+    )
+    media.add_argument(
+        "--verify",
+        action="store_true",
+        help="read the files already fetched and fetch again any that changed",
+    )
+    media.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
+    media.set_defaults(func="encord_mirror.cli.media:media_main")
+
+
 def add_history(sub: Any) -> None:
     history = sub.add_parser("history", help="a label row's versions in the lake's change log")
     history.add_argument("--lake", required=True, metavar="DEST", help="directory or s3://bucket/prefix")
@@ -235,4 +281,4 @@ def add_emulator(sub: Any) -> None:
     emulator.set_defaults(func="encord_mirror.cli.emulator:emulator_main")
 
 
-COMMANDS = (add_sync, add_status, add_demo, add_coco, add_history, add_show, add_emulator)
+COMMANDS = (add_sync, add_status, add_demo, add_coco, add_media, add_history, add_show, add_emulator)

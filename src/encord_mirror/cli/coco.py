@@ -166,11 +166,15 @@ def export_main(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"--out {args.out}: cannot write it ({exc.strerror or exc})") from None
     skipped = "".join(f"; {n} left out: {why}" for why, n in sorted(summary.skipped.items()))
-    missing = (
-        f"; {summary.missing_media} images not in the lake's media folder (run `encord-mirror media`)"
-        if summary.missing_media
-        else ""
-    )
+    missing = ""
+    if summary.missing_video:
+        missing += (
+            f"; {summary.missing_video} video frames without their image (`media` does not extract them)"
+        )
+    if summary.missing_media > summary.missing_video:
+        others = summary.missing_media - summary.missing_video
+        missing += f"; {others} images not in the lake's media folder (run `encord-mirror media`)"
+
     counts = f"{summary.images} images, {summary.labels} labels"
     print(f"wrote {out} ({args.export_format}): {counts}{missing}{skipped}", file=sys.stderr)
     return 0

@@ -1,17 +1,18 @@
 """`encord-mirror sync`: bring a lake (a directory or `s3://bucket/prefix`) in step with Encord projects.
 
 ```
-encord-mirror sync --project HASH [--project HASH]... --lake DEST --ssh-key FILE [--encord-domain URL]
+encord-mirror sync --project HASH [--project HASH]... --lake DEST [--ssh-key FILE] [--encord-domain URL]
                    [--state PATH] [--full] [--reconcile-every N] [--workers N] [--bundle-size N]
-                   [--branch NAME | --all-branches]
+                   [--branch NAME | --all-branches] [--json]
 ```
+The key: `--ssh-key FILE`, else `$ENCORD_SSH_KEY_FILE`, else `$ENCORD_SSH_KEY` (see `open_source`).
 State: see `encord_mirror.cli.target`. Keep that file: without it the next run is a full listing that
 rewrites nothing but re-reads everything.
-Progress goes to stderr, the summary table to stdout. Exit status: 0 when every project synced and no gap
-(failed row) and no owed COCO snapshot remains, 1 otherwise (both are retried by the next run), 2 for a
-usage or configuration error (the message names the setting), 130 when interrupted (Ctrl-C or SIGTERM):
-the running chunks finish, the rest are dropped, the project's lease is released and its watermark stays,
-so the next sync starts at once and repeats the unfinished work.
+Progress goes to stderr, the summary table (`--json`: a JSON object) to stdout. Exit status: 0 when every
+project synced and no gap (failed row) and no owed COCO snapshot remains, 1 otherwise (both are retried by
+the next run), 2 for a usage or configuration error (the message names the setting), 130 when interrupted
+(Ctrl-C or SIGTERM): the running chunks finish, the rest are dropped, the project's lease is released and
+its watermark stays, so the next sync starts at once and repeats the unfinished work.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+import orjson
 from encord.configs import ENCORD_DOMAIN
 
 from encord_mirror.adapters.encord_source import (
@@ -116,12 +119,30 @@ def check_domain(domain: str | None) -> None:
         )
 
 
-def open_source(ssh_key: str, domain: str | None) -> EncordLabelSource:
+KEY_FILE_ENV = "ENCORD_SSH_KEY_FILE"  # the SDK's own names, in the SDK's order
+KEY_TEXT_ENV = "ENCORD_SSH_KEY"
+
+
+def open_source(ssh_key: str | None, domain: str | None) -> EncordLabelSource:
+    """The Encord key from `--ssh-key FILE`, else from the file `$ENCORD_SSH_KEY_FILE` names, else the
+    key's text in `$ENCORD_SSH_KEY` (the SDK's variables, in its order); an error names where it came from."""
     check_domain(domain)
+    key_file = os.environ.get(KEY_FILE_ENV) if ssh_key is None else ssh_key
+    origin = "--ssh-key" if ssh_key is not None else KEY_FILE_ENV
     try:
-        return EncordLabelSource.from_key_file(ssh_key, domain=domain)
+        if key_file:
+            return EncordLabelSource.from_key_file(key_file, domain=domain)
+        if KEY_TEXT_ENV in os.environ:
+            origin = KEY_TEXT_ENV
+            return EncordLabelSource.from_private_key(
+                os.environ[KEY_TEXT_ENV], domain=domain, key_origin=f"the {KEY_TEXT_ENV} environment variable"
+            )
     except EncordCredentialsError as exc:
-        raise CliError(f"--ssh-key: {exc}") from None
+        raise CliError(f"{origin}: {exc}") from None
+    raise CliError(
+        f"no Encord key: give --ssh-key FILE, or set {KEY_FILE_ENV} to the key file (or {KEY_TEXT_ENV} "
+        "to the key's text)"
+    )
 
 
 # -- running -------------------------------------------------------------------------------------------
@@ -257,7 +278,10 @@ def _sync_main(args: argparse.Namespace) -> int:
             )
         except SyncAbortedError as exc:
             return _report_abort(exc)
-        print(format_summary(summary, target, state))
+        if args.json:
+            print(orjson.dumps(summary_json(summary, target, state), option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(format_summary(summary, target, state))
         return 0 if summary.ok else 1
     finally:
         state.close()  # the last connection checkpoints the WAL: the file alone holds the state
@@ -332,6 +356,30 @@ def format_summary(summary: SyncSummary, target: LakeTarget, state: StateStore |
             f"NOT IN STEP: {'; '.join(problems)}. The next run retries them: run `encord-mirror sync` again."
         )
     return "\n".join(out)
+
+
+def summary_json(summary: SyncSummary, target: LakeTarget, state: StateStore) -> dict[str, Any]:
+    """`sync --json`: the table's figures and the notes' details, for scripts."""
+    projects = []
+    for p in summary.projects:
+        gaps = state.list_gaps(p.project_hash) if p.gaps_open else []
+        projects.append(
+            {
+                **asdict(p),
+                "mode": "full" if p.full else "incremental",
+                "manifest_uri": target.lake.uri(p.manifest_key) if p.manifest_key else None,
+                "gaps": [{"label_hash": g.label_hash, "reason": g.reason} for g in gaps],
+            }
+        )
+    return {
+        "ok": summary.ok,
+        "gaps_open": summary.gaps_open,
+        "snapshots_owed": summary.snapshots_owed,
+        "seconds": round(summary.seconds, 3),
+        "lake": target.location,
+        "state": str(target.state_path),
+        "projects": projects,
+    }
 
 
 def _project_notes(p: ProjectSummary, target: LakeTarget, state: StateStore | None) -> list[str]:

@@ -104,14 +104,16 @@ def open_target(dest: str, state: str | None) -> LakeTarget:
 
 
 def _open_s3(dest: str) -> ObjectStore:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from encord_mirror.adapters.aws.s3 import S3ObjectStore
+    from encord_mirror.adapters.aws.s3 import S3ClientConfigError, S3ObjectStore, s3_client
 
     bucket, prefix = parse_s3_uri(dest)
-    # boto3 reads credentials, region and AWS_ENDPOINT_URL (e.g. a local S3) from its usual places.
-    lake = S3ObjectStore(bucket, prefix, boto3.client("s3"))
+    try:
+        client = s3_client()
+    except S3ClientConfigError as exc:
+        raise CliError(f"--lake {dest}: {exc}") from None
+    lake = S3ObjectStore(bucket, prefix, client)
     try:
         next(iter(lake.list_keys("runs/")), None)
     except (BotoCoreError, ClientError) as exc:

@@ -33,11 +33,16 @@ MediaReader = Callable[[str], bytes | None]  # file_name -> the image's bytes, N
 class ExportSummary:
     images: int = 0  # images written with their bytes
     missing_media: int = 0  # images whose bytes the media folder does not hold (labels still written)
+    missing_video: int = 0  # of which video frames, which the media step does not extract
     labels: int = 0  # annotations written (YOLO: box lines)
     skipped: dict[str, int] = field(default_factory=dict)  # what was left out, and why
 
     def skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def missed(self, image: Mapping[str, Any]) -> None:
+        self.missing_media += 1
+        self.missing_video += "video_title" in image
 
 
 def _write(path: Path, body: bytes) -> None:
@@ -51,7 +56,7 @@ def export_coco(coco: Mapping[str, Any], out: Path, media: MediaReader) -> Expor
     for image in coco["images"]:
         body = media(image["file_name"])
         if body is None:
-            summary.missing_media += 1
+            summary.missed(image)
             continue
         _write(out / "images" / image["file_name"], body)
         summary.images += 1
@@ -102,7 +107,7 @@ def export_yolo(coco: Mapping[str, Any], out: Path, media: MediaReader, *, title
         summary.labels += len(lines)
         body = media(str(image["file_name"]))
         if body is None:
-            summary.missing_media += 1
+            summary.missed(image)
         else:
             _write(out / "images" / "train" / name, body)
             summary.images += 1

@@ -79,3 +79,8 @@ def media_prefix(project_hash: str) -> str:
 
 def media_key(project_hash: str, file_name: str) -> str:
     return f"{media_prefix(project_hash)}{file_name}"
+
+
+def media_index_key(project_hash: str) -> str:
+    """The `media` step's record of what it fetched (a `_` name: Hive and Athena skip it)."""
+    return f"{media_prefix(project_hash)}_index.jsonl"

@@ -98,14 +98,16 @@ def open_lake(location: str | os.PathLike[str]) -> Lake:
     """A lake directory or `s3://bucket/prefix` (boto3's usual credentials; `AWS_ENDPOINT_URL` honoured)."""
     where = str(location)
     if where.startswith("s3://"):
-        import boto3
-
-        from encord_mirror.adapters.aws.s3 import S3ObjectStore
+        from encord_mirror.adapters.aws.s3 import S3ClientConfigError, S3ObjectStore, s3_client
 
         bucket, _, prefix = where.removeprefix("s3://").partition("/")
         if not bucket:
             raise LakeReadError(f"{where!r}: an S3 lake is s3://BUCKET or s3://BUCKET/PREFIX")
-        return Lake(S3ObjectStore(bucket, prefix.strip("/"), boto3.client("s3")))
+        try:
+            client = s3_client()
+        except S3ClientConfigError as exc:
+            raise LakeReadError(str(exc)) from None
+        return Lake(S3ObjectStore(bucket, prefix.strip("/"), client))
     from pathlib import Path
 
     from encord_mirror.adapters.local import LocalLake

@@ -4,7 +4,8 @@ and `If-None-Match` on CompleteMultipartUpload, which `put_stream` uses for obje
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, cast
 
 from botocore.exceptions import ClientError
@@ -52,6 +53,36 @@ def _parts(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
             del buffer[:size]
     if buffer:
         yield bytes(buffer)
+
+
+RETRY_MODES = ("legacy", "standard", "adaptive")
+
+
+class S3ClientConfigError(ValueError):
+    """`AWS_RETRY_MODE` or `AWS_MAX_ATTEMPTS` holds a value botocore does not take."""
+
+
+def s3_client(environ: Mapping[str, str] = os.environ) -> Any:
+    """The S3 client of the CLI and the reader: botocore's `standard` retry mode with 10 attempts (a lake
+    run makes thousands of requests, and botocore's default of 3 legacy attempts lets a burst of 503 Slow
+    Down fail a sync), 10 s to connect, 60 s to read. `AWS_RETRY_MODE` and `AWS_MAX_ATTEMPTS` (botocore's
+    own variables) override the retries; credentials, region and `AWS_ENDPOINT_URL` come from boto3's usual
+    places."""
+    import boto3
+    from botocore.config import Config
+
+    mode = environ.get("AWS_RETRY_MODE") or "standard"
+    attempts = environ.get("AWS_MAX_ATTEMPTS") or "10"
+    if mode not in RETRY_MODES:
+        raise S3ClientConfigError(f"AWS_RETRY_MODE={mode!r}: botocore takes {', '.join(RETRY_MODES)}")
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise S3ClientConfigError(f"AWS_MAX_ATTEMPTS={attempts!r}: a whole number of attempts, at least 1")
+    config = Config(
+        retries={"mode": mode, "total_max_attempts": int(attempts)},
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.client("s3", config=config)
 
 
 class S3ObjectStore:
