@@ -198,6 +198,9 @@ class FakeSource:
     def project_info(self, project_hash: str) -> ProjectInfo:
         return ProjectInfo(project_hash, "Fake project", "onto-1", ONTOLOGY, (ANNOTATE, REVIEW, COMPLETE))
 
+    def list_branches(self, project_hash: str) -> tuple[str, ...]:
+        return tuple(sorted({"main", *(r.branch for r in self.rows.values() if r.label_hash)}))
+
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         with self._lock:
             self.list_calls.append(query)

@@ -13,7 +13,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from encord_mirror.aws_lambda import wiring
 from encord_mirror.aws_lambda.models import ScheduleEvent, SyncRequestRecord
 from encord_mirror.aws_lambda.observability import logger, metrics, report_watermark_lag
-from encord_mirror.aws_lambda.results import PlanningFailedError, UnconfiguredProjectError, plan_summary
+from encord_mirror.aws_lambda.results import (
+    PlanningFailedError,
+    UnconfiguredProjectError,
+    config_refusal,
+    plan_summary,
+)
+from encord_mirror.domain.config import ConfigError
 from encord_mirror.domain.planner import plan
 
 processor = BatchProcessor(event_type=EventType.SQS, model=SyncRequestRecord)
@@ -27,7 +33,14 @@ def _sync_request(record: SyncRequestRecord, runtime: wiring.Runtime) -> dict[st
         logger.error("sync request refused", extra={"reason": str(refused)})
         metrics.add_metric(name="SyncRequestsRefused", unit=MetricUnit.Count, value=1)
         return {"project_hash": request.project_hash, "status": "refused", "reason": str(refused)}
-    summary = plan_summary(plan(request.project_hash, runtime.config, runtime.deps, full=request.full))
+    try:
+        result = plan(request.project_hash, runtime.config, runtime.deps, full=request.full)
+    except ConfigError as exc:
+        # Asking again cannot succeed until the stack's parameters change: the request is dropped.
+        logger.error("sync request refused", extra=config_refusal(exc))
+        metrics.add_metric(name="SyncRequestsRefused", unit=MetricUnit.Count, value=1)
+        return {"project_hash": request.project_hash, "status": "refused", "reason": str(exc)}
+    summary = plan_summary(result)
     logger.info("planned", extra=summary)
     return summary
 
@@ -39,6 +52,9 @@ def _scheduled(runtime: wiring.Runtime) -> dict[str, Any]:
         # One project's failure (bad access, outage) must not starve the others of their run.
         try:
             runs.append(plan_summary(plan(project_hash, runtime.config, runtime.deps)))
+        except ConfigError as exc:
+            logger.error("planning refused", extra={"project_hash": project_hash, **config_refusal(exc)})
+            errors[project_hash] = str(exc)
         except Exception as exc:
             logger.exception("planning failed", extra={"project_hash": project_hash})
             errors[project_hash] = f"{type(exc).__name__}: {exc}"

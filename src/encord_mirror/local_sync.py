@@ -228,6 +228,12 @@ def _sync_project(
             f"{project_hash}: the feature filters or the row format changed since the last sync: "
             "every row is sent again"
         )
+    if result.deselected:
+        say(
+            f"{project_hash}: the changed filters take {result.deselected} of the {result.lake_rows} rows "
+            f"out of the current view ({result.deselected / result.lake_rows:.0%}; a filter change may "
+            f"remove up to {config.filter_shrink_limit}%)"
+        )
     try:
         say(
             f"{project_hash}: {mode} run {result.run_id}: listed {result.listed}, {result.to_sync} to sync, "

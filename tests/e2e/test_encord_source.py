@@ -124,6 +124,15 @@ def test_list_rows_selects_branches_all_or_named(env: Env) -> None:
     }
 
 
+def test_list_branches_names_main_and_every_branch_with_a_label_row(env: Env) -> None:
+    # Given a project with label rows on main and on a consensus branch
+    branches = {item["branch_name"] for item in env.truth().values()}
+    # When the source lists its branches / Then it names each once, the way the listing spells them
+    listed = env.source.list_branches(env.project)
+    assert "main" in listed and len(branches) > 1
+    assert sorted(listed) == sorted(branches)
+
+
 def test_list_rows_filters_by_hashes_and_edit_window(env: Env) -> None:
     # Given two rows and the edit times of the project
     hashes = env.main_hashes()[:2]

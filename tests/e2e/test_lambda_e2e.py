@@ -292,6 +292,7 @@ def deployment(
             "MAX_ATTEMPTS": str(resources.max_receive_count),
             "LEASE_TTL_SECONDS": "900",
             "HISTORY_KEEP_RUNS": "0",
+            "FILTER_SHRINK_LIMIT": "50",
             "COCO_MODE": "corrected",
             "ANNOUNCE_MIN_ANNOTATIONS": "0",
             "POWERTOOLS_SERVICE_NAME": "encord-mirror",

@@ -185,6 +185,7 @@ def stack(
             "MAX_ATTEMPTS": str(aws.max_receive_count),
             "LEASE_TTL_SECONDS": "900",
             "HISTORY_KEEP_RUNS": "0",
+            "FILTER_SHRINK_LIMIT": "50",
             "COCO_MODE": COCO_MODE,
             "ANNOUNCE_MIN_ANNOTATIONS": "0",
             "POWERTOOLS_SERVICE_NAME": "encord-mirror",

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fakes import ANNOTATE, CAR, ONTOLOGY, PERSON, PROJECT, REVIEW, FakeRow
 
-from encord_mirror.domain.config import ConfigError, MirrorConfig
+from encord_mirror.domain.config import ConfigError, FilterShrinkError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection, RowMeta, Stage
 
 
@@ -137,3 +137,88 @@ def test_filters_changed_tells_a_selection_change_from_a_content_change() -> Non
     # A state from before filters were recorded keeps its selection, but its rows may be in an older row
     # format: they are sent again
     assert featured.filters_changed(None) == (False, True)
+
+
+STAGES = (ANNOTATE, REVIEW)
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting", "value", "hint"),
+    [
+        ({"stage_include": ("Reviw",)}, "stage_include", "Reviw", "Review"),
+        ({"stage_include": ("review",)}, "stage_include", "review", "Review"),
+        ({"stage_exclude": (REVIEW.uuid.upper(),)}, "stage_exclude", REVIEW.uuid.upper(), REVIEW.uuid),
+        ({"stage_include": ("Archive",)}, "stage_include", "Archive", None),
+    ],
+    ids=["typo", "other-case", "uuid-in-capitals", "no-near-name"],
+)
+def test_a_stage_the_workflow_lacks_is_refused_naming_setting_value_hint_and_every_stage(
+    settings: dict[str, Any], setting: str, value: str, hint: str | None
+) -> None:
+    # When a stage filter names no stage of the workflow exactly / Then it is refused, with the known ones
+    with pytest.raises(ConfigError) as caught:
+        MirrorConfig(projects=(PROJECT,), **settings).check_stages(PROJECT, STAGES)
+    message = str(caught.value)
+    assert caught.value.setting == setting and PROJECT in message and f"no stage {value!r}" in message
+    assert "exact title or uuid, case included" in message
+    assert (f"did you mean {hint!r}?" in message) if hint else ("did you mean" not in message), message
+    assert all(f"'{s.title}' ({s.uuid})" in message for s in STAGES), message
+
+
+def test_stages_named_by_exact_title_or_uuid_pass_and_a_project_without_workflow_has_none() -> None:
+    MirrorConfig(projects=(PROJECT,), stage_include=("Review", ANNOTATE.uuid)).check_stages(PROJECT, STAGES)
+    MirrorConfig(projects=(PROJECT,)).check_stages(PROJECT, ())
+    with pytest.raises(ConfigError, match=r"no stage 'Review'.*it has no workflow"):
+        MirrorConfig(projects=(PROJECT,), stage_include=("Review",)).check_stages(PROJECT, ())
+
+
+def test_a_branch_the_project_lacks_is_refused_and_main_always_exists() -> None:
+    # Given a project whose listing names one consensus branch
+    branches = ("consensus-1",)
+    # When a named branch is a typo / Then it is refused, with a hint and every branch, main first
+    with pytest.raises(ConfigError) as caught:
+        MirrorConfig(projects=(PROJECT,), branches=BranchSelection("named", "mian")).check_branch(
+            PROJECT, branches
+        )
+    assert caught.value.setting == "branches"
+    assert "'mian'; did you mean 'main'?; its branches: main, consensus-1" in str(caught.value)
+    # And main, a listed branch, and the main or all modes pass (main even if the listing omits it)
+    for selection in (BranchSelection("named", "main"), BranchSelection("named", "consensus-1")):
+        MirrorConfig(projects=(PROJECT,), branches=selection).check_branch(PROJECT, branches)
+    MirrorConfig(projects=(PROJECT,), branches=BranchSelection("all")).check_branch(PROJECT, ())
+
+
+@pytest.mark.parametrize(
+    ("limit", "removing", "lake_rows", "refused"),
+    [
+        (50, 50, 100, False),  # exactly the limit is allowed
+        (50, 51, 100, True),
+        (50, 0, 0, False),  # an empty lake cannot shrink
+        (0, 1, 1000, True),
+        (100, 1000, 1000, False),  # --allow-shrink
+    ],
+)
+def test_a_filter_change_may_remove_up_to_the_limit_of_the_current_view(
+    limit: int, removing: int, lake_rows: int, refused: bool
+) -> None:
+    config = MirrorConfig(projects=(PROJECT,), filter_shrink_limit=limit)
+    assert config.shrink_refused(removing, lake_rows) is refused
+    if not refused:
+        config.check_shrink(PROJECT, removing, lake_rows)
+        return
+    with pytest.raises(FilterShrinkError) as caught:
+        config.check_shrink(PROJECT, removing, lake_rows)
+    error = caught.value
+    assert (error.setting, error.removing, error.lake_rows, error.limit) == (
+        "filter_shrink_limit",
+        removing,
+        lake_rows,
+        limit,
+    )
+    assert f"{removing} of the {lake_rows} rows" in str(error) and f"{limit}%" in str(error)
+
+
+def test_the_shrink_limit_is_a_percentage() -> None:
+    assert MirrorConfig(projects=(PROJECT,)).filter_shrink_limit == 50
+    with pytest.raises(ConfigError, match="filter_shrink_limit"):
+        MirrorConfig(projects=(PROJECT,), filter_shrink_limit=101)

@@ -332,6 +332,9 @@ class TwoProjects:
     def project_info(self, project_hash: str) -> ProjectInfo:
         return self.by_project[project_hash].project_info(project_hash)
 
+    def list_branches(self, project_hash: str) -> tuple[str, ...]:
+        return self.by_project[project_hash].list_branches(project_hash)
+
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         return self.by_project[project_hash].list_rows(project_hash, query)
 

@@ -25,15 +25,20 @@ def _meta(
 
 
 def _entry(
-    label_hash: str, *, edited: datetime | None = T0, stage: Stage = ANNOTATE, status: str = "ASSIGNED"
+    label_hash: str,
+    *,
+    edited: datetime | None = T0,
+    stage: Stage = ANNOTATE,
+    status: str = "ASSIGNED",
+    branch: str = "main",
 ) -> IndexEntry:
     part = stage_value(stage.uuid, stage.title)
     return IndexEntry(
         project_hash=PROJECT,
         label_hash=label_hash,
         data_hash=f"data-{label_hash}",
-        branch="main",
-        key=label_key(PROJECT, "main", part, label_hash),
+        branch=branch,
+        key=label_key(PROJECT, branch, part, label_hash),
         partition_stage=part,
         last_edited_at=edited,
         sha256="0" * 64,
@@ -57,6 +62,7 @@ class Case:
     complete: bool = False
     resend: bool = False
     config: MirrorConfig = EVERY_ROW
+    deselected: int = 0  # of `remove`: rows the filters take out, not deleted in Encord
 
 
 CASES = {
@@ -79,8 +85,20 @@ CASES = {
     "an incremental listing never removes an unlisted indexed row": Case(
         [_meta("a")], [_entry("a"), _entry("quiet")], skipped=1
     ),
-    "a row the filter refuses leaves the lake": Case(
-        [_meta("a", stage=REVIEW)], [_entry("a", stage=REVIEW)], remove=["a"], config=ONLY_ANNOTATE
+    "a row the filter refuses leaves the lake, deselected": Case(
+        [_meta("a", stage=REVIEW)],
+        [_entry("a", stage=REVIEW)],
+        remove=["a"],
+        config=ONLY_ANNOTATE,
+        deselected=1,
+    ),
+    "an indexed row of a branch the selection leaves out is deselected, not deleted": Case(
+        [_meta("a")],
+        [_entry("a"), _entry("c", branch="consensus-1"), _entry("gone")],
+        remove=["c", "gone"],
+        skipped=1,
+        complete=True,
+        deselected=1,
     ),
     "a refused row that is not in the lake resolves its gap": Case(
         [_meta("a", stage=REVIEW)], [], resolved=["a"], gaps=("a",), config=ONLY_ANNOTATE
@@ -110,7 +128,13 @@ def test_the_diff_of_a_listing_against_the_row_index(case: Case) -> None:
     index = {e.label_hash: e for e in case.index}
     # When they are diffed
     diff = diff_rows(
-        rows, index, set(case.gaps), case.config.selects, complete=case.complete, resend=case.resend
+        rows,
+        index,
+        set(case.gaps),
+        case.config.selects,
+        complete=case.complete,
+        resend=case.resend,
+        mirrors_branch=case.config.branches.includes,
     )
     # Then each row lands in the expected bucket
     assert [m.label_hash for m in diff.sync] == case.sync
@@ -118,6 +142,7 @@ def test_the_diff_of_a_listing_against_the_row_index(case: Case) -> None:
     assert list(diff.remove) == case.remove
     assert list(diff.resolved_gaps) == case.resolved
     assert diff.skipped == case.skipped
+    assert diff.deselected == case.deselected
 
 
 def test_the_work_is_synced_and_moved_rows_ordered_by_branch_then_label_hash() -> None:

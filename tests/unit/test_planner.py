@@ -12,7 +12,7 @@ from fakes import ANNOTATE, PROJECT, REVIEW, T0, Clock, FakeSource, RecordingQue
 
 from encord_mirror.adapters.local import SqliteStateStore
 from encord_mirror.coco.snapshot import snapshot_id_for
-from encord_mirror.domain.config import MirrorConfig
+from encord_mirror.domain.config import ConfigError, FilterShrinkError, MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.lake import run_manifest_key
 from encord_mirror.domain.models import BranchSelection, Gap, IndexEntry, RowQuery
@@ -280,3 +280,88 @@ def test_a_large_incremental_listing_reads_the_index_in_one_scan_and_removes_not
     # Then it did not read them one by one, skipped them all, and did not treat the unlisted row as deleted
     assert point_reads == []
     assert (result.full, result.skipped, result.removals, result.chunks) == (False, 1500, 0, 0)
+
+
+def _synced_state(state: SqliteStateStore) -> tuple[object, ...]:
+    """What a refused run must leave as it was: watermark, filters, row index and gaps."""
+    return (
+        state.get_watermark(PROJECT),
+        state.get_filters(PROJECT),
+        sorted(e.label_hash for e in state.scan_index(PROJECT)),
+        state.list_gaps(PROJECT),
+    )
+
+
+def test_a_filter_change_that_would_empty_the_lake_is_refused_until_the_limit_allows_it(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given four Annotate rows in step
+    source.add(4)
+    assert mirror.sync().ok
+    before = _synced_state(mirror.state)
+    clock.advance(60)
+    review = MirrorConfig(projects=(PROJECT,), stage_include=(REVIEW.title,))
+    # When the planner runs with a stage filter that takes every row out of the lake
+    with pytest.raises(FilterShrinkError) as caught:
+        plan(PROJECT, review, deps)
+    # Then it is refused with the counts, nothing is sent, the state is as it was, and the lease is free
+    assert (caught.value.removing, caught.value.lake_rows, caught.value.limit) == (4, 4, 50)
+    assert queue.chunks == [] and _synced_state(mirror.state) == before
+    assert mirror.state.get_lease(PROJECT) is None
+    # When the limit allows it / Then the run removes the four rows and says how many the change took
+    result = plan(PROJECT, review.model_copy(update={"filter_shrink_limit": 100}), deps)
+    assert (result.deselected, result.lake_rows, result.removals) == (4, 4, 4)
+    assert sorted(h for c in queue.chunks for h in c.removals) == [f"label-{i:04d}" for i in range(4)]
+
+
+def test_a_branch_change_counts_the_rows_of_the_branch_it_leaves(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given three main rows in step, and a consensus branch of one of them
+    source.add(3)
+    source.add(1, branch="consensus-1")
+    assert mirror.sync().ok
+    clock.advance(60)
+    # When the planner runs for the consensus branch alone
+    consensus = MirrorConfig(projects=(PROJECT,), branches=BranchSelection("named", "consensus-1"))
+    with pytest.raises(FilterShrinkError) as caught:
+        plan(PROJECT, consensus, deps)
+    # Then the unlisted main rows count as taken out by the change, not deleted in Encord
+    assert (caught.value.removing, caught.value.lake_rows) == (3, 3)
+    assert queue.chunks == []
+
+
+def test_rows_deleted_in_encord_are_removed_whatever_the_share(
+    mirror: Mirror, source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, clock: Clock
+) -> None:
+    # Given four rows in step, three of them then deleted in Encord
+    source.add(4)
+    assert mirror.sync().ok
+    for label_hash in ("label-0000", "label-0001", "label-0002"):
+        source.delete(label_hash)
+    clock.advance(60)
+    # When a reconciling run plans with the same filters / Then the deletions are removals
+    result = plan(PROJECT, MirrorConfig(projects=(PROJECT,), filter_shrink_limit=0), deps, full=True)
+    assert (result.removals, result.deselected) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("config", "setting"),
+    [
+        (MirrorConfig(projects=(PROJECT,), stage_include=("Reveiw",)), "stage_include"),
+        (MirrorConfig(projects=(PROJECT,), stage_exclude=("complete",)), "stage_exclude"),
+        (MirrorConfig(projects=(PROJECT,), branches=BranchSelection("named", "consensus-2")), "branches"),
+    ],
+)
+def test_a_stage_or_branch_the_project_lacks_is_refused_before_any_listing(
+    source: FakeSource, deps: MirrorDeps, queue: RecordingQueue, config: MirrorConfig, setting: str
+) -> None:
+    source.add(2)
+    source.add(1, branch="consensus-1")
+    with pytest.raises(ConfigError) as caught:
+        plan(PROJECT, config, deps)
+    assert caught.value.setting == setting
+    assert source.list_calls == [] and queue.chunks == []
+    # The refusal is recorded, so status says why the lake was not synced
+    failure = deps.state.get_failure(PROJECT)
+    assert failure is not None and setting in failure.reason

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from encord.configs import ENCORD_DOMAIN
@@ -45,6 +45,7 @@ from encord_mirror.domain.models import (
 from encord_mirror.domain.watermark import iso_utc, require_utc
 
 UserClientFactory = Callable[[], EncordUserClient]
+_T = TypeVar("_T")
 
 
 class EncordSourceError(Exception):
@@ -323,6 +324,10 @@ class EncordLabelSource:
             self._infos[project_hash] = info
         return info
 
+    def list_branches(self, project_hash: str) -> tuple[str, ...]:
+        project = self._project(project_hash)
+        return self._guard(project_hash, "branch listing", lambda: tuple(project.list_branches()))
+
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         if query.label_hashes is not None and not query.label_hashes:
             return []
@@ -507,9 +512,7 @@ class EncordLabelSource:
         with self._lock:
             return self._projects.setdefault(project_hash, project)
 
-    def _guard(
-        self, project_hash: str, operation: str, call: Callable[[], list[LabelRowV2]]
-    ) -> list[LabelRowV2]:
+    def _guard(self, project_hash: str, operation: str, call: Callable[[], _T]) -> _T:
         try:
             return call()
         except (AuthenticationError, SshKeyNotFound) as exc:

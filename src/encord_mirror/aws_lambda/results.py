@@ -9,7 +9,9 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from encord_mirror.aws_lambda.observability import SNAPSHOTS_OWED_METRIC, metrics
+from encord_mirror.aws_lambda.observability import SNAPSHOTS_OWED_METRIC, logger, metrics
+from encord_mirror.aws_lambda.settings import variable_of
+from encord_mirror.domain.config import ConfigError, FilterShrinkError
 from encord_mirror.domain.finalizer import FinalizeResult
 from encord_mirror.domain.models import ChunkResult
 from encord_mirror.domain.planner import PlanResult
@@ -66,7 +68,27 @@ class UnconfiguredProjectError(Exception):
         self.configured = configured
 
 
+def config_refusal(exc: ConfigError) -> dict[str, Any]:
+    """The log keys of a run the planner refused for its configuration: the variable to change, and
+    for a filter change that would shrink the lake, the counts."""
+    variable = "BRANCH_NAME" if exc.setting == "branches" else variable_of(exc.setting)
+    keys: dict[str, Any] = {"variable": variable, "reason": str(exc)}
+    if isinstance(exc, FilterShrinkError):
+        keys.update(removing=exc.removing, lake_rows=exc.lake_rows, limit_percent=exc.limit)
+    return keys
+
+
 def plan_summary(result: PlanResult) -> dict[str, Any]:
+    if result.deselected:
+        logger.warning(
+            "filter change takes rows out of the current view",
+            extra={
+                "project_hash": result.project_hash,
+                "run_id": result.run_id,
+                "removing": result.deselected,
+                "lake_rows": result.lake_rows,
+            },
+        )
     metrics.add_metric(name="RowsToSync", unit=MetricUnit.Count, value=result.to_sync)
     metrics.add_metric(name="ChunksSent", unit=MetricUnit.Count, value=result.chunks - result.send_failed)
     if result.status == "lease_held":
@@ -77,6 +99,7 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
         "status": result.status,
         "full": result.full,
         "refilter": result.refilter,
+        "deselected": result.deselected,
         "signpost": _iso(result.signpost),
         "to_sync": result.to_sync,
         "removals": result.removals,

@@ -28,7 +28,14 @@ _CONFIG_VARIABLES = {
     "max_attempts": "MAX_ATTEMPTS",
     "lease_ttl_seconds": "LEASE_TTL_SECONDS",
     "history_keep_runs": "HISTORY_KEEP_RUNS",
+    "filter_shrink_limit": "FILTER_SHRINK_LIMIT",
 }
+
+
+def variable_of(setting: str) -> str:
+    """The environment variable that carries a MirrorConfig setting (`branches`: BRANCH_MODE; a named
+    branch's name is in BRANCH_NAME)."""
+    return _CONFIG_VARIABLES.get(setting, setting)
 
 
 class SettingsError(Exception):
@@ -73,6 +80,7 @@ class Settings(BaseModel):
     MAX_ATTEMPTS: int
     LEASE_TTL_SECONDS: int
     HISTORY_KEEP_RUNS: int = Field(ge=0)  # 0: keep every run's change log
+    FILTER_SHRINK_LIMIT: int  # percent of the current view a filter change may remove (100: any)
     COCO_MODE: Literal["corrected", "encord-compatible", "off"]
     ANNOUNCE_MIN_ANNOTATIONS: int = Field(ge=0)
     POWERTOOLS_SERVICE_NAME: str = Field(min_length=1)
@@ -113,9 +121,10 @@ class Settings(BaseModel):
                 max_attempts=self.MAX_ATTEMPTS,
                 lease_ttl_seconds=self.LEASE_TTL_SECONDS,
                 history_keep_runs=self.HISTORY_KEEP_RUNS or None,
+                filter_shrink_limit=self.FILTER_SHRINK_LIMIT,
             )
         except ConfigError as exc:
-            variable = _CONFIG_VARIABLES.get(exc.setting, exc.setting)
+            variable = variable_of(exc.setting)
             if exc.setting == "branches" and self.BRANCH_MODE == "named":
                 variable = "BRANCH_NAME"
             raise SettingsError(variable, exc.problem) from None

@@ -130,6 +130,16 @@ def add_sync(sub: Any) -> None:
         help="keep only classifications of this feature hash (repeatable; default: all)",
     )
     config_flag(
+        filters,
+        "--allow-shrink",
+        setting="filter_shrink_limit",
+        action="store_const",
+        const=100,
+        default=None,
+        help="let a filter change take more than half of the lake's current view out of it (refused "
+        "otherwise: a typo in a filter would empty the lake)",
+    )
+    config_flag(
         sync,
         "--history-keep-runs",
         setting="history_keep_runs",

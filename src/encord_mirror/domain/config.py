@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from encord_mirror.domain.models import BranchSelection, RowMeta
+from encord_mirror.domain.models import MAIN_BRANCH, BranchSelection, RowMeta, Stage
 from encord_mirror.domain.rowdoc import ROW_FORMAT_VERSION
 
 # Encord's own ceiling for one bundled label-row request (`LABEL_ROW_BUNDLE_GET_LIMIT`): the SDK does not
@@ -40,6 +41,24 @@ class ConfigError(Exception):
         self.problem = problem
 
 
+class FilterShrinkError(ConfigError):
+    """A filter change would take more than `filter_shrink_limit` percent of a project's current view out
+    of it (a typo that still names real stages, or a stage and task status that select nothing). Raised
+    by the planner before anything is written; the counts are for the log."""
+
+    def __init__(self, project_hash: str, removing: int, lake_rows: int, limit: int) -> None:
+        super().__init__(
+            "filter_shrink_limit",
+            f"the changed filters would take {removing} of the {lake_rows} rows of project {project_hash}'s "
+            f"current view out of it ({removing / lake_rows:.0%}), more than the {limit}% a filter change "
+            "may remove; check the branch, stage and task-status filters, or allow it",
+        )
+        self.project_hash = project_hash
+        self.removing = removing
+        self.lake_rows = lake_rows
+        self.limit = limit
+
+
 class MirrorConfig(BaseModel):
     """What to mirror and how. Immutable; every field is validated at construction.
 
@@ -49,7 +68,10 @@ class MirrorConfig(BaseModel):
     `object_actions`; classifications in `classification_answers` and in any per-frame lists. Every other
     key of `to_encord_dict()` is kept as it is.
     Each feature hash must be in the project's ontology (`check_features`, run by the planner).
-    Stage filters match a workflow stage by title or uuid; `stage_exclude` wins over `stage_include`.
+    Stage filters match a workflow stage by its exact title or uuid (case included); `stage_exclude` wins
+    over `stage_include`. Each must name a stage of the project's workflow (`check_stages`) and a named
+    branch must exist (`check_branch`), both run by the planner. A filter change may take at most
+    `filter_shrink_limit` percent of the lake's current view out of it (`check_shrink`; 100: any).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -69,6 +91,7 @@ class MirrorConfig(BaseModel):
     # The change log keeps every run (None), or the newest N with what was current before them folded
     # into one base (see `domain.history`).
     history_keep_runs: int | None = Field(default=None, ge=1)
+    filter_shrink_limit: int = Field(default=50, ge=0, le=100)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -143,6 +166,44 @@ class MirrorConfig(BaseModel):
                     f"{', '.join(unknown)} (it has: {', '.join(sorted(known)) or 'none'})",
                 )
 
+    def check_stages(self, project_hash: str, stages: Sequence[Stage]) -> None:
+        """Raise ConfigError (naming the setting) when a stage filter names no stage of the project's
+        workflow: a typo or another case would select no row (`stage_include`) or exclude none."""
+        known = {s.title for s in stages} | {s.uuid for s in stages}
+        listed = ", ".join(f"{s.title!r} ({s.uuid})" for s in stages) or "none, it has no workflow"
+        for setting in ("stage_include", "stage_exclude"):
+            for value in getattr(self, setting):
+                if value not in known:
+                    hint = _did_you_mean(value, known)
+                    raise ConfigError(
+                        setting,
+                        f"project {project_hash}'s workflow has no stage {value!r} (a stage is matched by "
+                        f"its exact title or uuid, case included){hint}; its stages: {listed}",
+                    )
+
+    def check_branch(self, project_hash: str, branches: Collection[str]) -> None:
+        """Raise ConfigError when the named branch is not one of the project's label branches (`main`
+        always exists): a typo would list every data unit without a label row and empty the lake."""
+        name = self.branches.branch_name
+        known = {MAIN_BRANCH, *branches}
+        if name is not None and name not in known:
+            names = ", ".join(sorted(known, key=lambda b: (b != MAIN_BRANCH, b)))
+            raise ConfigError(
+                "branches",
+                f"project {project_hash} has no label branch {name!r}{_did_you_mean(name, known)}; "
+                f"its branches: {names}",
+            )
+
+    def shrink_refused(self, removing: int, lake_rows: int) -> bool:
+        """Whether a filter change that takes `removing` of `lake_rows` rows out of the current view
+        removes more than `filter_shrink_limit` percent of it."""
+        return removing * 100 > self.filter_shrink_limit * lake_rows
+
+    def check_shrink(self, project_hash: str, removing: int, lake_rows: int) -> None:
+        """Raise FilterShrinkError when a filter change removes more of the lake than the limit allows."""
+        if self.shrink_refused(removing, lake_rows):
+            raise FilterShrinkError(project_hash, removing, lake_rows, self.filter_shrink_limit)
+
     @field_validator("task_statuses")
     @classmethod
     def _known_statuses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -172,6 +233,13 @@ class MirrorConfig(BaseModel):
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _did_you_mean(value: str, known: Collection[str]) -> str:
+    """A hint for a near miss: the same name in another case, or the closest name."""
+    same = sorted(k for k in known if k.casefold() == value.strip().casefold())
+    close = same or difflib.get_close_matches(value, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _sorted_or_none(values: tuple[str, ...] | None) -> list[str] | None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 JsonDict = dict[str, Any]
+MAIN_BRANCH = "main"  # Encord's main label branch: it always exists
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,10 @@ class BranchSelection:
     @property
     def all_branches(self) -> bool:
         return self.mode == "all"
+
+    def includes(self, branch: str) -> bool:
+        """Whether rows of `branch` belong in the lake under this selection."""
+        return self.mode == "all" or branch == (self.name if self.mode == "named" else MAIN_BRANCH)
 
 
 @dataclass(frozen=True, slots=True)

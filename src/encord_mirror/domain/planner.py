@@ -6,7 +6,9 @@ since `watermark - overlap` up to the signpost, plus every open gap by label has
 which is the only way to see stage moves, task-status changes, deletions, new branches and never-labelled
 rows. A run planned with other filters than the last completed run reconciles (other branches, stages or
 task statuses) and sends every selected row again (other feature filters), so the lake follows a
-configuration change at once.
+configuration change at once. Filters naming what the project lacks (a feature hash, a stage, a branch)
+are refused before any work, and so is a filter change that would take more than
+`filter_shrink_limit` percent of the current view out of it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class PlanResult:
     full: bool = False
     # The feature filters changed since the last completed run: every selected row is sent again.
     refilter: bool = False
+    # The selection changed: the rows it takes out of the current view, of the `lake_rows` it held.
+    deselected: int = 0
+    lake_rows: int = 0
     signpost: datetime | None = None
     previous_watermark: datetime | None = None
     listed: int = 0  # metadata items the listing(s) returned
@@ -114,6 +119,7 @@ class RowDiff:
     remove: tuple[str, ...] = ()  # label hashes to take out of the current view, sorted
     resolved_gaps: tuple[str, ...] = ()  # gaps that need no work: the lake already agrees with Encord
     skipped: int = 0  # listed rows whose version the lake already holds
+    deselected: int = 0  # of `remove`: rows the filters take out (not deleted in Encord)
 
     @property
     def work(self) -> list[RowMeta]:
@@ -129,6 +135,7 @@ def diff_rows(
     *,
     complete: bool,
     resend: bool = False,
+    mirrors_branch: Callable[[str], bool] = lambda _branch: True,
 ) -> RowDiff:
     """The pure heart of a plan: listed rows (latest version per label hash) against the row index.
 
@@ -136,18 +143,21 @@ def diff_rows(
     project, so an indexed row it did not return was deleted in Encord. `gaps` are the label hashes of
     open gaps (a gap the listing no longer returns was deleted: its removal resolves it). `selects` is the
     stage and task-status filter: a row it refuses leaves the lake. `resend`: the feature filters (or the
-    row format) changed, so every selected row is sent again.
+    row format) changed, so every selected row is sent again. `mirrors_branch`: the branch selection; an
+    indexed row of a branch it leaves out is not listed, and is counted as deselected, not deleted.
     """
     sync: list[RowMeta] = []
     move: list[RowMeta] = []
     removals: list[str] = []
     resolved: list[str] = []
+    deselected: set[str] = set()
     skipped = 0
     for label_hash, meta in rows.items():
         entry = index.get(label_hash)
         if not selects(meta):
             if entry is not None:
                 removals.append(label_hash)
+                deselected.add(label_hash)
             elif label_hash in gaps:
                 resolved.append(label_hash)
         elif entry is None or resend or entry.last_edited_at != meta.last_edited_at:
@@ -160,17 +170,19 @@ def diff_rows(
             if label_hash in gaps:
                 resolved.append(label_hash)
     if complete:
-        removals.extend(h for h in index if h not in rows)
+        unlisted = [h for h in index if h not in rows]
+        removals.extend(unlisted)
+        deselected.update(h for h in unlisted if not mirrors_branch(index[h].branch))
     removals.extend(h for h in gaps if h not in rows)
-    return RowDiff(tuple(sync), tuple(move), tuple(sorted(set(removals))), tuple(resolved), skipped)
+    remove = tuple(sorted(set(removals)))
+    return RowDiff(tuple(sync), tuple(move), remove, tuple(resolved), skipped, len(deselected))
 
 
 def _plan_run(
     project_hash: str, run_id: str, signpost: datetime, config: MirrorConfig, deps: MirrorDeps, full: bool
 ) -> PlanResult:
     state = deps.state
-    if config.object_feature_hashes or config.classification_feature_hashes:
-        config.check_features(project_hash, deps.source.project_info(project_hash).ontology)
+    _check_names(project_hash, config, deps)
     run_number = state.next_run_number(project_hash)
     watermark = state.get_watermark(project_hash)
     # Other filters than the lake was synced with: another selection (branches, stages, task statuses)
@@ -182,9 +194,20 @@ def _plan_run(
 
     listed = _list(project_hash, signpost, watermark, gaps, config, deps, full)
     rows, unlabelled = _latest_versions(listed)
+    index = _index_for(project_hash, rows, deps, full)
     diff = diff_rows(
-        rows, _index_for(project_hash, rows, deps, full), gaps, config.selects, complete=full, resend=refilter
+        rows,
+        index,
+        gaps,
+        config.selects,
+        complete=full,
+        resend=refilter,
+        mirrors_branch=config.branches.includes,
     )
+    # Rows leaving the selection as their stage or status changes in Encord are the mirror's job; rows
+    # the selection itself drops (reselect: a full run, so `index` is the whole current view) may be a typo.
+    deselected = diff.deselected if reselect else 0
+    config.check_shrink(project_hash, deselected, len(index))
     if diff.resolved_gaps:
         state.clear_gaps(project_hash, diff.resolved_gaps)
 
@@ -212,6 +235,8 @@ def _plan_run(
         status="planned",
         full=full,
         refilter=refilter,
+        deselected=deselected,
+        lake_rows=len(index) if reselect else 0,
         signpost=signpost,
         previous_watermark=watermark,
         listed=len(listed),
@@ -222,6 +247,18 @@ def _plan_run(
         chunks=len(chunks),
         send_failed=send_failed,
     )
+
+
+def _check_names(project_hash: str, config: MirrorConfig, deps: MirrorDeps) -> None:
+    """Refuse filters that name what the project lacks (ConfigError): each would silently select or
+    keep nothing."""
+    source = deps.source
+    if config.object_feature_hashes or config.classification_feature_hashes:
+        config.check_features(project_hash, source.project_info(project_hash).ontology)
+    if config.stage_include or config.stage_exclude:
+        config.check_stages(project_hash, source.project_info(project_hash).stages)
+    if config.branches.branch_name is not None:
+        config.check_branch(project_hash, source.list_branches(project_hash))
 
 
 def _list(

@@ -48,6 +48,10 @@ class LabelSource(Protocol):
 
     def project_info(self, project_hash: str) -> ProjectInfo: ...
 
+    def list_branches(self, project_hash: str) -> tuple[str, ...]:
+        """The project's label branch names (`main` and the consensus branches that have label rows)."""
+        ...
+
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]: ...
 
     def load_rows(self, project_hash: str, label_hashes: Sequence[str], *, bundle_size: int) -> LoadResult:
