@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from encord_emulator.media import jpeg_bytes, png_bytes
+from encord_emulator.media import jpeg_bytes, png_bytes, video_level
 from encord_emulator.testing import EmulatorEnv, emulator_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -82,3 +82,23 @@ def test_the_png_encoder_decodes_to_its_size_and_colour() -> None:
     with Image.open(io.BytesIO(png_bytes(33, 5, (10, 200, 30)))) as image:
         image.load()
         assert image.size == (33, 5) and image.getpixel((32, 4)) == (10, 200, 30)
+
+
+def test_a_signed_video_link_serves_an_mp4_whose_frame_k_is_grey_at_video_level_k(env: EmulatorEnv) -> None:
+    import av
+
+    # Given a video row initialised with signed URLs
+    project = env.project()
+    row = next(r for r in project.list_label_rows_v2() if r.data_title == "vid1.mp4")
+    row.initialise_labels(include_signed_url=True)
+    assert row.data_link.startswith(env.emu.url + "/__media/")  # type: ignore[union-attr]
+    # When its link is fetched and decoded
+    answer = requests.get(row.data_link, timeout=30)  # type: ignore[arg-type]
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "video/mp4"
+    with av.open(io.BytesIO(answer.content)) as container:
+        frames = [f.reformat(format="yuvj420p").to_ndarray() for f in container.decode(video=0)]
+    # Then it has the row's frames, at the data unit's size, each grey at its own level
+    assert len(frames) >= row.number_of_frames
+    for k, plane in enumerate(frames):
+        assert plane.shape == (row.height * 3 // 2, row.width)  # yuv420: luma rows, then chroma
+        assert abs(int(plane[1, 1]) - video_level(k)) <= 1

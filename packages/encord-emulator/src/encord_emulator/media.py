@@ -3,12 +3,15 @@
 A `labelrow` GET with `get_signed_url: true` (the SDK's `initialise_labels(include_signed_url=True)`)
 answers rows whose image data units (images, image-group members) have `data_link` set to a signed URL of
 this server, and whose DICOM frames carry the slice metadata Encord sends for a DICOM series
-(`labels[<frame>].metadata`: `dicom_instance_uid`, `file_uri` = a signed URL, `width`, `height`). Other
-data types (video, audio, text, PDF, NIfTI) keep their links: their bytes are not emulated.
+(`labels[<frame>].metadata`: `dicom_instance_uid`, `file_uri` = a signed URL, `width`, `height`), and
+whose videos have `data_link` set to a signed URL of an MP4. Other data types (audio, text, PDF, NIfTI)
+keep their links: their bytes are not emulated.
 
 `GET /__media/<project>/<data_hash>/<frame>.<ext>?w=W&h=H&expires=T&signature=S` answers deterministic
 bytes of the asked size: a PNG (`.png`), a baseline JPEG (`.jpg`), or a minimal DICOM file (`.dcm`, 8-bit
-MONOCHROME2), the pixel values derived from the data hash and frame; stdlib only (zlib, struct). A URL
+MONOCHROME2), the pixel values derived from the data hash and frame; stdlib only (zlib, struct). A video
+(`video.mp4?...&n=FRAMES&fps=FPS`) is an MPEG-4 Part 2 MP4 made with PyAV (imported only then; 501 without
+it) whose frame k is uniformly grey (`video_level(k)`), so a client can tell which frame it decoded. A URL
 whose signature does not match or whose `expires` passed answers 403, like a presigned S3 URL. Every
 media request is counted (`MediaServer.requests`), and `fail(data_hash, status)` makes one data unit's
 URLs answer an error, for tests of failed downloads.
@@ -33,6 +36,7 @@ MEDIA_PREFIX = "/__media/"
 SIGNED_URL_TTL_S = 3600
 _IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg"}
 _DICOM_MIME = "application/dicom"
+_VIDEO_MIMES = frozenset({"video/mp4"})
 
 Answer = tuple[int, bytes, dict[str, str]]
 
@@ -45,21 +49,21 @@ class MediaServer:
         self._now = now
         self._lock = threading.Lock()
         self._failing: dict[str, int] = {}
+        self._videos: dict[str, bytes] = {}  # encoding one costs about a second: once per URL path
         self.requests: list[str] = []  # the path of every media request, in order
 
     # ---- signing --------------------------------------------------------------------------------
 
-    def _signature(self, path: str, width: int, height: int, expires: int) -> str:
-        message = f"{path}\n{width}\n{height}\n{expires}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+    def _signature(self, path: str, query: str) -> str:
+        return hmac.new(self._secret, f"{path}\n{query}".encode(), hashlib.sha256).hexdigest()
 
     def signed_url(
-        self, base: str, project: str, data_hash: str, frame: int, ext: str, width: int, height: int
+        self, base: str, project: str, data_hash: str, name: str, width: int, height: int, **extra: int
     ) -> str:
-        path = f"{MEDIA_PREFIX}{quote(project, safe='')}/{quote(data_hash, safe='')}/{frame}.{ext}"
-        expires = int(self._now()) + SIGNED_URL_TTL_S
-        signature = self._signature(path, width, height, expires)
-        return f"{base}{path}?w={width}&h={height}&expires={expires}&signature={signature}"
+        path = f"{MEDIA_PREFIX}{quote(project, safe='')}/{quote(data_hash, safe='')}/{name}"
+        params = {"w": width, "h": height, **extra, "expires": int(self._now()) + SIGNED_URL_TTL_S}
+        query = "&".join(f"{key}={value}" for key, value in params.items())
+        return f"{base}{path}?{query}&signature={self._signature(path, query)}"
 
     def sign_row(self, base: str, project: str, raw: bytes) -> bytes:
         """A served label row (its JSON bytes) with signed links, as described in the module docstring."""
@@ -70,8 +74,14 @@ class MediaServer:
             width, height = int(unit.get("width") or 0), int(unit.get("height") or 0)
             data_hash = str(unit["data_hash"])
             if mime in _IMAGE_EXTENSIONS:
+                name = f"0.{_IMAGE_EXTENSIONS[mime]}"
+                unit["data_link"] = self.signed_url(base, project, data_hash, name, width, height)
+            elif mime in _VIDEO_MIMES:
+                fps = float(unit.get("data_fps") or 25.0)
+                labelled = [int(k) + 1 for k in unit.get("labels") or {}] + [f + 1 for f in frames]
+                count = max([round(fps * float(unit.get("data_duration") or 0)), *labelled, 1])
                 unit["data_link"] = self.signed_url(
-                    base, project, data_hash, 0, _IMAGE_EXTENSIONS[mime], width, height
+                    base, project, data_hash, "video.mp4", width, height, n=count, fps=max(1, round(fps))
                 )
             elif mime == _DICOM_MIME:
                 labels = unit.setdefault("labels", {})
@@ -80,7 +90,7 @@ class MediaServer:
                     label["metadata"] = {
                         "dicom_instance_uid": f"1.2.826.0.1.3680043.10.1.{int(data_hash[:8], 16)}.{frame}",
                         "multiframe_frame_number": None,
-                        "file_uri": self.signed_url(base, project, data_hash, frame, "dcm", width, height),
+                        "file_uri": self.signed_url(base, project, data_hash, f"{frame}.dcm", width, height),
                         "width": width,
                         "height": height,
                     }
@@ -102,13 +112,13 @@ class MediaServer:
             self.requests.append(split.path)
         if method not in ("GET", "HEAD"):
             return _text(405, "method not allowed")
-        query = {key: values[0] for key, values in parse_qs(split.query).items()}
+        signed, _, signature = split.query.rpartition("&signature=")
+        query = {key: values[0] for key, values in parse_qs(signed).items()}
         try:
             width, height, expires = int(query["w"]), int(query["h"]), int(query["expires"])
-            signature = query["signature"]
         except (KeyError, ValueError):
             return _text(403, "not a signed media URL")
-        if not hmac.compare_digest(signature, self._signature(split.path, width, height, expires)):
+        if not hmac.compare_digest(signature, self._signature(split.path, signed)):
             return _text(403, "signature does not match")
         if expires < self._now():
             return _text(403, "signed URL expired")
@@ -128,7 +138,21 @@ class MediaServer:
             return 200, jpeg_bytes(width, height, seed[0]), {"Content-Type": "image/jpeg"}
         if ext == "dcm":
             return 200, dicom_bytes(width, height, seed[0]), {"Content-Type": _DICOM_MIME}
+        if name == "video.mp4":
+            return self._video(split.path, width, height, int(query.get("n", 1)), int(query.get("fps", 25)))
         return _text(404, "no such media")
+
+    def _video(self, path: str, width: int, height: int, frames: int, fps: int) -> Answer:
+        with self._lock:
+            body = self._videos.get(path)
+        if body is None:
+            try:
+                body = mp4_bytes(width, height, frames, fps)
+            except ImportError:
+                return _text(501, "serving a video needs PyAV (pip install av)")
+            with self._lock:
+                self._videos[path] = body
+        return 200, body, {"Content-Type": "video/mp4"}
 
 
 def _text(status: int, message: str) -> Answer:
@@ -238,3 +262,36 @@ def dicom_bytes(width: int, height: int, grey: int) -> bytes:
     )
     group_length = element(0x0002, 0x0000, b"UL", struct.pack("<I", len(meta)))
     return b"\x00" * 128 + b"DICM" + group_length + meta + body
+
+
+def video_grey(frame: int) -> int:
+    """The luma (Y, video range 16-235) of frame `frame` of an emulated video: distinct for 73 frames,
+    each 3 levels from the next."""
+    return 16 + (frame * 3) % 219
+
+
+def video_level(frame: int) -> int:
+    """The grey level a decoder shows for frame `frame` in full range (0-255), as a JPEG of it holds."""
+    return round((video_grey(frame) - 16) * 255 / 219)
+
+
+def mp4_bytes(width: int, height: int, frames: int, fps: int) -> bytes:
+    """An MP4 (MPEG-4 Part 2, near-lossless) whose frame k is uniformly `video_grey(k)`. Needs PyAV."""
+    import io
+
+    import av
+    import numpy as np
+
+    even_w, even_h = width + width % 2, height + height % 2  # 4:2:0 needs even sizes
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = even_w, even_h, "yuv420p"
+        stream.codec_context.qmin, stream.codec_context.qmax = 1, 2
+        chroma = np.full((even_h // 2, even_w), 128, dtype=np.uint8)
+        for k in range(frames):
+            planes = np.concatenate([np.full((even_h, even_w), video_grey(k), dtype=np.uint8), chroma])
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
