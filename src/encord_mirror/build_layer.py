@@ -8,7 +8,8 @@
 3. Copy `src/encord_mirror` in, without this script. The emulator is a package of its own
    (`packages/encord-emulator`), in the dev group only, so the export never lists it.
 
-The layer must not carry the dev-only image stack (opencv, shapely): the build fails if it does.
+The layer must not carry the dev-only image stack (opencv, shapely) or PyAV (the CLI's `video` extra):
+the build fails if it does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from pathlib import Path
 
 LAYER_DIR = Path("build/layer/python")
 EXCLUDED_PACKAGE_PARTS = ("build_layer.py",)
-FORBIDDEN_IN_LAYER = ("cv2", "shapely", "opencv_python_headless.libs", "moto", "pytest", "encord_emulator")
+FORBIDDEN_IN_LAYER = (
+    "cv2",
+    "shapely",
+    "opencv_python_headless.libs",
+    "moto",
+    "pytest",
+    "encord_emulator",
+    "av",
+)
 # Lambda's python3.12 runtime runs on Amazon Linux 2023 (glibc 2.34), so manylinux_2_28 wheels load there.
 # python3.11 (Amazon Linux 2, glibc 2.26) would need manylinux2014 wheels, and the locked numpy (2.4.6
 # for Python < 3.12) publishes none: template.yaml's Runtime and these two constants move together.

@@ -38,6 +38,7 @@ def test_the_wheel_is_typed_and_ships_neither_the_emulator_nor_dev_dependencies(
     requires = [
         line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
     ]
+    assert [r for r in requires if r.startswith("av")] == ["av>=12; extra == 'video'"]  # opt-in only
     assert requires and not any(
         r.split(">")[0].split("=")[0].split("[")[0]
         in {"encord-emulator", "moto", "pytest", "pydicom", "opencv-python-headless"}

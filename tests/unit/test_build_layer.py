@@ -23,7 +23,7 @@ def test_package_copy_leaves_out_the_build_script(tmp_path: Path) -> None:
     check_layer(tmp_path)
 
 
-@pytest.mark.parametrize("intruder", ["cv2", "shapely", "encord_emulator"])
+@pytest.mark.parametrize("intruder", ["cv2", "shapely", "encord_emulator", "av"])
 def test_a_layer_carrying_dev_only_packages_fails_the_build(tmp_path: Path, intruder: str) -> None:
     # Given a layer directory holding opencv, shapely or the emulator
     (tmp_path / intruder).mkdir(parents=True)

@@ -214,13 +214,18 @@ class SignedLinks:
 
 def _signed_frames(row: LabelRowV2, wanted: Collection[MediaFrame]) -> dict[MediaFrame, str]:
     """The signed URLs of an initialised row's wanted frames: an image's or image-group member's
-    `data_link`, a DICOM slice's `metadata.file_uri` (video frames and volumes have no file of their own)."""
+    `data_link`, a DICOM slice's `metadata.file_uri`, a video frame's video `data_link` (a NIfTI volume's
+    slices have no file of their own)."""
     out: dict[MediaFrame, str] = {}
     if row.data_type in (DataType.IMAGE, DataType.IMG_GROUP):
         for view in row.get_frame_views():
             key = (view.image_hash, 0)
             if key in wanted and view.data_link:
                 out[key] = view.data_link
+    elif row.data_type == DataType.VIDEO:
+        for key in wanted:
+            if key[0] == row.data_hash and row.data_link:
+                out[key] = row.data_link  # the video's: its frames are decoded out of it
     elif row.data_type == DataType.DICOM:
         for data_hash, frame in wanted:
             metadata = row.get_frame_view(frame).metadata if data_hash == row.data_hash else None

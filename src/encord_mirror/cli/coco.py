@@ -169,7 +169,8 @@ def export_main(args: argparse.Namespace) -> int:
     missing = ""
     if summary.missing_video:
         missing += (
-            f"; {summary.missing_video} video frames without their image (`media` does not extract them)"
+            f"; {summary.missing_video} video frames without their image (`encord-mirror media` decodes "
+            "them with PyAV: pip install 'encord-mirror[video]')"
         )
     if summary.missing_media > summary.missing_video:
         others = summary.missing_media - summary.missing_video

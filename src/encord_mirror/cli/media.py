@@ -12,9 +12,10 @@ rows, fetched at once since they expire); nothing is written to Encord.
 Idempotent: `media/project=<p>/_index.jsonl` records the size and sha256 of every file fetched; a file
 present in the lake and in the index is skipped (`--verify` reads it again and fetches it anew if its
 bytes differ). Each file is written whole or not at all (a local lake: a temporary file renamed; S3: one
-PUT). Video frames and NIfTI slices are not fetched (counted; see the README for why). Progress goes to
-stderr, `--json` prints a summary on stdout. Exit 0 when every image is in the lake, 1 when a download
-failed (each one named), 2 for a usage error.
+PUT). A video is downloaded once and its wanted frames are decoded into JPEG files with PyAV (the `video`
+extra; without it video frames are counted as not fetched); NIfTI slices are not fetched (one volume
+file). Progress goes to stderr, `--json` prints a summary on stdout. Exit 0 when every image is in the
+lake, 1 when a download failed (each one named), 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,7 +40,7 @@ from encord_mirror.cli.target import open_lake
 from encord_mirror.domain.lake import latest_key, media_index_key, media_key, media_prefix, partition_prefix
 from encord_mirror.domain.ports import ObjectStore
 
-VIDEO_FRAME = "video frame (frames are not extracted from videos)"
+VIDEO_FRAME = "video frame (decoding videos needs PyAV: pip install 'encord-mirror[video]')"
 NIFTI_SLICE = "NIfTI slice (the volume is one file, not one per slice)"
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "dcm": "application/dicom"}
 _SHOWN = 10  # failures listed on stderr (--json lists them all)
@@ -55,6 +58,7 @@ class MediaItem:
     label_hash: str
     data_hash: str
     frame: int
+    video: bool = False  # a video frame: decoded out of the video's file
 
 
 @dataclass(slots=True)
@@ -86,22 +90,19 @@ class MediaSummary:
         }
 
 
-def snapshot_items(coco: Mapping[str, Any], summary: MediaSummary) -> Iterator[MediaItem]:
-    """The images of a corrected-mode snapshot to fetch (out-of-scope ones are counted in `summary`)."""
+def snapshot_items(coco: Mapping[str, Any], summary: MediaSummary, *, videos: bool) -> Iterator[MediaItem]:
+    """The images of a corrected-mode snapshot to fetch (the ones not fetched are counted in `summary`);
+    `videos`: whether video frames can be decoded here."""
     for image in coco["images"]:
         summary.images += 1
         file_name = str(image["file_name"])
-        if "video_title" in image:
-            summary.not_fetched[VIDEO_FRAME] = summary.not_fetched.get(VIDEO_FRAME, 0) + 1
-        elif file_name.endswith(".nii"):
-            summary.not_fetched[NIFTI_SLICE] = summary.not_fetched.get(NIFTI_SLICE, 0) + 1
-        else:
-            yield MediaItem(
-                file_name,
-                str(image["encord_label_hash"]),
-                str(image["encord_data_hash"]),
-                image["encord_frame"],
-            )
+        video = "video_title" in image
+        why = VIDEO_FRAME if video and not videos else NIFTI_SLICE if file_name.endswith(".nii") else None
+        if why is not None:
+            summary.not_fetched[why] = summary.not_fetched.get(why, 0) + 1
+            continue
+        keys = (str(image["encord_label_hash"]), str(image["encord_data_hash"]), int(image["encord_frame"]))
+        yield MediaItem(file_name, *keys, video=video)
 
 
 def _latest_snapshots(
@@ -181,6 +182,22 @@ class Downloader:
             self._local.session = session
         return session
 
+    def save(self, url: str, path: Path) -> None:
+        """Stream the answer into `path` (a video may not fit in memory)."""
+        import requests
+
+        try:
+            with self._session().get(url, timeout=(30, self._timeout), stream=True) as response:
+                if response.status_code != 200:
+                    raise MediaFetchError(f"{_where(url)}: HTTP {response.status_code}")
+                with path.open("wb") as handle:
+                    for block in response.iter_content(1 << 20):
+                        handle.write(block)
+        except requests.RequestException as exc:
+            raise MediaFetchError(f"{_where(url)}: {type(exc).__name__}") from None
+        if path.stat().st_size == 0:
+            raise MediaFetchError(f"{_where(url)}: empty answer")
+
     def get(self, url: str) -> bytes:
         import requests
 
@@ -194,6 +211,77 @@ class Downloader:
         if not body:
             raise MediaFetchError(f"{_where(url)}: empty answer")
         return body
+
+
+class _Run:
+    """One media run's writes: each file into the lake and the index, or its failure into the summary."""
+
+    def __init__(
+        self,
+        lake: ObjectStore,
+        project: str,
+        summary: MediaSummary,
+        index: dict[str, dict[str, Any]],
+        downloader: Downloader,
+    ) -> None:
+        self.lake, self.project, self.summary, self.index = lake, project, summary, index
+        self.downloader = downloader
+        self._lock = threading.Lock()
+
+    def fail(self, item: MediaItem, why: str) -> None:
+        with self._lock:
+            self.summary.failed[item.file_name] = why
+
+    def store(self, item: MediaItem, body: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kind = _CONTENT_TYPES.get(item.file_name.rpartition(".")[2], "application/octet-stream")
+        try:
+            self.lake.put(media_key(self.project, item.file_name), body, content_type=kind)
+        except (OSError, BotoCoreError, ClientError) as exc:
+            self.fail(item, f"the lake refused the write ({exc})")
+            return
+        entry = {
+            "file_name": item.file_name,
+            "size": len(body),
+            "sha256": _sha256(body),
+            "data_hash": item.data_hash,
+            "frame": item.frame,
+            "label_hash": item.label_hash,
+            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        with self._lock:
+            self.index[item.file_name] = entry
+            self.summary.fetched += 1
+            self.summary.bytes_fetched += len(body)
+
+    def image(self, item: MediaItem, url: str) -> None:
+        try:
+            body = self.downloader.get(url)
+        except MediaFetchError as exc:
+            self.fail(item, str(exc))
+            return
+        self.store(item, body)
+
+    def video(self, items: Sequence[MediaItem], url: str) -> None:
+        """The video downloaded once into a temporary file, its wanted frames decoded out of it."""
+        from encord_mirror.adapters.video import VideoDecodeError, video_frames_as_jpeg
+
+        by_frame = {item.frame: item for item in items}
+        with tempfile.TemporaryDirectory(prefix="encord-mirror-video-") as folder:
+            path = Path(folder) / "video"
+            try:
+                self.downloader.save(url, path)
+                for frame, body in video_frames_as_jpeg(path, by_frame):
+                    self.store(by_frame.pop(frame), body)
+            except MediaFetchError as exc:
+                why = str(exc)
+            except VideoDecodeError as exc:
+                why = f"cannot decode the video ({exc})"
+            else:
+                why = "the video has fewer frames than this frame's number"
+        for item in by_frame.values():
+            self.fail(item, why)
 
 
 def fetch_media(
@@ -210,8 +298,6 @@ def fetch_media(
     downloader: Downloader | None = None,
 ) -> None:
     """Fetch what the lake lacks (see the module docstring); `source` is an `EncordLabelSource`."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     from encord_mirror.adapters.encord_source import EncordApiError
 
     index = read_index(lake, project)
@@ -231,41 +317,7 @@ def fetch_media(
     for item in todo:
         by_row.setdefault(item.label_hash, []).append(item)
     rows = list(by_row)
-    fetcher = downloader or Downloader()
-    lock = threading.Lock()
-
-    def fetch(item: MediaItem, url: str) -> None:
-        try:
-            body = fetcher.get(url)
-            lake.put(
-                media_key(project, item.file_name),
-                body,
-                content_type=_CONTENT_TYPES.get(
-                    item.file_name.rpartition(".")[2], "application/octet-stream"
-                ),
-            )
-        except MediaFetchError as exc:
-            with lock:
-                summary.failed[item.file_name] = str(exc)
-            return
-        except (OSError, BotoCoreError, ClientError) as exc:
-            with lock:
-                summary.failed[item.file_name] = f"the lake refused the write ({exc})"
-            return
-        entry = {
-            "file_name": item.file_name,
-            "size": len(body),
-            "sha256": _sha256(body),
-            "data_hash": item.data_hash,
-            "frame": item.frame,
-            "label_hash": item.label_hash,
-            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        with lock:
-            index[item.file_name] = entry
-            summary.fetched += 1
-            summary.bytes_fetched += len(body)
-
+    run = _Run(lake, project, summary, index, downloader or Downloader())
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(rows), bundle_size):
@@ -276,15 +328,19 @@ def fetch_media(
                     links, failed_rows = signed.links, signed.failed
                 except EncordApiError as exc:
                     links, failed_rows = {}, dict.fromkeys(chunk, str(exc))
+                videos: dict[str, list[MediaItem]] = {}
                 jobs = []
                 for label_hash in chunk:
                     for item in by_row[label_hash]:
                         url = links.get((item.data_hash, item.frame))
                         if url is None:
                             why = failed_rows.get(label_hash) or "Encord gave no signed URL for this frame"
-                            summary.failed[item.file_name] = f"label row {label_hash}: {why}"
+                            run.fail(item, f"label row {label_hash}: {why}")
+                        elif item.video:
+                            videos.setdefault(url, []).append(item)
                         else:
-                            jobs.append(pool.submit(fetch, item, url))
+                            jobs.append(pool.submit(run.image, item, url))
+                jobs.extend(pool.submit(run.video, frames, url) for url, frames in videos.items())
                 for job in jobs:
                     job.result()
                 done = summary.fetched + len(summary.failed)
@@ -316,10 +372,13 @@ def media_main(args: argparse.Namespace) -> int:
     summary = MediaSummary(
         args.project, args.branch, media_uri=lake.uri(media_prefix(args.project).rstrip("/"))
     )
+    from encord_mirror.adapters.video import have_video_decoder
+
     items: dict[str, MediaItem] = {}
+    videos = have_video_decoder()
     for stage, coco in snapshots:
         summary.partitions.append(stage)
-        for item in snapshot_items(coco, summary):
+        for item in snapshot_items(coco, summary, videos=videos):
             items.setdefault(item.file_name, item)
     source = open_source(args.ssh_key, args.encord_domain)
     try:

@@ -33,7 +33,7 @@ MediaReader = Callable[[str], bytes | None]  # file_name -> the image's bytes, N
 class ExportSummary:
     images: int = 0  # images written with their bytes
     missing_media: int = 0  # images whose bytes the media folder does not hold (labels still written)
-    missing_video: int = 0  # of which video frames, which the media step does not extract
+    missing_video: int = 0  # of which video frames (the media step decodes them only with PyAV)
     labels: int = 0  # annotations written (YOLO: box lines)
     skipped: dict[str, int] = field(default_factory=dict)  # what was left out, and why
 
