@@ -223,6 +223,12 @@ def _sync_project(
     if left is not None and left.owner != result.run_id:
         say(f"{project_hash}: took over the lease of run {left.owner}: {_why_free(left, deps.clock())}")
     mode = "full" if result.full else "incremental"
+    if result.damaged or result.adopted or result.strays:
+        say(
+            f"{project_hash}: the lake's row objects against the row index: {result.damaged} damaged or "
+            f"missing (sent again), {result.adopted} taken into the index from the lake, "
+            f"{result.strays} stray (removed)"
+        )
     if result.refilter and result.previous_watermark is not None:
         say(
             f"{project_hash}: the feature filters or the row format changed since the last sync: "

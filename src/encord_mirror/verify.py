@@ -1,4 +1,5 @@
-"""Compare a lake's current view with the emulator's truth (tests, demo and benchmarks).
+"""Compare a lake's current view with the emulator's truth (tests, demo and benchmarks), and with Encord's
+listing and the row index (`lake_report`, the `encord-mirror verify` command).
 
 The contract checked, for one project: every live label row on a mirrored branch is in the lake exactly
 once, at `labels/project=<p>/branch=<b>/stage=<s>/<label_hash>.json` for its current workflow stage; its
@@ -16,6 +17,7 @@ import hashlib
 import io
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,9 +25,10 @@ import orjson
 
 from encord_mirror.coco.convert import Ontology, RowOntologyMismatchError, convert
 from encord_mirror.domain.lake import label_key, latest_key, partition_of, snapshot_key, stage_value
-from encord_mirror.domain.models import BranchSelection, JsonDict, Partition
+from encord_mirror.domain.models import BranchSelection, IndexEntry, JsonDict, Partition, RowMeta
 from encord_mirror.domain.ports import ObjectStore
-from encord_mirror.domain.rowdoc import MIRROR_KEY, ROW_FORMAT_VERSION
+from encord_mirror.domain.rowdoc import MIRROR_KEY, ROW_FORMAT_VERSION, intact_sha256
+from encord_mirror.domain.watermark import is_newer, iso_utc
 
 MAIN_ONLY = BranchSelection()
 TruthRow = Mapping[str, Any]
@@ -81,21 +84,125 @@ def lake_differences(
     """
     expected = expected_keys(truth, project_hash, branches, include)
     present = [key for key in lake.list_keys(f"labels/project={project_hash}/") if key.endswith(".json")]
-    differences: list[str] = []
+    differences = [text for _kind, _key, text in _placement_differences(expected, present)]
+    for key, item in sorted(expected.items()):
+        if key in present:
+            differences.extend(_content_differences(lake, key, item))
+    return differences
+
+
+def _placement_differences(
+    expected: Mapping[str, TruthRow], present: Iterable[str]
+) -> list[tuple[str, str, str]]:
+    """(kind, key, text) for each object where no truth row puts it ("extra": a duplicate, a stale or
+    misplaced copy) and each truth row without its object ("missing")."""
+    out: list[tuple[str, str, str]] = []
     seen_hashes: dict[str, str] = {}
-    for key in sorted(present):
+    held = sorted(present)
+    holds = set(held)
+    for key in held:
         label_hash = key.rsplit("/", 1)[-1].removesuffix(".json")
         if label_hash in seen_hashes:
-            differences.append(f"duplicate: {label_hash} at {seen_hashes[label_hash]} and {key}")
+            out.append(("extra", key, f"duplicate: {label_hash} at {seen_hashes[label_hash]} and {key}"))
         seen_hashes[label_hash] = key
         if key not in expected:
-            differences.append(f"stale or misplaced: {key}")
+            out.append(("extra", key, f"stale or misplaced: {key}"))
     for key, item in sorted(expected.items()):
-        if key not in present:
-            differences.append(f"missing: {key} (last edited {item.get('last_edited_at')})")
+        if key not in holds:
+            out.append(("missing", key, f"missing: {key} (last edited {item.get('last_edited_at')})"))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One way a lake is not in step (`lake_report`): `kind` is missing, extra, damaged, differs (an
+    intact object of another version or stage than Encord lists), index (the row index and the lake
+    disagree) or snapshot (`snapshot_differences`)."""
+
+    kind: str
+    detail: str
+    key: str | None = None
+
+
+def listed_truth(rows: Iterable[RowMeta]) -> list[dict[str, Any]]:
+    """Encord's listing as truth rows for `expected_keys` (the latest version of each label row)."""
+    latest: dict[str, RowMeta] = {}
+    for meta in rows:
+        held = latest.get(meta.label_hash or "")
+        if meta.label_hash and (held is None or is_newer(meta.last_edited_at, held.last_edited_at)):
+            latest[meta.label_hash] = meta
+    return [
+        {
+            "label_hash": m.label_hash,
+            "branch_name": m.branch,
+            "stage_uuid": m.stage_uuid,
+            "stage": m.stage_title,
+            "task_status": m.task_status,
+            "last_edited_at": iso_utc(m.last_edited_at),
+            "meta": m,
+        }
+        for m in latest.values()
+    ]
+
+
+def lake_report(
+    lake: ObjectStore,
+    listed: Iterable[RowMeta],
+    project_hash: str,
+    branches: BranchSelection = MAIN_ONLY,
+    *,
+    include: Callable[[RowMeta], bool] | None = None,
+    index: Iterable[IndexEntry] | None = None,
+) -> list[Difference]:
+    """The lake against Encord's listing (metadata only: no row is initialised) and, when given, the row
+    index: where each row must be, that its object is intact (its content hashes to `mirror.sha256`) and
+    of the listed version, stage and task status, and that the index points at it. Reads each row object
+    once (one GET per row); writes nothing. `include`: the configuration's stage and task-status filter."""
+    truth = listed_truth(listed)
+    expected = expected_keys(
+        truth, project_hash, branches, None if include is None else lambda item: include(item["meta"])
+    )
+    present = [key for key in lake.list_keys(f"labels/project={project_hash}/") if key.endswith(".json")]
+    out = [Difference(kind, text, key) for kind, key, text in _placement_differences(expected, present)]
+    entries = {e.label_hash: e for e in index} if index is not None else None
+    shas: dict[str, str | None] = {}
+    for key in sorted(present):
+        stored = lake.get(key)
+        if stored is None:
             continue
-        differences.extend(_content_differences(lake, key, item))
-    return differences
+        sha = shas[key] = intact_sha256(stored.body)
+        if sha is None:
+            out.append(
+                Difference("damaged", f"damaged: {key} (its content does not hash to mirror.sha256)", key)
+            )
+            continue
+        item = expected.get(key)
+        mirror = orjson.loads(stored.body)[MIRROR_KEY]
+        if item is not None:
+            for name in ("last_edited_at", "stage_uuid", "task_status"):
+                if mirror.get(name) != item.get(name):
+                    got, want = mirror.get(name), item.get(name)
+                    out.append(
+                        Difference("differs", f"differs: {key} ({name} {got!r}, Encord {want!r})", key)
+                    )
+    if entries is not None:
+        for label_hash, entry in sorted(entries.items()):
+            if entry.key not in shas:
+                out.append(
+                    Difference(
+                        "index", f"index: {label_hash} points at {entry.key}, not in the lake", entry.key
+                    )
+                )
+            elif shas[entry.key] is not None and shas[entry.key] != entry.sha256:
+                out.append(
+                    Difference("index", f"index: {label_hash} has another sha256 than {entry.key}", entry.key)
+                )
+        indexed = {e.key for e in entries.values()}
+        out.extend(
+            Difference("index", f"index: {key} is not in the row index", key)
+            for key in sorted(set(shas) - indexed)
+        )
+    return out
 
 
 def _content_differences(lake: ObjectStore, key: str, item: TruthRow) -> list[str]:
@@ -172,7 +279,10 @@ def snapshot_differences(
         stored = lake.get(key)
         if stored is not None:
             label_hash = key.rsplit("/", 1)[-1].removesuffix(".json")
-            rows_by_partition[partition_of(key)][label_hash] = orjson.loads(stored.body)
+            try:
+                rows_by_partition[partition_of(key)][label_hash] = orjson.loads(stored.body)
+            except orjson.JSONDecodeError:
+                continue  # a damaged object: `lake_report` names it
     partitions = set(rows_by_partition)
     for key in lake.list_keys(f"coco/project={project_hash}/"):
         if key.count("/") == 4 and key.endswith("/latest.json"):

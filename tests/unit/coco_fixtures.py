@@ -323,6 +323,9 @@ class MemoryLake:
     def list_keys(self, prefix: str) -> Iterator[str]:
         return iter(sorted(k for k in self.objects if k.startswith(prefix)))
 
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        return iter(sorted((k, v[1]) for k, v in self.objects.items() if k.startswith(prefix)))
+
     def uri(self, key: str) -> str:
         return f"mem://lake/{key}"
 

@@ -163,6 +163,9 @@ class CountingLake:
     def list_keys(self, prefix: str) -> Iterator[str]:
         return self.inner.list_keys(prefix)
 
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        return self.inner.list_etags(prefix)
+
     def uri(self, key: str) -> str:
         return self.inner.uri(key)
 

@@ -23,6 +23,7 @@ class ChunkBody(BaseModel):
     # The planner's listing of `label_hashes` (codec.chunk_rows_to_json); absent in a message of a
     # version that did not carry it: the worker lists those rows again.
     rows: dict[str, Any] | None = None
+    strays: tuple[str, ...] = ()
 
     def message(self) -> ChunkMessage:
         return ChunkMessage(
@@ -34,6 +35,7 @@ class ChunkBody(BaseModel):
             rows=()
             if self.rows is None
             else chunk_rows_from_json(self.rows, self.project_hash, self.label_hashes),
+            strays=self.strays,
         )
 
 

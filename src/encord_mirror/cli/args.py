@@ -178,6 +178,33 @@ def add_status(sub: Any) -> None:
     status.set_defaults(func="encord_mirror.cli.status:status_main")
 
 
+def add_verify(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="compare the lake with Encord's listing and the row index; writes nothing (exit 1: not in step)",
+    )
+    verify.add_argument("--project", dest="projects", action="append", required=True, metavar="HASH")
+    _lake_and_state(verify)
+    verify.add_argument("--ssh-key", required=True, metavar="FILE", help="Encord ed25519 private key file")
+    verify.add_argument("--encord-domain", default=None, metavar="URL", help="Encord API domain")
+    branches = verify.add_mutually_exclusive_group()
+    branches.add_argument("--branch", default=None, metavar="NAME", help="this branch only")
+    branches.add_argument("--all-branches", action="store_true", help="every consensus branch")
+    filters = verify.add_argument_group("filters", "the ones the lake is synced with")
+    filters.add_argument("--stage", dest="stage_include", action="append", default=None, metavar="STAGE")
+    filters.add_argument(
+        "--exclude-stage", dest="stage_exclude", action="append", default=None, metavar="STAGE"
+    )
+    filters.add_argument(
+        "--task-status", dest="task_statuses", action="append", default=None, metavar="STATUS"
+    )
+    verify.add_argument(
+        "--coco", choices=COCO_MODES, default="corrected", help="the lake's COCO mode (off: skip)"
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    verify.set_defaults(func="encord_mirror.cli.verify:verify_main")
+
+
 def add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="end-to-end demo on an emulated project and a local lake")
     demo.add_argument("--rows", type=int, default=300)
@@ -291,4 +318,14 @@ def add_emulator(sub: Any) -> None:
     emulator.set_defaults(func="encord_mirror.cli.emulator:emulator_main")
 
 
-COMMANDS = (add_sync, add_status, add_demo, add_coco, add_media, add_history, add_show, add_emulator)
+COMMANDS = (
+    add_sync,
+    add_status,
+    add_verify,
+    add_demo,
+    add_coco,
+    add_media,
+    add_history,
+    add_show,
+    add_emulator,
+)

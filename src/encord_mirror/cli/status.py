@@ -85,6 +85,9 @@ def project_status(
         last_run=_last_run(project_hash, lake),
         snapshots=_latest_snapshots(project_hash, lake),
     )
+    for snap in status.snapshots:
+        if snap.get("damaged"):
+            status.problems.append(f"{snap['latest_uri']} is damaged: the next sync rebuilds it")
     failure = state.get_failure(project_hash)
     if failure is not None:
         status.last_failure = {"run_id": failure.run_id, "at": iso_utc(failure.at), "reason": failure.reason}
@@ -140,8 +143,15 @@ def _latest_snapshots(project_hash: str, lake: ObjectStore) -> list[dict[str, An
         stored = lake.get(key)
         if stored is None:
             continue
-        latest = orjson.loads(stored.body)
         part = partition_of(key)
+        try:
+            latest = orjson.loads(stored.body)
+        except orjson.JSONDecodeError:
+            latest = None
+        if not isinstance(latest, dict):
+            where = {"branch": part.branch, "stage": part.stage, "latest_uri": lake.uri(key)}
+            out.append({**where, "snapshot_id": None, "counts": None, "damaged": True})
+            continue
         out.append(
             {
                 "branch": part.branch,
@@ -187,6 +197,9 @@ def format_status(statuses: list[ProjectStatus]) -> str:
             out.append("  last run: none written")
         out.append(f"  COCO partitions: {len(s.snapshots)}")
         for snap in s.snapshots:
+            if snap.get("damaged"):
+                out.append(f"    {snap['branch']}/{snap['stage']}: DAMAGED {snap['latest_uri']}")
+                continue
             c = snap["counts"] or {}
             out.append(
                 f"    {snap['branch']}/{snap['stage']}: {snap['snapshot_id']} ({c.get('rows', 0)} rows, "

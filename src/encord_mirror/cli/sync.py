@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -242,6 +243,27 @@ def _report_interrupt(exc: KeyboardInterrupt) -> int:
     return 130
 
 
+class _ToProgress(logging.Handler):
+    """The package's warnings (a damaged `latest.json` being rebuilt) as progress lines."""
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._progress(f"warning: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _warnings_to(progress: Callable[[str], None]) -> Iterator[None]:
+    logger, handler = logging.getLogger("encord_mirror"), _ToProgress(progress)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def sync_main(args: argparse.Namespace) -> int:
     with _sigterm_interrupts():
         try:
@@ -260,31 +282,43 @@ def _sync_main(args: argparse.Namespace) -> int:
     target = open_target(args.lake, args.state)
     state = open_state(target, config.projects)
     try:
-        progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
-        if isinstance(target.lake, LocalLake):
-            swept = target.lake.sweep_temporaries()
-            if swept:
-                progress(f"lake: removed {len(swept)} temporary file(s) that killed writes left behind")
-        try:
-            summary = execute_sync(
-                config,
-                source,
-                target,
-                state,
-                workers=args.workers,
-                full=args.full,
-                snapshots=snapshot_builder(target.lake, args.coco),
-                progress=progress,
-            )
-        except SyncAbortedError as exc:
-            return _report_abort(exc)
-        if args.json:
-            print(orjson.dumps(summary_json(summary, target, state), option=orjson.OPT_INDENT_2).decode())
-        else:
-            print(format_summary(summary, target, state))
-        return 0 if summary.ok else 1
+        with _warnings_to(progress):
+            return _run(args, progress, config, source, target, state)
     finally:
         state.close()  # the last connection checkpoints the WAL: the file alone holds the state
+
+
+def _run(
+    args: argparse.Namespace,
+    progress: Progress,
+    config: MirrorConfig,
+    source: EncordLabelSource,
+    target: LakeTarget,
+    state: StateStore,
+) -> int:
+    progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
+    if isinstance(target.lake, LocalLake):
+        swept = target.lake.sweep_temporaries()
+        if swept:
+            progress(f"lake: removed {len(swept)} temporary file(s) that killed writes left behind")
+    try:
+        summary = execute_sync(
+            config,
+            source,
+            target,
+            state,
+            workers=args.workers,
+            full=args.full,
+            snapshots=snapshot_builder(target.lake, args.coco),
+            progress=progress,
+        )
+    except SyncAbortedError as exc:
+        return _report_abort(exc)
+    if args.json:
+        print(orjson.dumps(summary_json(summary, target, state), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_summary(summary, target, state))
+    return 0 if summary.ok else 1
 
 
 def _report_abort(exc: SyncAbortedError) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -560,7 +561,7 @@ class CocoSnapshotBuilder:
         part = changes.partition
         sid = snapshot_id_for(run_id)
         latest_obj = self._lake.get(latest_key(part.project_hash, part.branch, part.stage))
-        latest = orjson.loads(latest_obj.body) if latest_obj else None
+        latest = _parsed_latest(latest_obj)
         mine = self._read_json(self._key(part, sid, "manifest.json"))
         if latest is not None and latest["snapshot_id"] >= sid:
             # A retry of this run (or of an older one, after a newer run committed): never rebuild.
@@ -569,6 +570,12 @@ class CocoSnapshotBuilder:
             # An earlier attempt wrote the snapshot but did not move latest.json: finish its job.
             self._move_latest(part, mine, latest_obj)
             return self._event(part, mine)
+        newest = None
+        if latest is None:
+            # No readable latest.json (deleted or damaged: `outdated` named it): the newest whole snapshot
+            # is the previous one, and latest.json is written again (over the damaged one's etag).
+            newest = self._unfinished(part, None)
+            latest = {"snapshot_id": newest["snapshot_id"]} if newest is not None else None
 
         converter = self._converter(project)
         ohash = ontology_hash(project)
@@ -580,6 +587,8 @@ class CocoSnapshotBuilder:
             conversion = self._convert_touched(converter, part, touched, carried, counters, assembly)
             tally = _tally(conversion, prev.rows if prev is not None else {}, touched, carried)
             if tally is None:
+                if newest is not None:
+                    self._move_latest(part, newest, latest_obj)  # nothing changed since: point at it
                 return None
             assembly.finish()
             manifest: JsonDict = {
@@ -751,11 +760,23 @@ class CocoSnapshotBuilder:
         return PartitionChanges(part, upserted, removed), event
 
     def partitions(self, project_hash: str) -> set[Partition]:
-        return {partition_of(key) for key in self._latest_keys(project_hash)}
+        latest, snapshotted = self._pointers(project_hash)
+        return {partition_of(key) for key in latest} | snapshotted
 
     def _latest_keys(self, project_hash: str) -> list[str]:
-        keys = self._lake.list_keys(f"coco/project={project_hash}/")
-        return [k for k in keys if k.count("/") == 4 and k.endswith("/latest.json")]
+        return self._pointers(project_hash)[0]
+
+    def _pointers(self, project_hash: str) -> tuple[list[str], set[Partition]]:
+        """The project's `latest.json` keys, and the partitions that hold a whole snapshot (a manifest)."""
+        latest: list[str] = []
+        snapshotted: set[Partition] = set()
+        for key in self._lake.list_keys(f"coco/project={project_hash}/"):
+            parts = key.split("/")
+            if len(parts) == 5 and key.endswith("/latest.json"):
+                latest.append(key)
+            elif len(parts) == 7 and parts[4] == "snapshots" and parts[6] == "manifest.json":
+                snapshotted.add(partition_of("/".join([*parts[:4], "latest.json"])))
+        return latest, snapshotted
 
     def _unfinished(self, part: Partition, latest_id: str | None) -> JsonDict | None:
         """The newest snapshot of the partition newer than `latest_id` whose manifest (its last file) is
@@ -872,14 +893,26 @@ class CocoSnapshotBuilder:
         format only changes with the code, and a rebuild that fails is owed through the state store)."""
         if project_hash in self._checked:
             return []
-        out: list[Partition] = []
-        for key in self._latest_keys(project_hash):
-            latest = self._read_json(key)
-            if latest is not None and (
+        keys, snapshotted = self._pointers(project_hash)
+        out = snapshotted - {partition_of(key) for key in keys}
+        for part in sorted(out):
+            where = self._lake.uri(latest_key(part.project_hash, part.branch, part.stage))
+            _log.warning("%s is missing: rebuilding the partition's snapshot and its latest.json", where)
+        for key in keys:
+            stored = self._lake.get(key)
+            latest = _parsed_latest(stored)
+            if latest is None and stored is not None:
+                _log.warning(
+                    "%s is damaged (not a latest.json pointer): rebuilding the partition's snapshot and "
+                    "its latest.json",
+                    self._lake.uri(key),
+                )
+                out.add(partition_of(key))
+            elif latest is not None and (
                 latest.get("format_version") != SNAPSHOT_FORMAT_VERSION
                 or latest.get("encord_compatible") != self._compatible
             ):
-                out.append(partition_of(key))
+                out.add(partition_of(key))
         self._checked.add(project_hash)
         return sorted(out)
 
@@ -1075,6 +1108,7 @@ def _parsed_latest(stored: StoredObject | None) -> JsonDict | None:
 
 
 COCO_MODES = ("corrected", "encord-compatible", "off")
+_log = logging.getLogger(__name__)
 
 
 def snapshot_builder(

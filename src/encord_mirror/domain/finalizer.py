@@ -21,6 +21,7 @@ The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC):
 ```
 {"run_id", "project_hash", "mode": "full" | "incremental", "started_at", "finished_at", "signpost",
  "previous_watermark" (when planned), "watermark_before" (when finalized), "watermark" (committed),
+ "filters" (the run's filters fingerprint, `MirrorConfig.filters_fingerprint`; a new state takes it up),
  "counts": {"written", "unchanged", "moved", "removed", "failed", "stale"}, "gaps_open", "chunks",
  "unlabelled": [data hashes], "rows": [{"label_hash", "status", "key", "old_key", "last_edited_at",
  "sha256", "reason"}], "snapshots": [{"snapshot_id", "branch", "stage"}], "snapshots_owed",
@@ -312,6 +313,7 @@ def _manifest(
         "previous_watermark": iso_utc(run.previous_watermark),
         "watermark_before": iso_utc(before),
         "watermark": iso_utc(after),
+        "filters": run.filters,
         "counts": counts,
         "gaps_open": gaps_open,
         "chunks": len(run.chunk_ids),

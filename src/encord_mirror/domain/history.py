@@ -34,7 +34,7 @@ from datetime import datetime
 import orjson
 
 from encord_mirror.domain.lake import partition_of
-from encord_mirror.domain.models import JsonDict, RowOutcome, RunRecord
+from encord_mirror.domain.models import STRAY_COPY, JsonDict, RowOutcome, RunRecord
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 from encord_mirror.domain.rowdoc import read_mirror
 from encord_mirror.domain.watermark import iso_utc
@@ -107,7 +107,7 @@ class ChangeLog:
         pending = [
             _Pending(o.label_hash, o.status, o.key if o.status != "removed" else None, o.old_key, o.sha256)
             for o in outcomes
-            if o.status in _LOGGED
+            if o.status in _LOGGED and o.reason != STRAY_COPY
         ]
         if first:
             written = {o.key for o in outcomes if o.key and o.status in ("written", "moved")}

@@ -191,6 +191,13 @@ class ChunkMessage:
     label_hashes: tuple[str, ...]
     removals: tuple[str, ...] = ()  # label hashes no longer live in Encord: remove from the current view
     rows: tuple[RowMeta, ...] = ()
+    # Keys of row objects that must not be in the lake (a reconciling run's `lakecheck`): delete them.
+    strays: tuple[str, ...] = ()
+
+
+# The reason of a "removed" outcome that deleted a stray copy (`ChunkMessage.strays`), not a row: the row,
+# if Encord still has it, lives at its own key.
+STRAY_COPY = "a copy outside the row's partition, or of a row not mirrored"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+import orjson
+
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
-from encord_mirror.domain.lake import label_key, stage_value
+from encord_mirror.domain.lake import label_key, run_manifest_key, stage_value
+from encord_mirror.domain.lakecheck import LakeCheck, check_lake, labels_prefix
 from encord_mirror.domain.models import (
     ChunkMessage,
     ChunkResult,
@@ -39,6 +42,7 @@ from encord_mirror.domain.watermark import dedupe_key, is_newer, listing_window,
 SQS_BATCH = 10  # SendMessageBatch's limit
 _SEND_TRIES = 2
 _POINT_READS_MAX = 1000
+_STRAYS_PER_CHUNK = 100  # keys of about 120 bytes: a chunk message stays small
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,11 @@ class PlanResult:
     chunks: int = 0
     send_failed: int = 0  # chunks the queue refused twice: recorded as failed, so the run still finishes
     lease: Lease | None = None  # the lease that kept this run from starting
+    # A reconciling run's check of the lake (see `lakecheck`): row objects missing or damaged (sent again),
+    # objects the row index lacked (adopted from their `mirror` key), stray copies (deleted).
+    damaged: int = 0
+    adopted: int = 0
+    strays: int = 0
 
 
 def new_run_id(now: datetime) -> str:
@@ -188,16 +197,20 @@ def _plan_run(
     # Other filters than the lake was synced with: another selection (branches, stages, task statuses)
     # needs a reconciling run to add and remove rows; other feature filters change what every row holds,
     # so every selected row is sent again (and rewritten only where its content changed).
-    reselect, refilter = config.filters_changed(state.get_filters(project_hash))
+    synced_with = state.get_filters(project_hash)
+    if synced_with is None and watermark is None:
+        synced_with = _lake_filters(project_hash, deps)  # a new state over a lake synced before
+    reselect, refilter = config.filters_changed(synced_with)
     full = full or reselect or refilter or watermark is None or run_number % config.reconcile_every == 0
     gaps = {g.label_hash for g in state.list_gaps(project_hash)}
 
     listed = _list(project_hash, signpost, watermark, gaps, config, deps, full)
     rows, unlabelled = _latest_versions(listed)
     index = _index_for(project_hash, rows, deps, full)
+    lake = _check_lake(project_hash, rows, index, config, deps) if full else LakeCheck(index)
     diff = diff_rows(
         rows,
-        index,
+        lake.index,
         gaps,
         config.selects,
         complete=full,
@@ -207,12 +220,13 @@ def _plan_run(
     # Rows leaving the selection as their stage or status changes in Encord are the mirror's job; rows
     # the selection itself drops (reselect: a full run, so `index` is the whole current view) may be a typo.
     deselected = diff.deselected if reselect else 0
-    config.check_shrink(project_hash, deselected, len(index))
+    config.check_shrink(project_hash, deselected, len(lake.index))
     if diff.resolved_gaps:
         state.clear_gaps(project_hash, diff.resolved_gaps)
 
     work = diff.work
     chunks = _chunks(project_hash, run_id, [m for m in work if m.label_hash], diff.remove, config)
+    chunks += _stray_chunks(project_hash, run_id, lake.strays, len(chunks))
     state.create_run(
         RunRecord(
             project_hash=project_hash,
@@ -226,6 +240,12 @@ def _plan_run(
             filters=config.filters_fingerprint(),
         )
     )
+    # After the run is recorded: a planner that dies from here on leaves a reconciling run behind, so the
+    # next run reconciles (and checks the lake) again.
+    for label_hash in lake.dropped:
+        state.delete_index(project_hash, label_hash)
+    for entry in lake.adopted:
+        state.put_index(entry)
     send_failed = _send(chunks, {m.label_hash: m for m in work if m.label_hash}, deps)
     if not chunks:
         deps.queue.request_finalize(project_hash, run_id)
@@ -246,6 +266,9 @@ def _plan_run(
         unlabelled=len(unlabelled),
         chunks=len(chunks),
         send_failed=send_failed,
+        damaged=lake.damaged,
+        adopted=len(lake.adopted),
+        strays=len(lake.strays),
     )
 
 
@@ -294,6 +317,44 @@ def _index_for(
     if full or len(rows) > _POINT_READS_MAX:
         return {e.label_hash: e for e in state.scan_index(project_hash)}
     return {h: e for h in rows if (e := state.get_index(project_hash, h)) is not None}
+
+
+def _check_lake(
+    project_hash: str,
+    rows: Mapping[str, RowMeta],
+    index: Mapping[str, IndexEntry],
+    config: MirrorConfig,
+    deps: MirrorDeps,
+) -> LakeCheck:
+    expected = {h: _key_of(m) for h, m in rows.items() if config.selects(m)}
+    listed = deps.lake.list_etags(labels_prefix(project_hash))
+    return check_lake(project_hash, index, listed, expected, deps.lake.get)
+
+
+def _lake_filters(project_hash: str, deps: MirrorDeps) -> str | None:
+    """The filters the lake's last run manifest says it was synced with (None: no manifest, or an older
+    one without the field). A state that is lost or new then sends the rows again only if they differ."""
+    key = max(deps.lake.list_keys(run_manifest_key(project_hash, "")[: -len(".json")]), default=None)
+    stored = deps.lake.get(key) if key is not None else None
+    try:
+        filters = orjson.loads(stored.body).get("filters") if stored is not None else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return filters if isinstance(filters, str) else None
+
+
+def _stray_chunks(project_hash: str, run_id: str, strays: Sequence[str], start: int) -> list[ChunkMessage]:
+    """Chunks of their own for the stray copies, numbered after the others."""
+    return [
+        ChunkMessage(
+            project_hash=project_hash,
+            run_id=run_id,
+            chunk_id=f"{run_id}-{start + i:05d}",
+            label_hashes=(),
+            strays=tuple(strays[at : at + _STRAYS_PER_CHUNK]),
+        )
+        for i, at in enumerate(range(0, len(strays), _STRAYS_PER_CHUNK))
+    ]
 
 
 def _latest_versions(listed: list[RowMeta]) -> tuple[dict[str, RowMeta], set[str]]:

@@ -109,6 +109,11 @@ class ObjectStore(Protocol):
 
     def list_keys(self, prefix: str) -> Iterator[str]: ...
 
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, etag) of each object under `prefix`, the etag `get` and `put` give (S3: from the listing
+        itself, no GET; a local lake hashes each file)."""
+        ...
+
     def uri(self, key: str) -> str:
         """Where a user finds the object (`s3://bucket/prefix/key` or a file path)."""
         ...
@@ -250,8 +255,9 @@ class SnapshotBuilder(Protocol):
         ...
 
     def outdated(self, project_hash: str) -> list[Partition]:
-        """The project's partitions whose latest snapshot is of another snapshot format (or COCO mode):
-        the finalizer rebuilds them from all their rows."""
+        """The project's partitions whose latest snapshot is of another snapshot format (or COCO mode), or
+        whose `latest.json` is missing or damaged (the builder names it in a warning): the finalizer
+        rebuilds them from all their rows."""
         ...
 
     def drift(
@@ -266,7 +272,7 @@ class SnapshotBuilder(Protocol):
         ...
 
     def partitions(self, project_hash: str) -> set[Partition]:
-        """The project's partitions that have a latest snapshot."""
+        """The project's partitions that have a latest snapshot (or a whole one, if `latest.json` went)."""
         ...
 
 

@@ -153,3 +153,20 @@ def read_mirror(body: bytes) -> JsonDict | None:
         return None
     mirror = parsed.get(MIRROR_KEY) if isinstance(parsed, dict) else None
     return mirror if isinstance(mirror, dict) else None
+
+
+def intact_sha256(body: bytes) -> str | None:
+    """A stored row object's `mirror.sha256` when its content hashes to it; None when it does not (the object
+    was truncated or edited by hand) or is not a row object of ours."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    mirror = document.get(MIRROR_KEY) if isinstance(document, dict) else None
+    if not isinstance(mirror, dict) or not isinstance(mirror.get("sha256"), str):
+        return None
+    try:
+        sha = str(mirror["sha256"])
+        return sha if content_sha256(document) == sha else None
+    except TypeError:
+        return None

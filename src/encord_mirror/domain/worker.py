@@ -16,8 +16,9 @@ from typing import Literal
 
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
-from encord_mirror.domain.lake import label_key, stage_value
+from encord_mirror.domain.lake import label_key, partition_of, stage_value
 from encord_mirror.domain.models import (
+    STRAY_COPY,
     ChunkMessage,
     ChunkResult,
     Gap,
@@ -33,6 +34,7 @@ from encord_mirror.domain.rowdoc import (
     build_document,
     encode_document,
     filter_features,
+    intact_sha256,
     read_mirror,
 )
 from encord_mirror.domain.watermark import is_newer, require_utc
@@ -73,6 +75,8 @@ def process_chunk(
         outcomes.extend(_sync_rows(msg, loaded, config, deps, now, signpost, entries))
     if msg.removals:
         outcomes.extend(_remove_rows(msg, deps, signpost, entries))
+    if msg.strays:
+        outcomes.extend(_remove_strays(msg, deps))
 
     if attempt > 1 or any(o.status == "unchanged" and o.reason in MAYBE_EARLIER for o in outcomes):
         outcomes = _keep_earlier_effects(
@@ -136,6 +140,7 @@ def _owe_snapshots_first(
     since the debt stays until a finalizer has refreshed the partition (see `finalizer`). A partition
     owed already keeps its debt: one of another run says that run's changes may be missing too."""
     parts = {Partition(e.project_hash, e.branch, e.partition_stage) for e in entries.values() if e}
+    parts.update(partition_of(key) for key in msg.strays)
     if isinstance(loaded, LoadResult):
         parts.update(
             Partition(r.meta.project_hash, r.meta.branch, stage_value(r.meta.stage_uuid, r.meta.stage_title))
@@ -290,10 +295,11 @@ def _conditional_put(
         if current is None:
             if_match = None
             continue
-        mirror = read_mirror(current.body) or {}
-        if mirror.get("sha256") == sha:
+        # Only an intact object is trusted: one truncated or edited by hand is written over.
+        held = intact_sha256(current.body)
+        if held == sha:
             return _Write("unchanged", current.etag)  # a duplicate delivery wrote the same version
-        theirs = mirror.get("last_edited_at")
+        theirs = (read_mirror(current.body) or {}).get("last_edited_at") if held is not None else None
         if isinstance(theirs, str) and is_newer(datetime.fromisoformat(theirs), edited):
             return _Write("stale", None)
         if_match = current.etag
@@ -326,6 +332,25 @@ def _remove_rows(
             outcomes.append(
                 RowOutcome(label_hash, "failed", reason=f"remove failed: {type(exc).__name__}: {exc}")
             )
+    return outcomes
+
+
+def _remove_strays(msg: ChunkMessage, deps: MirrorDeps) -> list[RowOutcome]:
+    """Delete the copies a reconciling run found where their row does not belong (see `lakecheck`); a key
+    the row index points at now (a later run put the row back there) stays."""
+    outcomes = []
+    for key in msg.strays:
+        label_hash = key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            entry = deps.state.get_index(msg.project_hash, label_hash)
+            if entry is not None and entry.key == key:
+                outcomes.append(RowOutcome(label_hash, "unchanged", key=key, reason=STRAY_COPY))
+                continue
+            deps.lake.delete(key)
+            outcomes.append(RowOutcome(label_hash, "removed", old_key=key, reason=STRAY_COPY))
+        except Exception as exc:
+            reason = f"removing the stray copy {key} failed: {type(exc).__name__}: {exc}"
+            outcomes.append(RowOutcome(label_hash, "failed", old_key=key, reason=reason))
     return outcomes
 
 

@@ -50,6 +50,9 @@ class _ReadOnly:
     def list_keys(self, prefix: str) -> Iterator[str]:
         return self._store.list_keys(prefix)
 
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        return self._store.list_etags(prefix)
+
     def uri(self, key: str) -> str:
         return self._store.uri(key)
 

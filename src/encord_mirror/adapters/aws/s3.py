@@ -191,13 +191,17 @@ class S3ObjectStore:
         self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
 
     def list_keys(self, prefix: str) -> Iterator[str]:
+        for key, _etag in self.list_etags(prefix):
+            yield key
+
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self._page_size}
         )
         for page in pages:
             for item in page.get("Contents", []):
-                yield self._relative(str(item["Key"]))
+                yield self._relative(str(item["Key"])), _bare_etag(str(item["ETag"]))
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(key)}"

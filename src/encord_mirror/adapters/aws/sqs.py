@@ -29,6 +29,8 @@ def chunk_body(chunk: ChunkMessage) -> str:
         "label_hashes": list(chunk.label_hashes),
         "removals": list(chunk.removals),
     }
+    if chunk.strays:
+        body["strays"] = list(chunk.strays)
     if chunk.rows:
         body["rows"] = chunk_rows_to_json(chunk.rows)
     return orjson.dumps(body).decode()

@@ -187,5 +187,11 @@ class LocalLake:
             )
         yield from sorted(found)
 
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        for key in self.list_keys(prefix):
+            stored = self.get(key)
+            if stored is not None:
+                yield key, stored.etag
+
     def uri(self, key: str) -> str:
         return str(self._path(key))
