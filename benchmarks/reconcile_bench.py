@@ -55,7 +55,14 @@ def main() -> int:
         key, pub = generate_keypair(work)
         (work / "key.pub").write_text(pub)
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket=bucket)
         emu = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.emulator_proc", "--data", str(data), "--project", project,
              "--pubkey", str(work / "key.pub"), "--latency-ms", str(args.latency_ms)],
