@@ -1,7 +1,7 @@
 """`encord-mirror verify`: is the lake what Encord and the row index say it should be? Writes nothing.
 
 ```
-encord-mirror verify --project HASH [--project HASH]... --lake DEST [--state PATH] --ssh-key FILE
+encord-mirror verify --project HASH [--project HASH]... --lake DEST [--state PATH] [--ssh-key FILE]
                      [--encord-domain URL] [--branch NAME | --all-branches] [--stage S]...
                      [--exclude-stage S]... [--task-status T]... [--coco MODE] [--json]
 ```
