@@ -18,15 +18,13 @@ from encord_emulator.generate import generate
 from encord_emulator.keys import generate_keypair
 from encord_emulator.server import Emulator
 from encord_emulator.testing import build_fixture, corrupt_row
-from encord_mirror.adapters.aws.sqs import chunk_body
 from encord_mirror.adapters.encord_source import (
     EncordAuthError,
     EncordCredentialsError,
     EncordLabelSource,
     EncordProjectAccessError,
 )
-from encord_mirror.aws_lambda.models import ChunkBody
-from encord_mirror.domain.codec import chunk_rows_from_json, chunk_rows_to_json
+from encord_mirror.domain.codec import ChunkBody, chunk_rows_from_json, chunk_rows_to_json, encode_chunk
 from encord_mirror.domain.models import BranchSelection, ChunkMessage, Media, RowMeta, RowQuery
 from encord_mirror.domain.watermark import NaiveDatetimeError
 
@@ -436,7 +434,7 @@ def test_a_1000_row_chunk_message_stays_far_under_the_sqs_cap() -> None:
                          tuple(r.label_hash for r in rows if r.label_hash), rows=rows)  # fmt: skip
 
     # When it is encoded as the SQS body, and parsed back as the worker handler does
-    body = chunk_body(chunk)
+    body = encode_chunk(chunk)
     parsed = ChunkBody.model_validate_json(body).message()
 
     # Then the body is well under SQS's 256 KiB cap (the data title is not carried), and the worker

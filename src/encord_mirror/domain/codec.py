@@ -1,7 +1,7 @@
 """JSON shapes shared by the adapters, so a run record, a chunk's outcomes or a snapshot event reads
 the same whichever store or sink holds it (times are ISO 8601 UTC: `iso_utc` writes them, `parse_time`
-reads them). The `encode_*` / `decode_*` pairs are the bytes the state stores keep; adapters hold no
-shapes of their own."""
+reads them). The `encode_*` / `decode_*` pairs are the bytes the state stores keep; `ChunkBody` and
+`FinalizeBody` are the queues' messages. Adapters hold no shapes of their own."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
-from encord_mirror.domain.models import JsonDict, Media, RowMeta, RowOutcome, RunRecord, SnapshotEvent
+from encord_mirror.domain.models import (
+    ChunkMessage,
+    JsonDict,
+    Media,
+    RowMeta,
+    RowOutcome,
+    RunRecord,
+    SnapshotEvent,
+)
 from encord_mirror.domain.watermark import iso_utc
 
 EVENT_SOURCE = "encord-mirror"
@@ -160,6 +169,68 @@ def chunk_rows_from_json(
             )
         )
     return tuple(rows)
+
+
+class ChunkBody(BaseModel):
+    """A chunk message on the work queue (SQS: the message body, a contract between the planner and the
+    worker): `encode_chunk` writes it, the worker's handler parses it (`aws_lambda.models.ChunkRecord`)
+    and takes its `message()`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project_hash: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+    chunk_id: str = Field(min_length=1)
+    label_hashes: tuple[str, ...] = Field(max_length=1000)
+    removals: tuple[str, ...] = ()
+    # The planner's listing of `label_hashes` (chunk_rows_to_json); absent in a message of a version
+    # that did not carry it: the worker lists those rows again.
+    rows: dict[str, Any] | None = None
+    # Stray copies to delete (ChunkMessage.strays); absent when there are none.
+    strays: tuple[str, ...] | None = None
+
+    def message(self) -> ChunkMessage:
+        return ChunkMessage(
+            project_hash=self.project_hash,
+            run_id=self.run_id,
+            chunk_id=self.chunk_id,
+            label_hashes=self.label_hashes,
+            removals=self.removals,
+            rows=()
+            if self.rows is None
+            else chunk_rows_from_json(self.rows, self.project_hash, self.label_hashes),
+            strays=self.strays or (),
+        )
+
+
+class FinalizeBody(BaseModel):
+    """A finalize request on the finalize queue: `encode_finalize` writes it, the finalizer's handler
+    parses it (`aws_lambda.models.FinalizeRecord`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project_hash: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+
+
+def encode_chunk(chunk: ChunkMessage) -> str:
+    # Built unvalidated: the planner's chunks are within the limits, and sending never refused one.
+    body = ChunkBody.model_construct(
+        project_hash=chunk.project_hash,
+        run_id=chunk.run_id,
+        chunk_id=chunk.chunk_id,
+        label_hashes=chunk.label_hashes,
+        removals=chunk.removals,
+        rows=chunk_rows_to_json(chunk.rows) if chunk.rows else None,
+        strays=chunk.strays or None,
+    )
+    return orjson.dumps(body.model_dump(exclude_none=True)).decode()
+
+
+def encode_finalize(project_hash: str, run_id: str) -> str:
+    return orjson.dumps(
+        FinalizeBody.model_construct(project_hash=project_hash, run_id=run_id).model_dump()
+    ).decode()
 
 
 def encode_run(run: RunRecord) -> bytes:

@@ -180,7 +180,7 @@ class RunFailure:
 @dataclass(frozen=True, slots=True)
 class ChunkMessage:
     """One unit of fan-out work: hashes and the planner's listing of them, never label payloads (SQS
-    caps a message at 256 KB: `codec.encode_chunk_rows` keeps 1000 rows well under it).
+    caps a message at 256 KB: `codec.chunk_rows_to_json` keeps 1000 rows well under it).
 
     `rows`, when given, is the listing of `label_hashes` in the same order: the worker initialises them
     from it without listing them again."""

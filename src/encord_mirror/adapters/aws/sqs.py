@@ -1,7 +1,7 @@
 """The work queue on SQS: one message per chunk (hashes and their listing), sent in batches of 10.
 
-The message bodies are a public contract between the planner, the worker and the finalizer: the
-Lambda handlers parse them with the pydantic models in `encord_mirror.aws_lambda.models`.
+The message bodies are a contract between the planner, the worker and the finalizer, spelled once:
+`domain.codec.ChunkBody` and `FinalizeBody` (the Lambda handlers parse them as `Json[...]` of these).
 """
 
 from __future__ import annotations
@@ -9,35 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from botocore.exceptions import ClientError
 
-from encord_mirror.domain.codec import chunk_rows_to_json
+from encord_mirror.domain.codec import encode_chunk, encode_finalize
 from encord_mirror.domain.models import ChunkMessage, SendReceipt
 
 SQS_BATCH_MAX = 10
 # SendMessageBatch caps the sum of the bodies (256 KiB on older queues, 1 MiB now): stay under the
 # older limit, so a batch of ten 1000-hash chunks splits instead of failing as a whole.
 SQS_BATCH_BYTES = 250_000
-
-
-def chunk_body(chunk: ChunkMessage) -> str:
-    body: dict[str, Any] = {
-        "project_hash": chunk.project_hash,
-        "run_id": chunk.run_id,
-        "chunk_id": chunk.chunk_id,
-        "label_hashes": list(chunk.label_hashes),
-        "removals": list(chunk.removals),
-    }
-    if chunk.strays:
-        body["strays"] = list(chunk.strays)
-    if chunk.rows:
-        body["rows"] = chunk_rows_to_json(chunk.rows)
-    return orjson.dumps(body).decode()
-
-
-def finalize_body(project_hash: str, run_id: str) -> str:
-    return orjson.dumps({"project_hash": project_hash, "run_id": run_id}).decode()
 
 
 def _batches(bodies: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
@@ -69,7 +49,7 @@ class SqsWorkQueue:
     def send_chunks(self, chunks: Sequence[ChunkMessage]) -> SendReceipt:
         sent: list[str] = []
         failed: dict[str, str] = {}
-        for batch in _batches([(c.chunk_id, chunk_body(c)) for c in chunks]):
+        for batch in _batches([(c.chunk_id, encode_chunk(c)) for c in chunks]):
             # Entry ids must be short and [A-Za-z0-9_-]: the position, mapped back to the chunk id.
             entries = [{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(batch)]
             self.batch_calls += 1
@@ -88,5 +68,5 @@ class SqsWorkQueue:
         # Raises on failure: the worker then reports its record as failed, the chunk is redelivered,
         # finds itself already final and the run complete, and asks again.
         self._client.send_message(
-            QueueUrl=self.finalize_queue_url, MessageBody=finalize_body(project_hash, run_id)
+            QueueUrl=self.finalize_queue_url, MessageBody=encode_finalize(project_hash, run_id)
         )
