@@ -10,6 +10,7 @@ import yaml
 
 from encord_mirror.aws_lambda.settings import Settings
 from encord_mirror.build_layer import LAMBDA_PYTHON
+from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -240,6 +241,12 @@ def test_environment_variables_equal_the_settings_fields(template: dict[str, Any
         variables |= set(resource["Properties"].get("Environment", {}).get("Variables", {}))
         assert resource["Properties"]["Handler"] == "app.lambda_handler", name
     assert variables == set(Settings.model_fields)
+
+
+def test_the_coco_mode_parameter_offers_the_modes_the_mirror_knows(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["CocoMode"]
+    assert tuple(parameter["AllowedValues"]) == COCO_MODES
+    assert parameter["Default"] == DEFAULT_COCO_MODE
 
 
 def test_runtime_matches_the_platform_the_layer_is_built_for(template: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from encord_mirror.coco.modes import CocoMode
 from encord_mirror.domain.config import ConfigError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection
 
@@ -81,7 +82,7 @@ class Settings(BaseModel):
     LEASE_TTL_SECONDS: int
     HISTORY_KEEP_RUNS: int = Field(ge=0)  # 0: keep every run's change log
     FILTER_SHRINK_LIMIT: int  # percent of the current view a filter change may remove (100: any)
-    COCO_MODE: Literal["corrected", "encord-compatible", "off"]
+    COCO_MODE: CocoMode
     ANNOUNCE_MIN_ANNOTATIONS: int = Field(ge=0)
     POWERTOOLS_SERVICE_NAME: str = Field(min_length=1)
     POWERTOOLS_METRICS_NAMESPACE: str = Field(min_length=1)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
+
 # MirrorConfig field -> the flag that sets it (filled by config_flag; "branches" is set by two flags).
 FLAG_OF_SETTING: dict[str, str] = {"branches": "--branch"}
-COCO_MODES = ("corrected", "encord-compatible", "off")
 
 
 def config_flag(group: Any, flag: str, *, setting: str, **kwargs: Any) -> None:
@@ -152,7 +153,7 @@ def add_sync(sub: Any) -> None:
     sync.add_argument(
         "--coco",
         choices=COCO_MODES,
-        default="corrected",
+        default=DEFAULT_COCO_MODE,
         help="COCO snapshots per branch and stage: with the converter's corrections (default), exactly as "
         "Encord's CocoExporter, or none",
     )

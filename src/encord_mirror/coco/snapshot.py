@@ -56,6 +56,7 @@ from encord_mirror.coco.convert import (
     row_annotations,
     row_images,
 )
+from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
 from encord_mirror.coco.raster import Painting, RowMajorRuns
 from encord_mirror.domain.lake import label_key, latest_key, partition_of, partition_prefix, snapshot_key
 from encord_mirror.domain.models import (
@@ -1107,12 +1108,11 @@ def _parsed_latest(stored: StoredObject | None) -> JsonDict | None:
     return latest if isinstance(latest, dict) and {"snapshot_id", "manifest"} <= set(latest) else None
 
 
-COCO_MODES = ("corrected", "encord-compatible", "off")
 _log = logging.getLogger(__name__)
 
 
 def snapshot_builder(
-    lake: ObjectStore, mode: str = "corrected", *, announce_min_annotations: int = 0
+    lake: ObjectStore, mode: str = DEFAULT_COCO_MODE, *, announce_min_annotations: int = 0
 ) -> CocoSnapshotBuilder | None:
     """The snapshot step for a deployment's COCO mode: `corrected` (the converter's documented
     corrections), `encord-compatible` (CocoExporter's output exactly) or `off` (no snapshots)."""
