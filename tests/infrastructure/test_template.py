@@ -11,6 +11,7 @@ import yaml
 from encord_mirror.aws_lambda.settings import Settings
 from encord_mirror.build_layer import LAMBDA_PYTHON
 from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
+from encord_mirror.domain.limits import DEFAULT_BUNDLE_SIZE, MAX_BUNDLE_SIZE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -247,6 +248,11 @@ def test_the_coco_mode_parameter_offers_the_modes_the_mirror_knows(template: dic
     parameter = template["Parameters"]["CocoMode"]
     assert tuple(parameter["AllowedValues"]) == COCO_MODES
     assert parameter["Default"] == DEFAULT_COCO_MODE
+
+
+def test_the_bundle_size_parameter_has_the_mirrors_default_and_ceiling(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["BundleSize"]
+    assert (parameter["Default"], parameter["MaxValue"]) == (DEFAULT_BUNDLE_SIZE, MAX_BUNDLE_SIZE)
 
 
 def test_runtime_matches_the_platform_the_layer_is_built_for(template: dict[str, Any]) -> None:

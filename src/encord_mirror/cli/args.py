@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
+from encord_mirror.domain.limits import DEFAULT_BUNDLE_SIZE, MAX_BUNDLE_SIZE
 
 # MirrorConfig field -> the flag that sets it (filled by config_flag; "branches" is set by two flags).
 FLAG_OF_SETTING: dict[str, str] = {"branches": "--branch"}
@@ -77,7 +78,7 @@ def add_sync(sub: Any) -> None:
         setting="bundle_size",
         type=int,
         default=None,
-        help="rows per SDK bundle (default 100, at most 1000)",
+        help=f"rows per SDK bundle (default {DEFAULT_BUNDLE_SIZE}, at most {MAX_BUNDLE_SIZE})",
     )
     branches = sync.add_mutually_exclusive_group()
     branches.add_argument("--branch", default=None, metavar="NAME", help="this branch only")

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from encord_mirror.domain.limits import MAX_BUNDLE_SIZE
 from encord_mirror.domain.models import (
     ChunkMessage,
     JsonDict,
@@ -181,7 +182,7 @@ class ChunkBody(BaseModel):
     project_hash: str = Field(min_length=1)
     run_id: str = Field(min_length=1)
     chunk_id: str = Field(min_length=1)
-    label_hashes: tuple[str, ...] = Field(max_length=1000)
+    label_hashes: tuple[str, ...] = Field(max_length=MAX_BUNDLE_SIZE)
     removals: tuple[str, ...] = ()
     # The planner's listing of `label_hashes` (chunk_rows_to_json); absent in a message of a version
     # that did not carry it: the worker lists those rows again.

@@ -22,12 +22,10 @@ from pydantic import (
     model_validator,
 )
 
+from encord_mirror.domain.limits import DEFAULT_BUNDLE_SIZE, MAX_BUNDLE_SIZE
 from encord_mirror.domain.models import MAIN_BRANCH, BranchSelection, RowMeta, Stage
 from encord_mirror.domain.rowdoc import ROW_FORMAT_VERSION
 
-# Encord's own ceiling for one bundled label-row request (`LABEL_ROW_BUNDLE_GET_LIMIT`): the SDK does not
-# cap a larger bundle, and the server answers MULTI_LABEL_LIMIT_ERROR.
-MAX_BUNDLE_SIZE = 1000
 # The values `list_label_rows_v2` reports as `annotation_task_status` (AnnotationTaskStatus).
 TASK_STATUSES = frozenset({"QUEUED", "ASSIGNED", "IN_REVIEW", "RETURNED", "COMPLETED"})
 
@@ -78,7 +76,7 @@ class MirrorConfig(BaseModel):
 
     projects: tuple[str, ...] = Field(min_length=1)
     branches: BranchSelection = Field(default_factory=BranchSelection)
-    bundle_size: int = Field(default=100, ge=1, le=MAX_BUNDLE_SIZE)
+    bundle_size: int = Field(default=DEFAULT_BUNDLE_SIZE, ge=1, le=MAX_BUNDLE_SIZE)
     overlap_seconds: int = Field(default=120, ge=0, le=86_400)
     reconcile_every: int = Field(default=12, ge=1)
     stage_include: tuple[str, ...] = ()
