@@ -10,7 +10,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from encord_mirror.adapters.local.events import JsonlEventSink
@@ -21,6 +21,7 @@ from encord_mirror.domain.finalizer import COUNTED, FinalizeResult, finalize
 from encord_mirror.domain.models import ChunkMessage, ChunkResult, Lease, RunFailure
 from encord_mirror.domain.planner import PlanResult, failure_reason, plan
 from encord_mirror.domain.ports import EventSink, LabelSource, ObjectStore, SnapshotBuilder, StateStore
+from encord_mirror.domain.watermark import utc_now
 from encord_mirror.domain.worker import process_chunk
 from encord_mirror.tables import lake_recorders
 
@@ -120,7 +121,7 @@ def run_local_sync(
     """Sync every project of `config` once; returns per-project counts. `events` defaults to
     `events/events.jsonl` in the lake; `clock` (aware UTC) to the system clock."""
     say = progress or (lambda _msg: None)
-    now = clock or (lambda: datetime.now(UTC))
+    now = clock or utc_now
     sink = events if events is not None else JsonlEventSink(lake, clock=now)
     summaries = []
     for project_hash in config.projects:

@@ -117,11 +117,6 @@ def _key_problem(exc: BaseException) -> str:
     return "not an OpenSSH private key"
 
 
-def _aware_utc(value: datetime | None, name: str) -> datetime | None:
-    # A naive datetime would go to Encord without an offset and mean whatever the server takes it to mean.
-    return None if value is None else require_utc(value, name)
-
-
 def _utc_or_none(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -345,8 +340,10 @@ class EncordLabelSource:
             lambda: project.list_label_rows_v2(
                 data_hashes=list(query.data_hashes) if query.data_hashes is not None else None,
                 label_hashes=list(query.label_hashes) if query.label_hashes is not None else None,
-                edited_after=_aware_utc(query.edited_after, "edited_after"),
-                edited_before=_aware_utc(query.edited_before, "edited_before"),
+                # A naive datetime would go to Encord without an offset and mean whatever the server
+                # takes it to mean.
+                edited_after=require_utc(query.edited_after, "edited_after"),
+                edited_before=require_utc(query.edited_before, "edited_before"),
                 include_all_label_branches=query.branches.all_branches,
                 branch_name=query.branches.branch_name,
             ),

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -29,6 +28,7 @@ from encord_mirror.aws_lambda.settings import Settings, load_settings
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.deps import MirrorDeps
 from encord_mirror.domain.ports import SnapshotBuilder
+from encord_mirror.domain.watermark import utc_now
 from encord_mirror.tables import lake_recorders
 
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
@@ -40,10 +40,6 @@ class Runtime:
 
     config: MirrorConfig
     deps: MirrorDeps
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @functools.cache

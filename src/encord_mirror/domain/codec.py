@@ -1,12 +1,11 @@
 """JSON shapes shared by the adapters, so a run record, a chunk's outcomes or a snapshot event reads
-the same whichever store or sink holds it (times are ISO 8601 UTC: `iso_utc` writes them, `parse_time`
-reads them). The `encode_*` / `decode_*` pairs are the bytes the state stores keep; `ChunkBody` and
-`FinalizeBody` are the queues' messages. Adapters hold no shapes of their own."""
+the same whichever store or sink holds it (times are ISO 8601 UTC: `watermark.iso_utc` writes them,
+`watermark.parse_time` reads them). The `encode_*` / `decode_*` pairs are the bytes the state stores
+keep; `ChunkBody` and `FinalizeBody` are the queues' messages. Adapters hold no shapes of their own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,21 +21,10 @@ from encord_mirror.domain.models import (
     RunRecord,
     SnapshotEvent,
 )
-from encord_mirror.domain.watermark import iso_utc
+from encord_mirror.domain.watermark import iso_utc, parse_time
 
 EVENT_SOURCE = "encord-mirror"
 SNAPSHOT_DETAIL_TYPE = "encord-mirror.snapshot.committed"
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """A time written by `iso_utc`, back as an aware UTC datetime (None stays None)."""
-    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
-
-
-def require_time(value: str) -> datetime:
-    parsed = parse_time(value)
-    assert parsed is not None
-    return parsed
 
 
 def snapshot_event_detail(event: SnapshotEvent) -> JsonDict:

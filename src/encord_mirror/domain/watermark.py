@@ -29,8 +29,22 @@ class NaiveDatetimeError(ValueError):
         self.name = name
 
 
-def require_utc(value: datetime, name: str) -> datetime:
-    """`value` converted to UTC; a naive datetime is refused (its meaning depends on the server)."""
+def utc_now() -> datetime:
+    """The system clock, aware UTC: every clock the mirror is given defaults to it."""
+    return datetime.now(UTC)
+
+
+@overload
+def require_utc(value: datetime, name: str) -> datetime: ...
+@overload
+def require_utc(value: None, name: str) -> None: ...
+@overload
+def require_utc(value: datetime | None, name: str) -> datetime | None: ...
+def require_utc(value: datetime | None, name: str) -> datetime | None:
+    """`value` converted to UTC; a naive datetime is refused (its meaning depends on the server). None
+    stays None."""
+    if value is None:
+        return None
     if value.tzinfo is None or value.utcoffset() is None:
         raise NaiveDatetimeError(name, value)
     return value.astimezone(UTC)
@@ -45,6 +59,17 @@ def iso_utc(value: datetime | None) -> str | None: ...
 def iso_utc(value: datetime | None) -> str | None:
     """How the lake writes a time: ISO 8601 in UTC (None stays None)."""
     return None if value is None else require_utc(value, "timestamp").isoformat()
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A time written by `iso_utc`, back as an aware UTC datetime (None stays None)."""
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def require_time(value: str) -> datetime:
+    parsed = parse_time(value)
+    assert parsed is not None
+    return parsed
 
 
 def listing_window(

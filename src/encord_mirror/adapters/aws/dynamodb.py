@@ -46,8 +46,6 @@ from encord_mirror.domain.codec import (
     encode_event,
     encode_outcomes,
     encode_run,
-    parse_time,
-    require_time,
 )
 from encord_mirror.domain.models import (
     ChunkResult,
@@ -62,7 +60,7 @@ from encord_mirror.domain.models import (
     SnapshotEvent,
 )
 from encord_mirror.domain.ports import FinalizeClaim
-from encord_mirror.domain.watermark import iso_utc
+from encord_mirror.domain.watermark import iso_utc, parse_time, require_time
 
 INLINE_LIMIT = 300_000  # bytes of compressed blob kept in the item itself (the item limit is 400 KB)
 PART_SIZE = 300_000

@@ -12,7 +12,7 @@ appended again, so each event is in the file once. Receipts are keyed by event i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -21,7 +21,7 @@ from encord_mirror.adapters.local.lake import LocalLake
 from encord_mirror.domain.codec import EVENT_SOURCE, SNAPSHOT_DETAIL_TYPE, snapshot_event_detail
 from encord_mirror.domain.models import SendReceipt, SnapshotEvent
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
-from encord_mirror.domain.watermark import iso_utc
+from encord_mirror.domain.watermark import iso_utc, utc_now
 
 EVENTS_KEY = "events/events.jsonl"
 _CAS_TRIES = 20
@@ -40,7 +40,7 @@ def event_line(event: SnapshotEvent, now: datetime) -> bytes:
 class JsonlEventSink:
     def __init__(self, lake: ObjectStore | Path, *, clock: Callable[[], datetime] | None = None) -> None:
         self.lake: ObjectStore = LocalLake(lake) if isinstance(lake, Path) else lake
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or utc_now
 
     def publish(self, events: Sequence[SnapshotEvent]) -> SendReceipt:
         if not events:
