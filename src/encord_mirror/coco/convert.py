@@ -38,7 +38,7 @@ import gc
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pycocotools import mask as cocomask
 
@@ -54,6 +54,7 @@ _NOT_COCO_SHAPES = frozenset({"audio", "text"})
 _FRAME_ROW_TYPES = frozenset({"video", "dicom", "nifti"})
 
 ImageKey = tuple[str, int]  # (data_hash, frame)
+UnitKind = Literal["dicom", "nifti", "video", "image", "none"]
 
 
 class RowOntologyMismatchError(ValueError):
@@ -186,6 +187,18 @@ class AnnotationEntry:
     body: JsonDict  # the COCO annotation; `id` and `attributes.track_id` are set by the caller
 
 
+def unit_kind(data_type: str, row_type: str) -> UnitKind:
+    """What a data unit holds, from its MIME type and its row's data type, tested in CocoExporter's order
+    ("none": audio, text and PDF, which have no COCO images)."""
+    if DICOM_MIME_TYPE in data_type:
+        return "dicom"
+    if data_type in NIFTI_MIME_TYPES:
+        return "nifti"
+    if data_type in PDF_MIME_TYPES or data_type in TEXT_MIME_TYPES or row_type.upper() == "AUDIO":
+        return "none"
+    return "video" if "video" in data_type else "image"
+
+
 def _is_frame_row(row: Mapping[str, Any]) -> bool:
     return str(row["data_type"]).lower() in _FRAME_ROW_TYPES and ROOT_SPACE_ID not in (
         row.get("spaces") or {}
@@ -231,11 +244,12 @@ def media_file_name(
     """`<data_hash>/<frame>.<ext>`: unique per (data unit, frame), relative to the media folder the
     `media` step fills (README "Training from a snapshot"). Video frames are JPEG; a DICOM slice keeps its
     own file (`.dcm`); an image keeps its extension (its MIME type's, or its title's)."""
-    if "video" in mime_type:
+    kind = unit_kind(mime_type, row_type)
+    if kind == "video":
         ext = "jpg"
-    elif DICOM_MIME_TYPE in mime_type or row_type.lower() == "dicom":
+    elif kind == "dicom" or row_type.lower() == "dicom":
         ext = "dcm"
-    elif mime_type in NIFTI_MIME_TYPES or row_type.lower() == "nifti":
+    elif kind == "nifti" or row_type.lower() == "nifti":
         ext = "nii"
     else:
         title = str(body.get("image_title") or "")
@@ -254,12 +268,12 @@ def _compatible_images(row: Mapping[str, Any]) -> list[ImageEntry]:
             labels = dict(labels)
             for frame in extra_frames:
                 labels.setdefault(str(frame), {"objects": [], "classifications": []})
-        data_type = unit["data_type"]
+        kind = unit_kind(unit["data_type"], row_type)
         data_hash = unit["data_hash"]
-        if DICOM_MIME_TYPE in data_type:
+        if kind == "dicom":
             for key, label in labels.items():
                 out.append(_dicom_image(data_hash, int(key), unit, label))
-        elif data_type in NIFTI_MIME_TYPES:
+        elif kind == "nifti":
             for key in labels:
                 body = {
                     "coco_url": unit["data_link"],
@@ -268,9 +282,9 @@ def _compatible_images(row: Mapping[str, Any]) -> list[ImageEntry]:
                     "width": unit["width"],
                 }
                 out.append(_entry((data_hash, int(key)), body))
-        elif data_type in PDF_MIME_TYPES or data_type in TEXT_MIME_TYPES or row_type.upper() == "AUDIO":
+        elif kind == "none":
             continue
-        elif "video" not in data_type:
+        elif kind == "image":
             title = unit["data_title"]
             body = {
                 "coco_url": unit["data_link"],
@@ -328,10 +342,12 @@ def _row_frames(row: Mapping[str, Any]) -> Iterator[tuple[ImageKey, list[JsonDic
     row_type = str(row["data_type"])
     for unit in row["data_units"].values():
         data_hash, data_type = unit["data_hash"], unit["data_type"]
-        if "video" in data_type or data_type == DICOM_MIME_TYPE or data_type in NIFTI_MIME_TYPES:
+        kind = unit_kind(data_type, row_type)
+        # CocoExporter tests for a video before it skips an audio row's units, here only.
+        if kind in ("video", "dicom", "nifti") or "video" in data_type:
             for frame, item in unit["labels"].items():
                 yield (data_hash, int(frame)), item.get("objects") or []
-        elif data_type in PDF_MIME_TYPES or data_type in TEXT_MIME_TYPES or row_type.upper() == "AUDIO":
+        elif kind == "none":
             continue
         else:
             yield (data_hash, 0), unit["labels"].get("objects") or []
