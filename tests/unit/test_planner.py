@@ -63,10 +63,15 @@ def test_run_ids_of_one_second_sort_by_start_to_the_millisecond_and_stay_unique_
     assert run_manifest_key(PROJECT, ids[0]) == f"runs/project={PROJECT}/{ids[0]}.json"
 
 
-def test_chunks_go_out_in_batches_of_ten(source: FakeSource, deps: MirrorDeps, queue: RecordingQueue) -> None:
+def test_chunks_go_out_in_one_send_the_queue_splits_to_its_limits(
+    source: FakeSource, deps: MirrorDeps, queue: RecordingQueue
+) -> None:
+    # Given 25 rows in chunks of one
     source.add(25)
+    # When the planner runs
     plan(PROJECT, MirrorConfig(projects=(PROJECT,), bundle_size=1), deps)
-    assert [len(b) for b in queue.batches] == [10, 10, 5]
+    # Then it hands the queue all 25 at once (the SQS adapter sends them in batches of 10)
+    assert [len(b) for b in queue.batches] == [25]
 
 
 def test_bundle_size_caps_every_chunk(source: FakeSource, deps: MirrorDeps, queue: RecordingQueue) -> None:

@@ -39,7 +39,6 @@ from encord_mirror.domain.models import (
 )
 from encord_mirror.domain.watermark import dedupe_key, is_newer, listing_window, require_utc
 
-SQS_BATCH = 10  # SendMessageBatch's limit
 _SEND_TRIES = 2
 _POINT_READS_MAX = 1000
 _STRAYS_PER_CHUNK = 100  # keys of about 120 bytes: a chunk message stays small
@@ -410,22 +409,19 @@ def _chunks(
 
 
 def _send(chunks: list[ChunkMessage], metas: dict[str, RowMeta], deps: MirrorDeps) -> int:
-    """Send in batches of 10; a chunk the queue refuses twice is recorded as a failed final chunk, so the
-    run still completes, its rows become gaps and the watermark holds."""
-    refused: list[ChunkMessage] = []
-    for start in range(0, len(chunks), SQS_BATCH):
-        pending = chunks[start : start + SQS_BATCH]
-        reasons: dict[str, str] = {}
-        for _ in range(_SEND_TRIES):
-            receipt = deps.queue.send_chunks(pending)
-            reasons = receipt.failed
-            pending = [c for c in pending if c.chunk_id in reasons]
-            if not pending:
-                break
-        refused.extend(pending)
-        for chunk in pending:
-            _record_refused(chunk, reasons.get(chunk.chunk_id, "send failed"), metas, deps)
-    return len(refused)
+    """Send every chunk (the queue splits them to its service's limits); a chunk the queue refuses twice
+    is recorded as a failed final chunk, so the run still completes, its rows become gaps and the
+    watermark holds."""
+    pending = chunks
+    reasons: dict[str, str] = {}
+    for _ in range(_SEND_TRIES):
+        if not pending:
+            break
+        reasons = deps.queue.send_chunks(pending).failed
+        pending = [c for c in pending if c.chunk_id in reasons]
+    for chunk in pending:
+        _record_refused(chunk, reasons.get(chunk.chunk_id, "send failed"), metas, deps)
+    return len(pending)
 
 
 def _record_refused(chunk: ChunkMessage, reason: str, metas: dict[str, RowMeta], deps: MirrorDeps) -> None:
