@@ -275,8 +275,8 @@ def add_media(sub: Any) -> None:
     media.add_argument(
         "--bundle-size",
         type=int,
-        default=100,
-        help="label rows signed per SDK bundle (default 100, at most 1000)",
+        default=DEFAULT_BUNDLE_SIZE,
+        help=f"label rows signed per SDK bundle (default {DEFAULT_BUNDLE_SIZE}, at most {MAX_BUNDLE_SIZE})",
     )
     media.add_argument(
         "--verify",

@@ -38,6 +38,7 @@ import orjson
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.target import open_lake
 from encord_mirror.domain.lake import latest_key, media_index_key, media_key, media_prefix, partition_prefix
+from encord_mirror.domain.limits import MAX_BUNDLE_SIZE
 from encord_mirror.domain.ports import ObjectStore
 
 VIDEO_FRAME = "video frame (decoding videos needs PyAV: pip install 'encord-mirror[video]')"
@@ -364,8 +365,8 @@ def media_main(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1 (got {args.workers})")
-    if not 1 <= args.bundle_size <= 1000:
-        raise CliError(f"--bundle-size must be between 1 and 1000 (got {args.bundle_size})")
+    if not 1 <= args.bundle_size <= MAX_BUNDLE_SIZE:
+        raise CliError(f"--bundle-size must be between 1 and {MAX_BUNDLE_SIZE} (got {args.bundle_size})")
     progress = Progress()
     lake = open_lake(args.lake)
     snapshots = _latest_snapshots(lake, args.project, args.branch, args.stage)
