@@ -22,6 +22,7 @@ from encord_mirror.domain.models import (
     RowQuery,
     SendReceipt,
     SnapshotEvent,
+    SourceClock,
     Stage,
 )
 from encord_mirror.domain.ports import EventSink, LabelSource, SnapshotBuilder, WorkQueue
@@ -156,6 +157,7 @@ class FakeSource:
     list_calls: list[RowQuery] = field(default_factory=list)
     load_calls: list[tuple[str, ...]] = field(default_factory=list)
     hidden_until: dict[str, datetime] = field(default_factory=dict)  # commits not yet visible to listings
+    tells_time: bool = False  # server_time() answers with Encord's clock (`stamp()`), as a Date header would
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- editing Encord (what annotators do) --
@@ -195,6 +197,11 @@ class FakeSource:
         del self.rows[key]
 
     # -- the LabelSource port --
+    def server_time(self) -> SourceClock:
+        if not self.tells_time:
+            return SourceClock(None, "the fake Encord does not tell the time")
+        return SourceClock(self.stamp().replace(microsecond=0))
+
     def project_info(self, project_hash: str) -> ProjectInfo:
         return ProjectInfo(project_hash, "Fake project", "onto-1", ONTOLOGY, (ANNOTATE, REVIEW, COMPLETE))
 

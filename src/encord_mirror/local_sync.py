@@ -223,6 +223,8 @@ def _sync_project(
     run.append(result.run_id)
     if left is not None and left.owner != result.run_id:
         say(f"{project_hash}: took over the lease of run {left.owner}: {_why_free(left, deps.clock())}")
+    if result.clock_warning is not None:
+        say(f"{project_hash}: warning: {result.clock_warning}")
     mode = "full" if result.full else "incremental"
     if result.damaged or result.adopted or result.strays:
         say(

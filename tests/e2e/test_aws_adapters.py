@@ -381,6 +381,18 @@ def test_watermark_only_moves_forward(state: StateStore) -> None:
     assert state.get_watermark(PROJECT) == T0 + timedelta(seconds=1)
 
 
+def test_watermark_moves_back_only_from_the_mark_it_names(state: StateStore) -> None:
+    # Given a mark at T0 (in Encord's future, say)
+    state.set_watermark(PROJECT, T0)
+    # When a finalizer moves it back naming another mark, then naming T0
+    state.set_watermark(PROJECT, T0 - timedelta(minutes=5), rewind_from=T0 - timedelta(seconds=1))
+    kept = state.get_watermark(PROJECT)
+    state.set_watermark(PROJECT, T0 - timedelta(minutes=5), rewind_from=T0)
+    # Then only the second, which names the mark as it stands, moves it
+    assert kept == T0
+    assert state.get_watermark(PROJECT) == T0 - timedelta(minutes=5)
+
+
 def test_the_filters_fingerprint_is_kept_per_project(state: StateStore) -> None:
     assert state.get_filters(PROJECT) is None
     state.set_filters(PROJECT, "aaaa.bbbb")

@@ -190,6 +190,26 @@ def test_edits_saved_through_the_sdk_are_mirrored_by_the_next_sync(mirror: Mirro
     mirror.assert_in_step()
 
 
+@pytest.mark.parametrize(("host_ahead_s", "says"), [(300, "300s ahead of Encord's"), (-300, "300s behind")])
+def test_an_edit_reaches_the_next_incremental_sync_when_the_hosts_clock_is_5_minutes_off(
+    mirror: Mirror, host_ahead_s: int, says: str
+) -> None:
+    # Given this host's clock 5 minutes ahead of Encord's (or behind it), and a lake in step
+    mirror.emu.set_clock_offset(-host_ahead_s)
+    _first_sync(mirror)
+    # When a row is edited in Encord (stamped by Encord's clock) and a plain sync runs at once
+    edited = mirror.fixture.by_title("img2.jpg")
+    mirror.emu.edit_row(mirror.project, edited.label_hash, without_objects(edited.row))
+    run = mirror.sync()
+
+    # Then that incremental run picks the edit up, and stderr says how far off the host's clock is
+    assert run.code == 0, run.out + run.err
+    assert "incremental run" in run.err
+    assert mirror.initialised() == 1
+    mirror.assert_in_step()
+    assert f"warning: this host's clock is {says}" in run.err
+
+
 def test_a_stage_move_moves_the_object_to_its_new_partition_and_removes_the_old_copy(mirror: Mirror) -> None:
     # Given a lake in step, then a data unit moved from "Annotate 1" to "Complete" (labels untouched)
     _first_sync(mirror)

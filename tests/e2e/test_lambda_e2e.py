@@ -369,6 +369,30 @@ def test_edits_saved_through_the_sdk_reach_the_lake_on_the_next_schedule(deploym
     deployment.assert_in_step()
 
 
+def test_an_edit_reaches_the_next_schedule_when_the_functions_clock_is_5_minutes_ahead_of_encords(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given Encord's clock 5 minutes behind the functions' clock, and a lake in step
+    deployment.emu.set_clock_offset(-300)
+    _first_sync(deployment)
+    # When a row is edited in Encord (stamped by its clock) and the schedule fires at once
+    edited = deployment.fixture.main_rows()[0]
+    deployment.emu.edit_row(deployment.project, edited.label_hash, without_objects(edited.row))
+    capsys.readouterr()
+    caplog.clear()
+    [run] = deployment.schedule()["runs"]
+    deployment.drain()
+
+    # Then that incremental run picks the edit up, and the planner logged a warning and emitted the skew
+    assert not run["full"] and -302 < run["clock_skew_s"] < -298
+    assert deployment.initialised() == 1
+    deployment.assert_in_step()
+    [warning] = [r for r in caplog.records if r.getMessage() == "clock"]
+    assert warning.levelname == "WARNING" and "300s ahead of Encord's" in str(warning.__dict__["reason"])
+    emitted = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert any(-302 < m.get("ClockSkewSeconds", [0])[0] < -298 for m in emitted)
+
+
 def test_a_full_sync_request_moves_staged_rows_and_removes_deleted_ones(deployment: Deployment) -> None:
     # Given a lake in step, then a stage move, a deleted label row and a deleted data unit
     _first_sync(deployment)

@@ -12,7 +12,7 @@ from datetime import timedelta
 import orjson
 import pytest
 from conftest import Mirror
-from fakes import CAR, PERSON, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
+from fakes import CAR, COMPLETE, PERSON, PROJECT, REVIEW, FakeSource, RecordingEvents, RecordingSnapshots
 
 from encord_mirror.adapters.local import LocalLake, LocalQueueError, SqliteStateStore
 from encord_mirror.domain.config import MirrorConfig
@@ -23,6 +23,7 @@ from encord_mirror.domain.models import (
     ProjectInfo,
     RowMeta,
     RowQuery,
+    SourceClock,
 )
 from encord_mirror.domain.ports import LabelSource
 from encord_mirror.local_sync import SyncInterruptedError, describe_lease, run_local_sync
@@ -104,6 +105,48 @@ def test_an_edit_made_while_a_sync_is_in_flight_is_picked_up_by_the_next(
     mirror.clock.advance(10)
     summary = mirror.sync().projects[0]
     assert summary.written == 1
+    assert_lake_matches(mirror, source)
+
+
+def test_a_stage_move_is_mirrored_while_encords_clock_is_minutes_behind_ours(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given Encord's clock 5 minutes behind ours (signposts are Encord's time), and a synced project
+    source.tells_time, source.skew = True, timedelta(minutes=5)
+    source.add(3)
+    mirror.sync()
+    # When, 2 minutes later, a row moves to another stage and a reconciling run syncs
+    mirror.clock.advance(120)
+    source.move("label-0001", COMPLETE)
+    summary = mirror.sync(full=True).projects[0]
+    # Then the row moves: its sync time (our clock) is compared with the run's start on our clock, not
+    # with the signpost, so the earlier sync does not pass for one of this run
+    assert summary.moved == 1
+    assert_lake_matches(mirror, source)
+
+
+def test_a_watermark_set_by_a_clock_ahead_of_encords_is_reconciled_then_brought_back(
+    mirror: Mirror, source: FakeSource
+) -> None:
+    # Given a project synced while the signpost was our clock, 5 minutes ahead of Encord's
+    source.skew = timedelta(minutes=5)
+    source.add(3)
+    mirror.sync()
+    ahead = mirror.state.get_watermark(PROJECT)
+    # When Encord tells its time from then on, and rows are edited before and after the next run
+    source.tells_time = True
+    mirror.clock.advance(60)
+    source.edit("label-0000")
+    first = mirror.sync().projects[0]
+    mirror.clock.advance(60)
+    source.edit("label-0001")
+    mirror.clock.advance(600)
+    second = mirror.sync().projects[0]
+    # Then the first run reconciles (its window would start in Encord's future) and brings the mark back
+    # to Encord's time, so the next incremental run lists the edit made in between
+    assert first.full and first.written == 1
+    assert ahead is not None and first.watermark_after is not None and first.watermark_after < ahead
+    assert not second.full and second.written == 1
     assert_lake_matches(mirror, source)
 
 
@@ -337,6 +380,9 @@ class TwoProjects:
 
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         return self.by_project[project_hash].list_rows(project_hash, query)
+
+    def server_time(self) -> SourceClock:
+        return next(iter(self.by_project.values())).server_time()
 
     def load_rows(self, project_hash: str, label_hashes: Sequence[str], *, bundle_size: int) -> LoadResult:
         return self.by_project[project_hash].load_rows(project_hash, label_hashes, bundle_size=bundle_size)

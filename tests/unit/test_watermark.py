@@ -9,7 +9,9 @@ import pytest
 from encord_mirror.domain.models import Gap
 from encord_mirror.domain.watermark import (
     NaiveDatetimeError,
+    clock_skew,
     dedupe_key,
+    encord_signpost,
     is_newer,
     listing_window,
     next_watermark,
@@ -90,7 +92,23 @@ def test_the_mark_never_moves_backwards() -> None:
     gaps = [_gap("a", T - timedelta(days=1))]
     # Then the mark stays where it is
     assert next_watermark(T, T + timedelta(minutes=5), gaps) == T
-    assert next_watermark(T + timedelta(hours=1), T, []) == T + timedelta(hours=1)
+
+
+def test_a_mark_in_encords_future_comes_back_to_the_signpost() -> None:
+    # Given a mark an hour after the run's signpost (Encord's clock): set by a host clock ahead of Encord's
+    # Then a clean run moves it back to its signpost, and a run with gaps to the oldest gap
+    assert next_watermark(T + timedelta(hours=1), T, []) == T
+    assert next_watermark(T + timedelta(hours=1), T, [_gap("a", T - timedelta(minutes=2))]) == T - timedelta(
+        minutes=2
+    )
+
+
+def test_the_signpost_is_the_end_of_the_second_encord_dated_its_answer() -> None:
+    # Given Encord's answer dated 12:00:07 (whole seconds, truncated) while our clock said 12:05:07.5
+    date = datetime(2026, 11, 1, 12, 0, 7, tzinfo=UTC)
+    # Then no edit saved before that answer is stamped after the signpost, and our clock is 5 min ahead
+    assert encord_signpost(date) == date + timedelta(seconds=1)
+    assert clock_skew(date, date + timedelta(minutes=5, seconds=0.5)) == -timedelta(minutes=5)
 
 
 def test_an_unknown_version_time_counts_as_the_oldest() -> None:

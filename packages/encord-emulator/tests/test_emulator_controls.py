@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import urllib.error
 import urllib.request
@@ -170,6 +171,23 @@ def test_state_log_writes_and_reload_over_http(env: EmulatorEnv) -> None:
     assert any(e["write"] for e in log["requests"])
     assert reloaded["projects"] == [env.project_hash]
     assert env.emu.unlabelled(env.project_hash) == [env.fixture.unlabelled[0]["data_hash"]]
+
+
+def test_every_answer_is_dated_by_the_emulators_clock(env: EmulatorEnv) -> None:
+    # Given the emulator's clock an hour behind real time
+    env.emu.set_clock_offset(-3600)
+    # When anything is asked (a HEAD the emulator does not serve, an API request)
+    head = urllib.request.Request(env.emu.url + "/", method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(head, timeout=10)
+    api = urllib.request.Request(env.emu.url + "/v2/public/projects/nope")
+    with pytest.raises(urllib.error.HTTPError) as unauthorised:
+        urllib.request.urlopen(api, timeout=10)
+    # Then the `Date` header of each says the emulator's time, to the second, as Encord's would its own
+    for answer in (refused.value, unauthorised.value):
+        dated = email.utils.parsedate_to_datetime(answer.headers["Date"])
+        assert abs((dated - env.emu.now()).total_seconds()) < 5
+        assert (datetime.now(UTC) - dated).total_seconds() > 3500
 
 
 def test_clock_date_mode_faults_and_rate_limit_endpoints(env: EmulatorEnv) -> None:

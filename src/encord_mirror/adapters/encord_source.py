@@ -7,6 +7,7 @@ or a string (Lambda: Secrets Manager) and never appears in a message or a log li
 
 from __future__ import annotations
 
+import email.utils
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from cryptography.exceptions import UnsupportedAlgorithm
 from encord.configs import ENCORD_DOMAIN
 from encord.constants.enums import DataType
@@ -40,12 +42,14 @@ from encord_mirror.domain.models import (
     ProjectInfo,
     RowMeta,
     RowQuery,
+    SourceClock,
     Stage,
 )
 from encord_mirror.domain.watermark import iso_utc, require_utc
 
 UserClientFactory = Callable[[], EncordUserClient]
 _T = TypeVar("_T")
+_CLOCK_TIMEOUT_S = 10
 
 
 class EncordSourceError(Exception):
@@ -327,6 +331,25 @@ class EncordLabelSource:
     def list_branches(self, project_hash: str) -> tuple[str, ...]:
         project = self._project(project_hash)
         return self._guard(project_hash, "branch listing", lambda: tuple(project.list_branches()))
+
+    def server_time(self) -> SourceClock:
+        """Encord's clock, from the `Date` header of a HEAD request to the domain: no key, no body, and an
+        origin server with a clock dates every answer, whatever its status (RFC 9110, section 6.6.1). The
+        SDK's own answers cannot be read: each request opens and closes its own `requests.Session`."""
+        try:
+            # requests, as the SDK: the same proxy and CA bundle settings (HTTPS_PROXY, REQUESTS_CA_BUNDLE).
+            answer = requests.head(self._domain + "/", timeout=_CLOCK_TIMEOUT_S, allow_redirects=False)
+        except requests.RequestException as exc:
+            return SourceClock(None, f"HEAD {self._domain}/ failed: {type(exc).__name__}")
+        header = answer.headers.get("Date")
+        if not header:
+            return SourceClock(None, f"{self._domain} answered without a Date header")
+        try:
+            date = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return SourceClock(None, f"{self._domain} answered with an unreadable Date header {header!r}")
+        # An HTTP date is GMT; a naive result means the header said so with "-0000".
+        return SourceClock(date.replace(tzinfo=UTC) if date.tzinfo is None else date.astimezone(UTC))
 
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]:
         if query.label_hashes is not None and not query.label_hashes:

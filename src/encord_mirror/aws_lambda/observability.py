@@ -14,6 +14,7 @@ from encord_mirror.domain.ports import StateStore
 
 WATERMARK_LAG_METRIC = "WatermarkLagSeconds"
 SNAPSHOTS_OWED_METRIC = "SnapshotsOwed"  # per finalized run: partitions whose COCO snapshot is stale
+CLOCK_SKEW_METRIC = "ClockSkewSeconds"  # per planned run: Encord's clock minus the function's
 
 
 def _dumps(value: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from encord_mirror.aws_lambda.observability import SNAPSHOTS_OWED_METRIC, logger, metrics
+from encord_mirror.aws_lambda.observability import CLOCK_SKEW_METRIC, SNAPSHOTS_OWED_METRIC, logger, metrics
 from encord_mirror.aws_lambda.settings import variable_of
 from encord_mirror.domain.config import ConfigError, FilterShrinkError
 from encord_mirror.domain.finalizer import FinalizeResult
@@ -93,6 +93,12 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
     metrics.add_metric(name="ChunksSent", unit=MetricUnit.Count, value=result.chunks - result.send_failed)
     if result.status == "lease_held":
         metrics.add_metric(name="LeaseHeld", unit=MetricUnit.Count, value=1)
+    if result.clock_skew is not None:
+        metrics.add_metric(
+            name=CLOCK_SKEW_METRIC, unit=MetricUnit.Seconds, value=result.clock_skew.total_seconds()
+        )
+    if result.clock_warning is not None:
+        logger.warning("clock", extra={"project_hash": result.project_hash, "reason": result.clock_warning})
     return {
         "project_hash": result.project_hash,
         "run_id": result.run_id,
@@ -107,6 +113,7 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
         "unlabelled": result.unlabelled,
         "chunks": result.chunks,
         "send_failed": result.send_failed,
+        "clock_skew_s": None if result.clock_skew is None else result.clock_skew.total_seconds(),
     }
 
 

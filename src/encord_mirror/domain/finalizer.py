@@ -140,7 +140,9 @@ def _close_run(
     gaps = state.list_gaps(project_hash)
     before = state.get_watermark(project_hash)
     after = next_watermark(before, run.signpost, gaps)
-    if after is not None and after != before:
+    if after is not None and before is not None and after < before:
+        state.set_watermark(project_hash, after, rewind_from=before)  # back from Encord's future
+    elif after is not None and after != before:
         state.set_watermark(project_hash, after)
     if run.filters is not None:
         # Every selected row was synced (or is a gap, retried with these filters): the lake follows them.

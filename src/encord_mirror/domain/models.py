@@ -100,6 +100,15 @@ class LoadedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceClock:
+    """Encord's clock as one of its answers gave it: `date` is that answer's `Date` header (whole seconds,
+    truncated), None when it could not be read (`problem` says why)."""
+
+    date: datetime | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LoadResult:
     """What one bundled initialisation gave back.
 

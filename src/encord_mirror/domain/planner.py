@@ -37,11 +37,21 @@ from encord_mirror.domain.models import (
     RunFailure,
     RunRecord,
 )
-from encord_mirror.domain.watermark import dedupe_key, is_newer, listing_window, require_utc
+from encord_mirror.domain.watermark import (
+    DATE_RESOLUTION,
+    clock_skew,
+    dedupe_key,
+    encord_signpost,
+    is_newer,
+    listing_window,
+    require_utc,
+)
 
 _SEND_TRIES = 2
 _POINT_READS_MAX = 1000
 _STRAYS_PER_CHUNK = 100  # keys of about 120 bytes: a chunk message stays small
+# Past this, a run warns that the host's clock is off (the listing uses Encord's clock either way).
+CLOCK_SKEW_WARN = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,27 @@ class PlanResult:
     damaged: int = 0
     adopted: int = 0
     strays: int = 0
+    clock_skew: timedelta | None = None  # Encord's clock minus ours (None: Encord's clock unknown)
+    clock_problem: str | None = None  # why Encord's clock is unknown: the signpost is ours
+
+    @property
+    def clock_warning(self) -> str | None:
+        """What the operator should hear about the clocks, if anything."""
+        if self.clock_problem is not None:
+            return (
+                f"Encord's clock could not be read ({self.clock_problem}): this run's signpost is this "
+                "host's clock, and a host clock off from Encord's by more than the overlap can make "
+                "incremental runs miss edits until the next reconciling run"
+            )
+        skew = self.clock_skew
+        if skew is None or abs(skew) <= CLOCK_SKEW_WARN:
+            return None
+        side = "behind" if skew > timedelta(0) else "ahead of"
+        return (
+            f"this host's clock is {abs(skew.total_seconds()):.0f}s {side} Encord's: the listing uses "
+            "Encord's clock, so no edit is missed, but set the host's time right (NTP): leases, run ids "
+            "and sync times use it"
+        )
 
 
 def new_run_id(now: datetime) -> str:
@@ -91,23 +122,23 @@ def plan(
     full: bool = False,
     now: datetime | None = None,
 ) -> PlanResult:
-    signpost = require_utc(now if now is not None else deps.clock(), "now")
-    run_id = new_run_id(signpost)
+    started = require_utc(now if now is not None else deps.clock(), "now")
+    run_id = new_run_id(started)
     state = deps.state
     left = state.get_lease(project_hash)
-    if not state.acquire_lease(project_hash, run_id, signpost, config.lease_ttl_seconds):
+    if not state.acquire_lease(project_hash, run_id, started, config.lease_ttl_seconds):
         return PlanResult(project_hash, run_id, "lease_held", lease=state.get_lease(project_hash))
     try:
         # A lease left behind is a run that died (a finished run releases it). If it was reconciling, this
         # run reconciles too: the removals and moves it did not get to are seen on reconciling runs only.
         dead = state.get_run(project_hash, left.owner) if left is not None and left.owner != run_id else None
         full = full or (dead is not None and dead.full)
-        return _plan_run(project_hash, run_id, signpost, config, deps, full)
+        return _plan_run(project_hash, run_id, started, config, deps, full)
     except BaseException as exc:
         # Nothing was sent, or the run is recorded and its chunks will finish it; either way a crash here
         # must not keep the project locked until the lease expires.
         state.release_lease(project_hash, run_id)
-        state.set_failure(project_hash, RunFailure(project_hash, run_id, signpost, failure_reason(exc)))
+        state.set_failure(project_hash, RunFailure(project_hash, run_id, started, failure_reason(exc)))
         raise
 
 
@@ -186,8 +217,17 @@ def diff_rows(
     return RowDiff(tuple(sync), tuple(move), remove, tuple(resolved), skipped, len(deselected))
 
 
+def _signpost(started: datetime, deps: MirrorDeps) -> tuple[datetime, timedelta | None, str | None]:
+    """(signpost, Encord's clock minus ours, None) from Encord's clock; (our start, None, why) when
+    Encord's clock cannot be read."""
+    reading = deps.source.server_time()
+    if reading.date is None:
+        return started, None, reading.problem or "its answer carried no time"
+    return encord_signpost(reading.date), clock_skew(reading.date, deps.clock()), None
+
+
 def _plan_run(
-    project_hash: str, run_id: str, signpost: datetime, config: MirrorConfig, deps: MirrorDeps, full: bool
+    project_hash: str, run_id: str, started: datetime, config: MirrorConfig, deps: MirrorDeps, full: bool
 ) -> PlanResult:
     state = deps.state
     _check_names(project_hash, config, deps)
@@ -200,10 +240,27 @@ def _plan_run(
     if synced_with is None and watermark is None:
         synced_with = _lake_filters(project_hash, deps)  # a new state over a lake synced before
     reselect, refilter = config.filters_changed(synced_with)
-    full = full or reselect or refilter or watermark is None or run_number % config.reconcile_every == 0
+    signpost, skew, clock_problem = _signpost(started, deps)
+    # Encord's `Date` has whole seconds: the window reaches back one more, for an edit saved in the
+    # signpost's second after the last listing.
+    overlap = timedelta(seconds=config.overlap_seconds)
+    if clock_problem is None:
+        overlap += DATE_RESOLUTION
+    # A mark after Encord's now was set by a clock ahead of Encord's (before signposts were Encord's
+    # time): the edits between Encord's time then and the mark lie before any window, so runs reconcile
+    # until Encord's clock passes the mark.
+    future_mark = watermark is not None and watermark > signpost
+    full = (
+        full
+        or reselect
+        or refilter
+        or future_mark
+        or watermark is None
+        or run_number % config.reconcile_every == 0
+    )
     gaps = {g.label_hash for g in state.list_gaps(project_hash)}
 
-    listed = _list(project_hash, signpost, watermark, gaps, config, deps, full)
+    listed = _list(project_hash, signpost, watermark, gaps, overlap, config, deps, full)
     rows, unlabelled = _latest_versions(listed)
     index = _index_for(project_hash, rows, deps, full)
     lake = _check_lake(project_hash, rows, index, config, deps) if full else LakeCheck(index)
@@ -235,7 +292,7 @@ def _plan_run(
             full=full,
             chunk_ids=tuple(c.chunk_id for c in chunks),
             unlabelled=tuple(sorted(unlabelled)),
-            started_at=signpost,
+            started_at=started,
             filters=config.filters_fingerprint(),
         )
     )
@@ -268,6 +325,8 @@ def _plan_run(
         damaged=lake.damaged,
         adopted=len(lake.adopted),
         strays=len(lake.strays),
+        clock_skew=skew,
+        clock_problem=clock_problem,
     )
 
 
@@ -288,6 +347,7 @@ def _list(
     signpost: datetime,
     watermark: datetime | None,
     gaps: Collection[str],
+    overlap: timedelta,
     config: MirrorConfig,
     deps: MirrorDeps,
     full: bool,
@@ -296,7 +356,7 @@ def _list(
     source, branches = deps.source, config.branches
     if full:
         return source.list_rows(project_hash, RowQuery(branches=branches))
-    after, before = listing_window(watermark, signpost, timedelta(seconds=config.overlap_seconds))
+    after, before = listing_window(watermark, signpost, overlap)
     listed = source.list_rows(
         project_hash, RowQuery(branches=branches, edited_after=after, edited_before=before)
     )

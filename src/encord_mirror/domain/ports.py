@@ -29,6 +29,7 @@ from encord_mirror.domain.models import (
     SendReceipt,
     SnapshotDebt,
     SnapshotEvent,
+    SourceClock,
     StoredObject,
 )
 
@@ -53,6 +54,11 @@ class LabelSource(Protocol):
         ...
 
     def list_rows(self, project_hash: str, query: RowQuery) -> list[RowMeta]: ...
+
+    def server_time(self) -> SourceClock:
+        """Encord's clock now, from a cheap request's answer: the planner's signpost is Encord's time, so a
+        host clock that disagrees with Encord's cannot make a listing window miss an edit."""
+        ...
 
     def load_rows(self, project_hash: str, label_hashes: Sequence[str], *, bundle_size: int) -> LoadResult:
         """List fresh metadata for these label hashes (every branch) and initialise them in one bundle."""
@@ -131,10 +137,14 @@ class StateStore(Protocol):
         """The lease as stored (it may have expired: compare `expires_at` with now)."""
         ...
 
-    # watermark: only ever moves forward
+    # watermark: only ever moves forward, but for a mark found in Encord's future (see next_watermark)
     def get_watermark(self, project_hash: str) -> datetime | None: ...
 
-    def set_watermark(self, project_hash: str, value: datetime) -> None: ...
+    def set_watermark(
+        self, project_hash: str, value: datetime, *, rewind_from: datetime | None = None
+    ) -> None:
+        """Move the mark to `value` unless it stands later; `rewind_from`: also back, from that exact mark."""
+        ...
 
     # filters: the fingerprint of the filters the lake was last synced with (see MirrorConfig)
     def get_filters(self, project_hash: str) -> str | None: ...

@@ -6,10 +6,14 @@ The watermark is the signpost (start time) of the last run that synced everythin
   made visible after our listing (clock skew, slow commits) and rows that share the watermark's timestamp
   whether Encord compares strictly or inclusively; the planner's dedupe against the row index makes the
   re-listing free;
-- the signpost is our clock at the start of the run, with no built-in delay, so a sync started after an
-  edit was saved includes it; an edit made while the run is in flight is stamped after the signpost and is
-  listed by the next run.
-A run with failed rows (gaps) moves the mark no further than the oldest gap, and never backwards.
+- the signpost is Encord's clock at the start of the run (the `Date` of an answer it gave just before the
+  listing, rounded up to the next second), with no built-in delay, so a sync started after an edit was
+  saved includes it; an edit made while the run is in flight is stamped after the signpost and is listed by
+  the next run. Encord stamps the edits, so only its clock can say which edits a window holds: a host
+  clock 5 minutes ahead would put the mark 5 minutes into Encord's future and the next window would start
+  after the edits in between. The host's clock is the fallback when Encord's cannot be read.
+A run with failed rows (gaps) moves the mark no further than the oldest gap, and never backwards, except
+from Encord's future to the signpost.
 """
 
 from __future__ import annotations
@@ -48,6 +52,23 @@ def require_utc(value: datetime | None, name: str) -> datetime | None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise NaiveDatetimeError(name, value)
     return value.astimezone(UTC)
+
+
+# A `Date` header has whole seconds, truncated: Encord's clock was in [date, date + 1 s) when it answered.
+DATE_RESOLUTION = timedelta(seconds=1)
+
+
+def encord_signpost(date: datetime) -> datetime:
+    """The signpost from the `Date` Encord answered with: the end of that second, which no edit saved before
+    the answer is stamped after. The listing window reaches back one resolution more than the overlap, so
+    an edit saved in that second after the listing is listed by the next run."""
+    return require_utc(date, "Date") + DATE_RESOLUTION
+
+
+def clock_skew(date: datetime, local: datetime) -> timedelta:
+    """How far Encord's clock (`date`, its `Date` header) is ahead of ours (`local`, when the answer
+    came); negative: Encord is behind. Within about a second (the header's resolution)."""
+    return require_utc(date, "Date") + DATE_RESOLUTION / 2 - require_utc(local, "local time")
 
 
 @overload
@@ -97,9 +118,12 @@ def next_watermark(previous: datetime | None, signpost: datetime, gaps: Iterable
 
     No gaps: the signpost. Gaps: the oldest gap's `last_edited_at` (capped at the signpost), so the next
     listing (`- overlap`) still covers it even if the planner's retry by label hash were lost; a gap whose
-    version is unknown holds the mark where it was. The mark never moves backwards.
+    version is unknown holds the mark where it was. The mark never moves backwards, except from after the
+    signpost: that mark is in Encord's future (set by a host clock ahead of Encord's, before signposts were
+    Encord's time), and keeping it would keep the next window after the edits in between.
     """
-    candidate: datetime | None = require_utc(signpost, "signpost")
+    before = require_utc(signpost, "signpost")
+    candidate: datetime | None = before
     for gap in gaps:
         if gap.last_edited_at is None:
             candidate = None
@@ -109,6 +133,6 @@ def next_watermark(previous: datetime | None, signpost: datetime, gaps: Iterable
             candidate = stamp
     if candidate is None:
         return previous
-    if previous is not None and require_utc(previous, "previous watermark") >= candidate:
+    if previous is not None and candidate <= require_utc(previous, "previous watermark") <= before:
         return previous
     return candidate

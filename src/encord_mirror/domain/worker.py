@@ -66,13 +66,16 @@ def process_chunk(
     now = require_utc(deps.clock(), "clock")
     state = deps.state
     run = state.get_run(msg.project_hash, msg.run_id)
-    signpost = run.signpost if run is not None else None
+    signpost = run.signpost if run is not None else None  # Encord's clock: compared with edit times
+    # Our clock when the run began: compared with sync times (ours). A run recorded before `started_at`
+    # was kept had the same value as its signpost.
+    started = (run.started_at or run.signpost) if run is not None else None
     entries = {h: state.get_index(msg.project_hash, h) for h in (*msg.label_hashes, *msg.removals)}
     loaded = _load(msg, config, deps) if msg.label_hashes else None
     _owe_snapshots_first(msg, loaded, entries, deps)
     outcomes: list[RowOutcome] = []
     if msg.label_hashes:
-        outcomes.extend(_sync_rows(msg, loaded, config, deps, now, signpost, entries))
+        outcomes.extend(_sync_rows(msg, loaded, config, deps, now, started, entries))
     if msg.removals:
         outcomes.extend(_remove_rows(msg, deps, signpost, entries))
     if msg.strays:
@@ -158,7 +161,7 @@ def _sync_rows(
     config: MirrorConfig,
     deps: MirrorDeps,
     now: datetime,
-    signpost: datetime | None,
+    started: datetime | None,
     entries: Mapping[str, IndexEntry | None],
 ) -> list[RowOutcome]:
     if not isinstance(loaded, LoadResult):
@@ -171,7 +174,7 @@ def _sync_rows(
         entry = entries.get(label_hash)
         try:
             if row is not None:
-                outcomes.append(_sync_one(row, entry, config, deps, now, signpost, planned=bool(msg.rows)))
+                outcomes.append(_sync_one(row, entry, config, deps, now, started, planned=bool(msg.rows)))
             elif label_hash in loaded.gone:
                 outcomes.append(_remove_one(msg.project_hash, label_hash, entry, deps))
             else:
@@ -193,7 +196,7 @@ def _sync_one(
     config: MirrorConfig,
     deps: MirrorDeps,
     now: datetime,
-    signpost: datetime | None,
+    started: datetime | None,
     *,
     planned: bool = False,
 ) -> RowOutcome:
@@ -217,8 +220,8 @@ def _sync_one(
     if (
         planned
         and entry is not None
-        and signpost is not None
-        and entry.synced_at >= signpost
+        and started is not None
+        and entry.synced_at >= started
         and entry.last_edited_at == meta.last_edited_at
         and (entry.sha256, entry.key) != (sha, key)
     ):
@@ -235,7 +238,7 @@ def _sync_one(
             # An entry from before the index kept the task status: record it, or every reconciling run
             # would send this row again.
             deps.state.put_index(replace(entry, task_status=meta.task_status, stage_uuid=meta.stage_uuid))
-        earlier = signpost is not None and entry.synced_at >= signpost
+        earlier = started is not None and entry.synced_at >= started
         return RowOutcome(
             label_hash,
             "unchanged",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import email.utils
 import signal
 import sys
 import threading
@@ -155,6 +156,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log is the record."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """Every answer's `Date` header reads the emulator's clock (offset or fixed), as Encord's would."""
+        moment = (
+            self.server.emulator.clock.now() if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+        )
+        return email.utils.format_datetime(moment, usegmt=True)
 
     def do_GET(self) -> None:
         self._handle()

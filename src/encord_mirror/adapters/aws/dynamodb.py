@@ -241,16 +241,24 @@ class DynamoStateStore:
         item = self._get(project_hash, "WATERMARK")
         return None if item is None else require_time(item["wm_iso"]["S"])
 
-    def set_watermark(self, project_hash: str, value: datetime) -> None:
-        """Move the watermark to `value` unless it already stands later (a backwards move is a no-op)."""
+    def set_watermark(
+        self, project_hash: str, value: datetime, *, rewind_from: datetime | None = None
+    ) -> None:
+        """Move the watermark to `value` unless it already stands later (a backwards move is a no-op), or
+        stands exactly at `rewind_from`."""
         micros = _micros(value)
+        condition = "attribute_not_exists(wm_us) OR wm_us <= :v"
+        values = {":v": _n(micros), ":iso": _s(iso_utc(value))}
+        if rewind_from is not None:
+            condition += " OR wm_us = :from"
+            values[":from"] = _n(_micros(rewind_from))
         try:
             self._client.update_item(
                 TableName=self.table_name,
                 Key=self._key(project_hash, "WATERMARK"),
                 UpdateExpression="SET wm_us = :v, wm_iso = :iso",
-                ConditionExpression="attribute_not_exists(wm_us) OR wm_us <= :v",
-                ExpressionAttributeValues={":v": _n(micros), ":iso": _s(iso_utc(value))},
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if _code(error) != "ConditionalCheckFailedException":

@@ -318,12 +318,14 @@ class SqliteStateStore:
     def get_watermark(self, project_hash: str) -> datetime | None:
         return _dt(self._one("SELECT value FROM watermarks WHERE project = ?", (project_hash,)))
 
-    def set_watermark(self, project_hash: str, value: datetime) -> None:
+    def set_watermark(
+        self, project_hash: str, value: datetime, *, rewind_from: datetime | None = None
+    ) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO watermarks VALUES (?, ?) ON CONFLICT(project) DO UPDATE SET value=excluded.value"
-                " WHERE excluded.value > watermarks.value",
-                (project_hash, _ts(value)),
+                " WHERE excluded.value > watermarks.value OR watermarks.value = ?",
+                (project_hash, _ts(value), _ts(rewind_from)),
             )
 
     def get_filters(self, project_hash: str) -> str | None:
