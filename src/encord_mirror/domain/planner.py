@@ -219,11 +219,15 @@ def diff_rows(
 
 def _signpost(started: datetime, deps: MirrorDeps) -> tuple[datetime, timedelta | None, str | None]:
     """(signpost, Encord's clock minus ours, None) from Encord's clock; (our start, None, why) when
-    Encord's clock cannot be read."""
+    Encord's clock cannot be read. Clocks that agree to within the `Date` header's resolution keep our
+    start, the finer reading of the same time."""
     reading = deps.source.server_time()
     if reading.date is None:
         return started, None, reading.problem or "its answer carried no time"
-    return encord_signpost(reading.date), clock_skew(reading.date, deps.clock()), None
+    skew = clock_skew(reading.date, deps.clock())
+    if abs(skew) <= DATE_RESOLUTION:
+        return started, skew, None
+    return encord_signpost(reading.date), skew, None
 
 
 def _plan_run(
@@ -246,10 +250,10 @@ def _plan_run(
     overlap = timedelta(seconds=config.overlap_seconds)
     if clock_problem is None:
         overlap += DATE_RESOLUTION
-    # A mark after Encord's now was set by a clock ahead of Encord's (before signposts were Encord's
-    # time): the edits between Encord's time then and the mark lie before any window, so runs reconcile
-    # until Encord's clock passes the mark.
-    future_mark = watermark is not None and watermark > signpost
+    # A mark after Encord's now (by more than the `Date` resolution explains) was set by a clock ahead
+    # of Encord's, before signposts were Encord's time: the edits between Encord's time then and the mark
+    # lie before any window, so the run reconciles, and its finalizer brings the mark back.
+    future_mark = watermark is not None and watermark > signpost + 2 * DATE_RESOLUTION
     full = (
         full
         or reselect

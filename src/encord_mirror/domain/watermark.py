@@ -7,7 +7,8 @@ The watermark is the signpost (start time) of the last run that synced everythin
   whether Encord compares strictly or inclusively; the planner's dedupe against the row index makes the
   re-listing free;
 - the signpost is Encord's clock at the start of the run (the `Date` of an answer it gave just before the
-  listing, rounded up to the next second), with no built-in delay, so a sync started after an edit was
+  listing, rounded up to the next second; our own start when the two clocks agree to within that
+  second), with no built-in delay, so a sync started after an edit was
   saved includes it; an edit made while the run is in flight is stamped after the signpost and is listed by
   the next run. Encord stamps the edits, so only its clock can say which edits a window holds: a host
   clock 5 minutes ahead would put the mark 5 minutes into Encord's future and the next window would start
