@@ -87,7 +87,7 @@ def project_status(
     )
     for snap in status.snapshots:
         if snap.get("damaged"):
-            status.problems.append(f"{snap['latest_uri']} is damaged: the next sync rebuilds it")
+            status.problems.append(f"{snap['latest_uri']} is missing or damaged: the next sync rebuilds it")
     failure = state.get_failure(project_hash)
     if failure is not None:
         status.last_failure = {"run_id": failure.run_id, "at": iso_utc(failure.at), "reason": failure.reason}
@@ -136,16 +136,17 @@ def _last_run(project_hash: str, lake: ObjectStore) -> dict[str, Any] | None:
 
 
 def _latest_snapshots(project_hash: str, lake: ObjectStore) -> list[dict[str, Any]]:
+    """Each partition's latest snapshot; a `latest.json` that is not a pointer, or missing while the
+    partition has snapshots, is listed as `damaged` (the next sync rebuilds it)."""
     out = []
-    for key in lake.list_keys(f"coco/project={project_hash}/"):
-        if not key.endswith("/latest.json") or key.count("/") != 4:
-            continue
+    keys = list(lake.list_keys(f"coco/project={project_hash}/"))
+    pointers = {k for k in keys if k.endswith("/latest.json") and k.count("/") == 4}
+    snapshotted = {"/".join([*k.split("/")[:4], "latest.json"]) for k in keys if k.endswith("/manifest.json")}
+    for key in sorted(pointers | snapshotted):
         stored = lake.get(key)
-        if stored is None:
-            continue
         part = partition_of(key)
         try:
-            latest = orjson.loads(stored.body)
+            latest = orjson.loads(stored.body) if stored is not None else None
         except orjson.JSONDecodeError:
             latest = None
         if not isinstance(latest, dict):
@@ -198,7 +199,7 @@ def format_status(statuses: list[ProjectStatus]) -> str:
         out.append(f"  COCO partitions: {len(s.snapshots)}")
         for snap in s.snapshots:
             if snap.get("damaged"):
-                out.append(f"    {snap['branch']}/{snap['stage']}: DAMAGED {snap['latest_uri']}")
+                out.append(f"    {snap['branch']}/{snap['stage']}: MISSING OR DAMAGED {snap['latest_uri']}")
                 continue
             c = snap["counts"] or {}
             out.append(
