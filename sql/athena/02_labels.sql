@@ -16,7 +16,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS ${DATABASE}.labels (
   annotation_task_status string,
   is_shadow_data boolean,
   data_units map<string, struct<data_hash: string, data_title: string, data_type: string, data_link: string, width: int, height: int>>,
-  mirror struct<project_hash: string, label_hash: string, data_hash: string, branch: string, stage: string, stage_uuid: string, stage_title: string, task_status: string, last_edited_at: string, sha256: string, synced_at: string>
+  mirror struct<format_version: int, project_hash: string, label_hash: string, data_hash: string, branch: string, stage: string, stage_uuid: string, stage_title: string, task_status: string, last_edited_at: string, sha256: string, synced_at: string>
 )
 PARTITIONED BY (project string)
 ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'

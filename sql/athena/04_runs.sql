@@ -1,6 +1,7 @@
 -- The run manifests (runs/...): one JSON line per run. Manifests written before they were one line
 -- (indented JSON) are skipped ('ignore.malformed.json').
 CREATE EXTERNAL TABLE IF NOT EXISTS ${DATABASE}.runs (
+  format_version int,
   run_id string,
   project_hash string,
   mode string,

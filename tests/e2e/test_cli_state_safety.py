@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from test_cli_sync import Mirror, _first_sync, serve_mirror
 
@@ -115,7 +116,7 @@ def test_the_state_file_of_another_lake_is_refused_naming_both_lakes(mirror: Mir
     # Then it is refused (exit 2) naming the state, both lakes, and what to do; B stays empty
     assert run.code == 2, run.out + run.err
     assert f"--state {state_a}: belongs to another lake" in run.err
-    lake_a_id = id_a.body.decode().split('"lake_id": "')[1].split('"')[0]
+    lake_a_id = orjson.loads(id_a.body)["lake_id"]
     assert f"lake {lake_a_id} (last synced at {mirror.dest}" in run.err
     assert f"--lake {tmp_path / 'lake-b'} is a lake without an id" in run.err
     assert not list(LocalLake(tmp_path / "lake-b").list_keys(""))
@@ -129,10 +130,26 @@ def test_the_state_file_of_another_lake_is_refused_naming_both_lakes(mirror: Mir
     # Then it is refused naming B's id too
     id_b = LocalLake(tmp_path / "lake-b").get(LAKE_ID_KEY)
     assert id_b is not None
-    lake_b_id = id_b.body.decode().split('"lake_id": "')[1].split('"')[0]
+    lake_b_id = orjson.loads(id_b.body)["lake_id"]
     assert again.code == 2 and f"is lake {lake_b_id}" in again.err, again.err
     # and A itself is untouched and still in step with its state
     assert mirror.sync().code == 0
+    mirror.assert_in_step()
+
+
+def test_a_lake_id_of_the_older_format_is_rewritten_in_this_one_keeping_its_id(mirror: Mirror) -> None:
+    # Given a lake whose _lake.json an older release wrote (indented, no format_version)
+    _first_sync(mirror)
+    path = Path(mirror.dest) / LAKE_ID_KEY
+    fields = orjson.loads(path.read_bytes())
+    del fields["format_version"]
+    path.write_bytes(orjson.dumps(fields, option=orjson.OPT_INDENT_2))
+    # When the next sync runs
+    assert mirror.sync().code == 0
+    # Then _lake.json is one line ending with a newline, of format 2, with the same id, time and writer
+    body = path.read_bytes()
+    assert body.count(b"\n") == 1 and body.endswith(b"}\n")
+    assert orjson.loads(body) == {"format_version": 2, **fields}
     mirror.assert_in_step()
 
 

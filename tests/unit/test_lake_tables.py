@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import pytest
 from conftest import Mirror
 from fakes import ANNOTATE, CAR, COMPLETE, PERSON, PROJECT, FakeSource
 
@@ -17,7 +18,14 @@ from encord_mirror.adapters.local import LocalLake
 from encord_mirror.domain.lake import stage_value
 from encord_mirror.domain.models import Partition, StoredObject
 from encord_mirror.reader.sdk import label_row
-from encord_mirror.tables.annotations import MEMBER_ROWS, AnnotationsTable, index_key, read_table, table_key
+from encord_mirror.tables.annotations import (
+    MEMBER_ROWS,
+    AnnotationsTable,
+    index_key,
+    marker_key,
+    read_table,
+    table_key,
+)
 from encord_mirror.tables.records import COLUMNS, annotation_records
 
 A = Partition(PROJECT, "main", stage_value(ANNOTATE.uuid, ANNOTATE.title))
@@ -111,6 +119,23 @@ def test_a_lake_without_tables_is_rebuilt_from_its_rows_on_the_next_run(
     mirror.sync()
     # Then every partition's table is there again, whole
     assert by_row(read_table(lake, A)) == {f"label-{i:04d}": 3 for i in range(4)}
+
+
+def test_a_table_marker_without_its_final_newline_is_rewritten_not_rebuilt(
+    mirror: Mirror, source: FakeSource, lake: LocalLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a lake whose _table.json an older release wrote (no final newline)
+    source.add(4)
+    mirror.sync()
+    lake.put(marker_key(PROJECT), b'{"format_version":1}')
+    rebuilt: list[str] = []
+    monkeypatch.setattr(AnnotationsTable, "rebuild_project", lambda _, project: rebuilt.append(project))
+    # When a run changes nothing
+    mirror.clock.advance(60)
+    mirror.sync()
+    # Then the marker ends with a newline now, and the tables were not rebuilt
+    assert lake.get(marker_key(PROJECT)).body == b'{"format_version":1}\n'  # type: ignore[union-attr]
+    assert rebuilt == [] and by_row(read_table(lake, A)) == {f"label-{i:04d}": 3 for i in range(4)}
 
 
 def test_records_match_what_the_sdk_parses_from_every_generated_data_type(tmp_path: Path) -> None:

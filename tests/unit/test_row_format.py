@@ -13,7 +13,7 @@ from conftest import Mirror
 from fakes import PROJECT
 
 from encord_mirror.adapters.local import SqliteStateStore
-from encord_mirror.domain import worker
+from encord_mirror.domain import config, rowdoc, worker
 from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.models import JsonDict, LoadedRow
 from encord_mirror.domain.rowdoc import MIRROR_KEY, ROW_FORMAT_VERSION, content_sha256
@@ -96,3 +96,24 @@ def test_a_new_lake_is_written_in_the_current_row_format(mirror: Mirror) -> None
     mirror.sync(CONFIG)
     # Then every row object names the current format version
     assert {d[MIRROR_KEY]["format_version"] for d in _documents(mirror)} == {ROW_FORMAT_VERSION}
+
+
+def test_the_next_run_rewrites_a_lake_of_row_format_2_with_a_final_newline(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a lake synced by a release of row format 2: objects without their final newline
+    mirror.source.add(ROWS)
+    with monkeypatch.context() as patch:
+        patch.setattr(rowdoc, "ROW_FORMAT_VERSION", 2)
+        patch.setattr(config, "ROW_FORMAT_VERSION", 2)
+        patch.setattr(worker, "encode_document", orjson.dumps)
+        assert mirror.sync(CONFIG).ok
+    assert all(not body.endswith(b"\n") for body in mirror.snapshot().values())
+    # When this release syncs, with nothing changed in Encord
+    mirror.clock.advance(60)
+    summary = mirror.sync(CONFIG)
+    # Then every object was rewritten once: this format, one line ending with a newline
+    assert summary.ok and summary.projects[0].written == ROWS
+    bodies = list(mirror.snapshot().values())
+    assert all(body.endswith(b"}\n") and body.count(b"\n") == 1 for body in bodies)
+    assert {orjson.loads(b)[MIRROR_KEY]["format_version"] for b in bodies} == {ROW_FORMAT_VERSION}

@@ -7,7 +7,9 @@ honoured). Light to import: no SDK, and boto3 only for an S3 lake.
 
 A lake knows its own id (`_lake.json` at its root, written by the first sync: a `_` name, so Hive and
 Athena skip it), and a state records the id of the lake it was synced with: a state file of another lake
-is refused (it would make the new lake look in step while it stays empty), naming both.
+is refused (it would make the new lake look in step while it stays empty), naming both. `_lake.json` is
+`{"format_version": 2, "lake_id", "created_at", "by"}` on one line ending with a newline (version 1, no
+`format_version`, was indented: a sync rewrites it as version 2, keeping its id).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 STATE_FILENAME = ".mirror-state.sqlite"
 LAKE_ID_KEY = "_lake.json"
+LAKE_ID_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,8 @@ def _bind(target: LakeTarget, state: SqliteStateStore, projects: Sequence[str], 
         return
     if lake_id is None:
         lake_id = _create_lake_id(target)
+    else:
+        _upgrade_lake_id(target)
     known = binding.projects if binding is not None else ()
     if binding is None or binding.location != target.location or not set(projects) <= set(known):
         state.bind_lake(LakeBinding(lake_id, target.location, tuple(sorted({*known, *projects}))))
@@ -190,10 +195,31 @@ def _create_lake_id(target: LakeTarget) -> str:
     body = {"lake_id": uuid.uuid4().hex, "created_at": datetime.now(UTC).isoformat(), "by": __version__}
     # Create-only: if another first sync gave the lake its id a moment ago, that one stands.
     with contextlib.suppress(PreconditionFailedError):
-        target.lake.put(LAKE_ID_KEY, orjson.dumps(body, option=orjson.OPT_INDENT_2), if_none_match=True)
+        target.lake.put(LAKE_ID_KEY, _lake_id_body(body), if_none_match=True)
     lake_id = read_lake_id(target)
     assert lake_id is not None
     return lake_id
+
+
+def _lake_id_body(fields: Mapping[str, object]) -> bytes:
+    body = {
+        "format_version": LAKE_ID_FORMAT_VERSION,
+        **{k: v for k, v in fields.items() if k != "format_version"},
+    }
+    return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _upgrade_lake_id(target: LakeTarget) -> None:
+    """Rewrite a `_lake.json` of an older format in this one, keeping its fields (compare-and-swap: a
+    concurrent upgrade wins); one of this format or a newer one stays as it is."""
+    stored = target.lake.get(LAKE_ID_KEY)
+    if stored is None:
+        return
+    fields = orjson.loads(stored.body)
+    if fields.get("format_version", 1) >= LAKE_ID_FORMAT_VERSION:
+        return
+    with contextlib.suppress(PreconditionFailedError):
+        target.lake.put(LAKE_ID_KEY, _lake_id_body(fields), if_match=stored.etag)
 
 
 def open_lake(dest: str) -> ObjectStore:

@@ -17,10 +17,11 @@ the retry goes at once; one that died without a word holds the claim until it ex
 fails the record, so SQS asks again later). Two finalizers never work on one run at the same time, unless
 one outlives its claim's expiry.
 
-The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC):
+The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC; one line, ending with a newline):
 ```
-{"run_id", "project_hash", "mode": "full" | "incremental", "started_at", "finished_at", "signpost",
- "previous_watermark" (when planned), "watermark_before" (when finalized), "watermark" (committed),
+{"format_version": 2, "run_id", "project_hash", "mode": "full" | "incremental", "started_at", "finished_at",
+ "signpost", "previous_watermark" (when planned), "watermark_before" (when finalized),
+ "watermark" (committed),
  "filters" (the run's filters fingerprint, `MirrorConfig.filters_fingerprint`; a new state takes it up),
  "counts": {"written", "unchanged", "moved", "removed", "failed", "stale"}, "gaps_open", "chunks",
  "unlabelled": [data hashes], "rows": [{"label_hash", "status", "key", "old_key", "last_edited_at",
@@ -58,6 +59,9 @@ from encord_mirror.domain.watermark import iso_utc, next_watermark, require_utc
 from encord_mirror.domain.worker import MAYBE_EARLIER
 
 COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
+# The run manifest's format (README, "The lake"; schemas/run-manifest.schema.json). 1: manifests without
+# the field (indented JSON at first, then one line); 2: `format_version` added.
+MANIFEST_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +310,7 @@ def _manifest(
     now: datetime,
 ) -> JsonDict:
     return {
+        "format_version": MANIFEST_FORMAT_VERSION,
         "run_id": run.run_id,
         "project_hash": run.project_hash,
         "mode": "full" if run.full else "incremental",

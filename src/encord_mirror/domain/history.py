@@ -8,9 +8,11 @@ history/project=<p>/base=<run_id>/...                 retention: what was curren
                                                       were folded (same format)
 ```
 A part line is `<entry JSON> TAB <the row object's bytes, exactly as the lake held them>` (orjson escapes
-tabs inside strings, so the first tab ends the entry); a removal has no bytes. `_index.json` is
-`{"format_version": 1, "run_id", "time", "entries": [entry + {"part", "line"}]}` with entry
-`{label_hash, branch, stage, data_hash, status, key, old_key, sha256, last_edited_at, run_id, time}`;
+tabs inside strings, so the first tab ends the entry); a removal has no bytes. A row object's final newline
+(row format 3) would end the line early: it is left out of the line and the entry says `"newline": true`.
+`_index.json` is one line, `{"format_version": 2, "run_id", "time", "entries": [entry + {"part", "line"}]}`
+with entry `{label_hash, branch, stage, data_hash, status, key, old_key, sha256, last_edited_at, run_id,
+time[, newline]}` (version 1: no `newline`, and the index does not end with a newline);
 `status` is `written`, `moved` (written at `key`, removed at `old_key`), `removed`, or `baseline` (a row
 the lake held before its first logged run). `time` is when the run was finalized, the moment its versions
 became the lake's committed state.
@@ -39,7 +41,7 @@ from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 from encord_mirror.domain.rowdoc import read_mirror
 from encord_mirror.domain.watermark import iso_utc
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX = "_index.json"
 PART_ROWS = 500  # rows per part file: bounds a finalizer's memory whatever a run's size
 RUN_ID = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z-[0-9a-f]+$")
@@ -77,9 +79,10 @@ class Version:
     last_edited_at: str | None
     part: str  # the part file holding it
     line: int
+    newline: bool = False  # its bytes end with a newline, which the part line leaves out
 
     def as_dict(self) -> JsonDict:
-        return {k: getattr(self, k) for k in self.__slots__ if k not in ("part", "line")}
+        return {k: getattr(self, k) for k in self.__slots__ if k not in ("part", "line", "newline")}
 
 
 def history_prefix(project_hash: str) -> str:
@@ -118,7 +121,7 @@ class ChangeLog:
             ]
         entries = self._write_parts(folder, run.run_id, time, pending)
         index = {"format_version": FORMAT_VERSION, "run_id": run.run_id, "time": time, "entries": entries}
-        self._create(folder + INDEX, orjson.dumps(index))
+        self._create(folder + INDEX, orjson.dumps(index, option=orjson.OPT_APPEND_NEWLINE))
         if self._keep is not None:
             self._fold(project)
 
@@ -152,6 +155,9 @@ class ChangeLog:
                     entry["status"] = f"{p.status}-superseded"
                     body = None
                 row = body.body if body is not None else b""
+                if row.endswith(b"\n"):
+                    row = row[:-1]
+                    entry["newline"] = True
                 lines.append(orjson.dumps(entry) + b"\t" + row + b"\n")
                 entries.append({**entry, "part": part, "line": len(lines) - 1})
             self._lake.put(part, gzip.compress(b"".join(lines), mtime=0), content_type="application/gzip")
@@ -207,7 +213,7 @@ class ChangeLog:
             "base": True,
             "entries": entries,
         }
-        self._create(base + INDEX, orjson.dumps(index))
+        self._create(base + INDEX, orjson.dumps(index, option=orjson.OPT_APPEND_NEWLINE))
         # The base is complete: what it replaces can go (a reader ignores runs at or before a base).
         for folder in sources:
             for key in list(self._lake.list_keys(folder)):
@@ -283,7 +289,7 @@ class ChangeLog:
             raise HistoryError(
                 f"label hash {version.label_hash}: run {version.run_id} {version.status} it; no bytes to show"
             )
-        return row
+        return row + b"\n" if version.newline else row
 
     def as_of(
         self, label_hash: str, when: str, *, branch: str = "main", project: str | None = None
@@ -343,6 +349,7 @@ def _version(project: str, e: JsonDict) -> Version:
         last_edited_at=e.get("last_edited_at"),
         part=e["part"],
         line=e["line"],
+        newline=bool(e.get("newline")),
     )
 
 

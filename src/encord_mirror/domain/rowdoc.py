@@ -14,6 +14,8 @@ a task status change is, and anyone can verify an object by recomputing the hash
 `mirror.format_version` is `ROW_FORMAT_VERSION`; an object without it is version 1. It is part of the
 hashed content, so a new version changes every row's sha256 and the worker rewrites a row it is sent; the
 planner sends every row once after an upgrade (the version is part of `MirrorConfig.filters_fingerprint`).
+The object is one line of compact JSON ending with a newline (from version 3: pyarrow's JSON dataset
+reader reads a file without one as nulls); the newline is outside the hashed content.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from encord_mirror.domain.watermark import iso_utc
 
 MIRROR_KEY = "mirror"
 # The shape of a row object (README, "The lake"). 1: objects written before the `mirror` block carried a
-# version; 2: `mirror.format_version` added.
-ROW_FORMAT_VERSION = 2
+# version; 2: `mirror.format_version` added; 3: the object ends with a newline.
+ROW_FORMAT_VERSION = 3
 _UNHASHED = ("sha256", "synced_at")
 
 
@@ -142,7 +144,7 @@ def build_document(row: LoadedRow, labels: JsonDict, *, synced_at: datetime) -> 
 
 
 def encode_document(document: JsonDict) -> bytes:
-    return orjson.dumps(document)
+    return orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def read_mirror(body: bytes) -> JsonDict | None:

@@ -5,6 +5,8 @@ every run.
 tables/annotations/project=<p>/branch=<b>/stage=<s>/annotations.jsonl.gz   one record per line (records.py)
 tables/annotations/project=<p>/_table.json                                  {"format_version": 1}
 ```
+(`_table.json`, like every JSON document of the lake, ends with a newline; one written without it is
+rewritten by the next run.)
 
 Why gzip JSON Lines and not Parquet: pyarrow's manylinux wheel is 136 MB unzipped, and the Lambda layer
 is 109 MB without it, so the layer would be ~245 MB: over the 200 MB this project allows itself (Lambda's
@@ -43,6 +45,7 @@ TABLE_FILE = "annotations.jsonl.gz"
 FORMAT_VERSION = 1
 _LINE_START = b'{"label_hash":"'
 MEMBER_ROWS = 16  # rows per gzip member: 1% of rows changed at random touches ~15% of the members
+_MARKER = orjson.dumps({"format_version": FORMAT_VERSION}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def table_key(part: Partition) -> str:
@@ -85,9 +88,12 @@ class AnnotationsTable:
 
     def record_run(self, run: RunRecord, outcomes: Sequence[RowOutcome], *, now: datetime) -> None:
         project = run.project_hash
-        if self._lake.get(marker_key(project)) is None:
+        marker = self._lake.get(marker_key(project))
+        if marker is None:
             self.rebuild_project(project)
             return
+        if marker.body != _MARKER:
+            self._lake.put(marker_key(project), _MARKER)  # written before lake documents ended with "\n"
         for change in touched_partitions(list(outcomes)):
             self.refresh(change.partition, change.upserted, change.removed)
 
@@ -104,7 +110,7 @@ class AnnotationsTable:
         }
         for part in sorted(set(rows) | stale):
             self.refresh(part, rows.get(part, set()), set(), previous=False)
-        self._lake.put(marker_key(project_hash), orjson.dumps({"format_version": FORMAT_VERSION}))
+        self._lake.put(marker_key(project_hash), _MARKER)
 
     def refresh(
         self, part: Partition, upserted: Iterable[str], removed: Iterable[str], *, previous: bool = True
@@ -161,7 +167,7 @@ class AnnotationsTable:
             return RefreshStats(rows_read, copied, written)
         etag = self._lake.put(key, b"".join(p for _, p in pieces), content_type="application/gzip")
         index = {"etag": etag, "members": [[first, len(p)] for first, p in pieces]}
-        self._lake.put(index_key(part), orjson.dumps(index))
+        self._lake.put(index_key(part), orjson.dumps(index, option=orjson.OPT_APPEND_NEWLINE))
         return RefreshStats(rows_read, copied, written)
 
     def _members(self, part: Partition, old: StoredObject | None) -> list[tuple[str, int, int]]:
