@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
 from encord_mirror.cli.main import main
+from encord_mirror.domain.models import SnapshotEvent
 from encord_mirror.domain.ports import ObjectStore
+
+# What Step Functions takes as an execution name, narrowed to what any key takes (README, "Events").
+EXECUTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -33,10 +37,10 @@ def committed_snapshots(lake: ObjectStore, project_hash: str) -> dict[str, dict[
         stored = lake.get(key)
         assert stored is not None
         manifest: dict[str, Any] = orjson.loads(stored.body)
-        event_id = "/".join(
-            (project_hash, quote(manifest["branch"], safe=""), manifest["stage"], manifest["snapshot_id"])
+        event = SnapshotEvent(
+            manifest["snapshot_id"], project_hash, manifest["branch"], manifest["stage"], {}
         )
-        out[event_id] = manifest
+        out[event.event_id] = manifest
     return out
 
 
@@ -58,6 +62,9 @@ def one_event_per_snapshot_differences(
     expected = {e for e, m in snapshots.items() if announced(m, min_annotations)}
     out += [f"snapshot {e} never announced" for e in sorted(expected - set(counts))]
     out += [f"event {e} announces no committed snapshot" for e in sorted(set(counts) - expected)]
+    out += [
+        f"event id {e} is not an execution name" for e in sorted(counts) if not EXECUTION_NAME.fullmatch(e)
+    ]
     for detail in details:
         manifest = snapshots.get(detail["event_id"])
         if manifest is not None and detail.get("coco_sha256") != manifest["coco"]["sha256"]:

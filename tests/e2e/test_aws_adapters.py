@@ -20,6 +20,7 @@ from awsenv import AwsResources
 from fakes import Clock, FakeSource, RecordingQueue, RecordingSnapshots
 
 from encord_mirror.adapters.aws import DynamoStateStore, EventBridgeSink, S3ObjectStore, SqsWorkQueue
+from encord_mirror.adapters.local.events import event_line
 from encord_mirror.adapters.local.state import this_process
 from encord_mirror.domain.codec import encode_event, encode_outcomes, encode_run
 from encord_mirror.domain.config import MirrorConfig
@@ -535,7 +536,10 @@ def _snap(run_id: str, stage: str, branch: str = "main") -> SnapshotEvent:
 
 def test_outbox_keeps_events_pending_until_sent_and_never_reopens_a_sent_one(state: StateStore) -> None:
     # Given the events of two runs' snapshots (one run touched two partitions, one on a branch with a slash)
-    older = [_snap("r1", "review-5678abcd", branch="consensus/1"), _snap("r1", "annotate-1234abcd")]
+    older = sorted(
+        [_snap("r1", "review-5678abcd", branch="consensus/1"), _snap("r1", "annotate-1234abcd")],
+        key=lambda e: e.event_id,
+    )
     newer = [_snap("r2", "annotate-1234abcd")]
     # When they are recorded (the newer first, the older twice: a retried finalizer)
     state.stage_events(PROJECT, newer)
@@ -548,6 +552,52 @@ def test_outbox_keeps_events_pending_until_sent_and_never_reopens_a_sent_one(sta
     state.stage_events(PROJECT, [*older, *newer])
     assert state.pending_events(PROJECT) == [older[0], *newer]
     state.mark_events_sent(PROJECT, [older[0].event_id, newer[0].event_id, newer[0].event_id])
+    assert state.pending_events(PROJECT) == []
+
+
+def _recorded_by_an_older_release(
+    state: StateStore, pending: list[SnapshotEvent], sent: list[SnapshotEvent]
+) -> StateStore:
+    """The store as a release before event format 2 left it: events keyed by their `event_key` (SQLite:
+    a version-1 file, reopened as this release opens it)."""
+    if isinstance(state, DynamoStateStore):
+        client = state._client
+        for event in pending:
+            item = {"pk": {"S": f"P#{PROJECT}"}, "sk": {"S": f"OUTBOX#{event.event_key}"}}
+            item.update(snapshot_id={"S": event.snapshot_id}, event={"S": encode_event(event).decode()})
+            client.put_item(TableName=state.table_name, Item=item)
+        for event in sent:
+            item = {"pk": {"S": f"P#{PROJECT}"}, "sk": {"S": f"SENT#{event.event_key}"}}
+            client.put_item(TableName=state.table_name, Item=item)
+        return state
+    path = state.path  # type: ignore[attr-defined]
+    state.close()  # type: ignore[attr-defined]
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        rows = [(e, "pending") for e in pending] + [(e, "sent") for e in sent]
+        db.executemany(
+            "INSERT INTO outbox VALUES (?, ?, ?, ?, ?)",
+            [(PROJECT, e.event_key, e.snapshot_id, status, encode_event(e)) for e, status in rows],
+        )
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    reopened: StateStore = type(state)(path)
+    return reopened
+
+
+def test_events_an_older_release_recorded_under_their_key_are_published_once(state: StateStore) -> None:
+    # Given an older release's outbox: one event pending (its finalizer died before sending it), one sent
+    # (it died before its manifest), one pending that a retry of this release recorded again by its id
+    waiting, sent, twice = (_snap(f"r{i}", "annotate-1234abcd") for i in (1, 2, 3))
+    state.stage_events(PROJECT, [twice])
+    state = _recorded_by_an_older_release(state, pending=[waiting, twice], sent=[sent])
+    # When this release's finalizer records the retried events and reads the outbox
+    state.stage_events(PROJECT, [sent, twice])
+    pending = state.pending_events(PROJECT)
+    # Then the two pending events are pending once each, under today's ids, and the sent one is not
+    assert pending == [waiting, twice]
+    # and once marked sent (by today's ids, as the sinks' receipts have them) nothing is pending again
+    state.mark_events_sent(PROJECT, [e.event_id for e in pending])
+    assert state.pending_events(PROJECT) == []
+    state.stage_events(PROJECT, [waiting, sent, twice])
     assert state.pending_events(PROJECT) == []
 
 
@@ -794,13 +844,23 @@ def test_events_publish_in_batches_of_10_with_receipts(
     }
     details = {d["detail"]["snapshot_id"]: d["detail"] for d in delivered}
     assert details["snap-3"] == {
+        "format_version": 2,
+        "stage_uuid": None,
+        "stage_title": None,
         "rows": 3,
-        "event_id": f"{PROJECT}/main/annotate-1234abcd/snap-3",
+        "event_id": events[3].event_id,
+        "event_key": f"{PROJECT}/main/annotate-1234abcd/snap-3",
         "snapshot_id": "snap-3",
         "project_hash": PROJECT,
         "branch": "main",
         "stage": "annotate-1234abcd",
     }
+    # and a local lake's events file has the envelope of an event EventBridge delivers to a target (AWS's
+    # documented fields; moto's SQS target leaves out `account` and adds its `ingestion-time`)
+    local = orjson.loads(event_line(events[3], T0))
+    envelope = {"version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"}
+    assert set(delivered[0]) - {"ingestion-time"} <= set(local) == envelope
+    assert local["detail"] == details["snap-3"]
 
 
 def test_events_to_a_missing_bus_fail_in_the_receipt(
@@ -809,4 +869,6 @@ def test_events_to_a_missing_bus_fail_in_the_receipt(
     # Given a bus that does not exist / When publishing / Then the receipt names the failed event
     sink = EventBridgeSink(aws.bus + "-missing", aws_client("events"))
     receipt = sink.publish([SnapshotEvent("snap-1", PROJECT, "main", "s", {})])
-    assert receipt.sent == () and set(receipt.failed) == {f"{PROJECT}/main/s/snap-1"}
+    assert receipt.sent == () and set(receipt.failed) == {
+        SnapshotEvent("snap-1", PROJECT, "main", "s", {}).event_id
+    }

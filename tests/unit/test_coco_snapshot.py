@@ -7,6 +7,7 @@ import hashlib
 import io
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ import pytest
 from coco_fixtures import MemoryLake, as_port, fixture
 from pycocotools.coco import COCO
 
-from encord_mirror.coco.snapshot import CocoSnapshotBuilder, SnapshotConflictError
+from encord_mirror.coco.snapshot import SNAPSHOT_FORMAT_VERSION, CocoSnapshotBuilder, SnapshotConflictError
 from encord_mirror.domain.lake import label_key, latest_key
-from encord_mirror.domain.models import Partition, PartitionChanges, ProjectInfo
+from encord_mirror.domain.models import Partition, PartitionChanges, ProjectInfo, Stage
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 from encord_mirror.domain.rowdoc import content_sha256
 
@@ -587,10 +588,11 @@ def test_a_snapshot_of_an_older_format_is_named_outdated_and_rebuilt_from_all_ro
     # Then every row is read again, the snapshot is the current format's full rebuild, and nothing is outdated
     assert len([k for k in lake.gets if k.startswith("labels/")]) == 12
     coco, manifest = _snapshot(lake)
-    assert event is not None and manifest["format_version"] == 2 and manifest["incremental"] is False
+    assert event is not None and manifest["incremental"] is False
+    assert manifest["format_version"] == SNAPSHOT_FORMAT_VERSION
     assert _normalised(coco) == _normalised(_full_rebuild(rows))
     latest = orjson.loads(lake.objects[latest_key(PROJECT, "main", ANNOTATE)][0])
-    assert latest["format_version"] == 2
+    assert latest["format_version"] == SNAPSHOT_FORMAT_VERSION
     assert CocoSnapshotBuilder(lake, encord_compatible=False).outdated(PROJECT) == []
     # And a builder of the other COCO mode finds it outdated
     assert CocoSnapshotBuilder(lake, encord_compatible=True).outdated(PROJECT) == outdated
@@ -708,3 +710,31 @@ def test_the_images_array_is_found_in_the_previous_coco_json_across_block_bounda
             body[at:at] = _IMAGES_OPEN
         # When it is searched block by block / Then it is where a whole-file search finds it
         assert _Source(io.BytesIO(bytes(body))).find_head(_IMAGES_OPEN) == bytes(body).find(_IMAGES_OPEN)
+
+
+@pytest.mark.parametrize(
+    ("stages", "named"),
+    [
+        ((Stage("1a2b3c4d-0000-4000-8000-000000000001", "Annotate", "ANNOTATION"),), "Annotate"),
+        ((Stage("1a2b3c4d-0000-4000-8000-000000000001", "Label it", "ANNOTATION"),), "Label it"),
+        ((Stage("99999999-0000-4000-8000-000000000001", "Review", "REVIEW"),), None),
+    ],
+    ids=["its-stage", "renamed-since", "gone-from-the-workflow"],
+)
+def test_the_manifest_and_the_event_name_the_workflow_stage(
+    stages: tuple[Stage, ...], named: str | None
+) -> None:
+    # Given a partition of the stage `Annotate` (uuid 1a2b3c4d-...), and the project's workflow stages
+    lake = MemoryLake()
+    hashes = [_write(lake, r) for r in _rows(2)]
+    project = replace(_project(), stages=stages)
+    # When its snapshot is made
+    event = CocoSnapshotBuilder(lake, encord_compatible=False).refresh(
+        project, _changes(hashes), run_id="20261123T120000Z-aaaa", now=NOW
+    )
+    # Then the manifest and the event carry the uuid and title of the stage the partition is (found by
+    # uuid once renamed), or null for a stage the workflow no longer has
+    _, manifest = _snapshot(lake)
+    uuid = stages[0].uuid if named else None
+    assert (manifest["stage_uuid"], manifest["stage_title"]) == (uuid, named)
+    assert event is not None and (event.detail["stage_uuid"], event.detail["stage_title"]) == (uuid, named)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 
 from encord_mirror.adapters.local import (
     EVENTS_KEY,
@@ -423,29 +426,84 @@ def _event(i: int) -> SnapshotEvent:
     return SnapshotEvent(f"snap-{i}", P, "main", "review-1234abcd", {"images": i})
 
 
-def test_events_are_eventbridge_shaped_json_lines(lake: LocalLake) -> None:
+def test_events_are_json_lines_as_eventbridge_delivers_them(lake: LocalLake) -> None:
+    # Given the local sink
     sink = JsonlEventSink(lake, clock=lambda: T)
     _: EventSink = sink
+    # When it publishes two events
     receipt = sink.publish([_event(1), _event(2)])
-    assert receipt.sent == (f"{P}/main/review-1234abcd/snap-1", f"{P}/main/review-1234abcd/snap-2")
-    assert receipt.failed == {}
+    # Then the receipt is keyed by their ids, and each is one line with EventBridge's envelope
+    assert receipt.sent == (_event(1).event_id, _event(2).event_id) and receipt.failed == {}
     stored = lake.get(EVENTS_KEY)
     assert stored is not None
     lines = [orjson.loads(line) for line in stored.body.splitlines()]
-    assert lines[0] == {
-        "source": "encord-mirror",
+    assert len(lines) == 2
+    first = lines[0]
+    assert {k: v for k, v in first.items() if k != "id"} == {
+        "version": "0",
         "detail-type": "encord-mirror.snapshot.committed",
-        "time": T.isoformat(),
+        "source": "encord-mirror",
+        "account": "000000000000",
+        "time": T.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": "local",
+        "resources": [],
         "detail": {
-            "event_id": f"{P}/main/review-1234abcd/snap-1",
+            "format_version": 2,
+            "stage_uuid": None,
+            "stage_title": None,
+            "images": 1,
+            "event_id": _event(1).event_id,
+            "event_key": f"{P}/main/review-1234abcd/snap-1",
             "snapshot_id": "snap-1",
             "project_hash": P,
             "branch": "main",
             "stage": "review-1234abcd",
-            "images": 1,
         },
     }
-    assert len(lines) == 2
+    assert uuid.UUID(first["id"]).version == 4 and first["id"] != lines[1]["id"]
+    # and Powertools' model of an EventBridge event (what a Lambda target parses) reads every line
+    parsed = [EventBridgeModel.model_validate(line) for line in lines]
+    assert [e.detail["snapshot_id"] for e in parsed] == ["snap-1", "snap-2"]  # type: ignore[index]
+    assert parsed[0].time == T.replace(microsecond=0)
+
+
+def test_an_event_the_file_holds_under_its_older_id_is_not_appended_again(lake: LocalLake) -> None:
+    # Given an events file where an older release wrote event 1 (its id was the event key) and then died
+    # before recording it as sent
+    older = {"source": "encord-mirror", "detail": {"event_id": _event(1).event_key, "snapshot_id": "snap-1"}}
+    lake.put(EVENTS_KEY, orjson.dumps(older) + b"\n")
+    # When this release publishes it again, with event 2
+    receipt = JsonlEventSink(lake, clock=lambda: T).publish([_event(1), _event(2)])
+    # Then both are sent, and the file holds event 1 once
+    assert receipt.sent == (_event(1).event_id, _event(2).event_id)
+    stored = lake.get(EVENTS_KEY)
+    assert stored is not None
+    assert [orjson.loads(x)["detail"]["snapshot_id"] for x in stored.body.splitlines()] == [
+        "snap-1",
+        "snap-2",
+    ]
+
+
+def test_event_ids_are_step_functions_execution_names_unique_per_event() -> None:
+    # Given events of one run in partitions whose keys are long (a long branch, a long stage value)
+    branch, stage = "consensus/" + "b" * 200, "a-stage-title-cut-at-forty-characters-x-1234abcd"
+    events = [
+        SnapshotEvent("20261123T182200.123Z-1a2b3c4d", project, b, st, {})
+        for project in ("p1", "p2")
+        for b in ("main", branch, branch + "2")
+        for st in (stage, stage.replace("1234", "9999"), "none")
+    ]
+    # Then every id is at most 80 characters of [A-Za-z0-9_-], starts with the snapshot id, and is unique
+    ids = [e.event_id for e in events]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,80}", i) for i in ids), ids
+    assert all(i.startswith("20261123T182200-123Z-1a2b3c4d_") for i in ids)
+    assert len(set(ids)) == len(ids)
+    # and an event's id is its partition's and snapshot's, whatever its detail (a retried finalizer's dedupes)
+    assert (
+        SnapshotEvent("s", "p", "main", "none", {}).event_id
+        == SnapshotEvent("s", "p", "main", "none", {"x": 1}).event_id
+    )
+    assert events[0].event_id.startswith("20261123T182200-123Z-1a2b3c4d_a-stage-title-cut-at-forty-c")
 
 
 def test_concurrent_publishers_lose_no_line(tmp_path: Path) -> None:

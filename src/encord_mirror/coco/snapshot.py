@@ -58,7 +58,15 @@ from encord_mirror.coco.convert import (
 )
 from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
 from encord_mirror.coco.raster import Painting, RowMajorRuns
-from encord_mirror.domain.lake import label_key, latest_key, partition_of, partition_prefix, snapshot_key
+from encord_mirror.domain.lake import (
+    NO_STAGE,
+    label_key,
+    latest_key,
+    partition_of,
+    partition_prefix,
+    snapshot_key,
+    stage_value,
+)
 from encord_mirror.domain.models import (
     JsonDict,
     Partition,
@@ -74,8 +82,9 @@ ROWS_FILE = "rows.tsv"
 _ROWS_V2 = b"#v2\t"
 # The snapshot format (coco.json's content, the manifest's and latest.json's layout): a snapshot of another
 # version, or of the other COCO mode, is rebuilt from all its rows by the next run (`outdated`).
-# 1: before versioning; 2: corrected-mode training fixes, Encord keys on images, one-line manifests.
-SNAPSHOT_FORMAT_VERSION = 2
+# 1: before versioning; 2: corrected-mode training fixes, Encord keys on images, one-line manifests;
+# 3: the manifest names the workflow stage (`stage_uuid`, `stage_title`; the event carries them).
+SNAPSHOT_FORMAT_VERSION = 3
 _LAYOUT = ("ontology_hash", "format_version", "encord_compatible")
 _IMAGES_OPEN = b',"images":['
 _ANNOTATIONS_OPEN = b'],"annotations":['
@@ -514,6 +523,17 @@ def snapshot_id_for(run_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
 
 
+def _workflow_stage(project: ProjectInfo, stage: str) -> JsonDict:
+    """The uuid and title of the workflow stage a partition value names: the stage with that value, else
+    (renamed since) the one with its uuid prefix; null for `none` and a stage the workflow no longer has."""
+    found = [s for s in project.stages if stage_value(s.uuid, s.title) == stage] or [
+        s for s in project.stages if s.uuid.replace("-", "").lower()[:8] == stage.rsplit("-", 1)[-1]
+    ]
+    if stage == NO_STAGE or len(found) != 1:
+        return {"stage_uuid": None, "stage_title": None}
+    return {"stage_uuid": found[0].uuid, "stage_title": found[0].title}
+
+
 def ontology_hash(project: ProjectInfo) -> str:
     return (
         project.ontology_hash
@@ -526,7 +546,8 @@ class CocoSnapshotBuilder:
 
     `refresh` returns the event to announce (detail-type `encord-mirror.snapshot.committed`, see
     `domain.codec`) with `detail`:
-    snapshot_id, project_hash, branch, stage, run_id, created_at, previous_snapshot_id, ontology_hash,
+    snapshot_id, project_hash, branch, stage, stage_uuid, stage_title (the workflow stage's, as the manifest
+    has them), run_id, created_at, previous_snapshot_id, ontology_hash,
     counts {rows, images, annotations}, changes {rows_added, rows_changed, rows_removed, rows_skipped,
     annotations_added, annotations_changed, annotations_removed}, coco_uri, coco_sha256, manifest_uri.
     The snapshot id is the event's idempotency key: a retried finalizer gets the same event back. With
@@ -599,6 +620,7 @@ class CocoSnapshotBuilder:
                 "project_hash": part.project_hash,
                 "branch": part.branch,
                 "stage": part.stage,
+                **_workflow_stage(project, part.stage),
                 "previous_snapshot_id": latest["snapshot_id"] if latest else None,
                 **self._layout(ohash),
                 "incremental": conversion.incremental,
@@ -1076,6 +1098,8 @@ class CocoSnapshotBuilder:
             "project_hash": part.project_hash,
             "branch": part.branch,
             "stage": part.stage,
+            "stage_uuid": manifest.get("stage_uuid"),  # null from a manifest of snapshot format 2
+            "stage_title": manifest.get("stage_title"),
             "run_id": manifest["run_id"],
             "created_at": manifest["created_at"],
             "previous_snapshot_id": manifest["previous_snapshot_id"],

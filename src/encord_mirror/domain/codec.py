@@ -25,15 +25,24 @@ from encord_mirror.domain.watermark import iso_utc, parse_time
 
 EVENT_SOURCE = "encord-mirror"
 SNAPSHOT_DETAIL_TYPE = "encord-mirror.snapshot.committed"
+# The event detail's format (README, "Events"; schemas/event.schema.json). 1: no `format_version`, and
+# `event_id` was what `event_key` is now; 2: `format_version`, the short `event_id`, `event_key`,
+# `stage_uuid` and `stage_title`.
+EVENT_FORMAT_VERSION = 2
 
 
 def snapshot_event_detail(event: SnapshotEvent) -> JsonDict:
     """The `detail` of a "snapshot committed" event: the builder's detail, then the event's identity
     (`event_id`, the key a consumer dedupes on: a finalizer that dies between publishing an event and
-    recording it sent publishes it again on its retry)."""
+    recording it sent publishes it again on its retry). An event recorded before its builder named the
+    stage's uuid and title (an outbox entry of an older release) has them null."""
     return {
+        "format_version": EVENT_FORMAT_VERSION,
+        "stage_uuid": None,
+        "stage_title": None,
         **event.detail,
         "event_id": event.event_id,
+        "event_key": event.event_key,
         "snapshot_id": event.snapshot_id,
         "project_hash": event.project_hash,
         "branch": event.branch,

@@ -97,7 +97,7 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
       a run at a time. A finalizer that dies (or whose state store fails) after the sink accepted an
       event and before marking it sent publishes it again on the retry; so does a finalizer that outlives
       its claim's expiry while another runs. Consumers that must act once dedupe on `detail.event_id`
-      (`<project>/<branch>/<stage>/<snapshot_id>`).
+      (the same for every delivery of an event; see `SnapshotEvent.event_id`).
     - the events of one finalizer go out oldest snapshot first; a retried one may follow a newer one.
     """
     state = deps.state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -9,6 +11,9 @@ from urllib.parse import quote
 
 JsonDict = dict[str, Any]
 MAIN_BRANCH = "main"  # Encord's main label branch: it always exists
+# An event id is usable as a Step Functions execution name (and an EventBridge, SQS or S3 key part).
+EVENT_ID_MAX = 80
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,11 +267,23 @@ class SnapshotEvent:
     detail: JsonDict
 
     @property
-    def event_id(self) -> str:
-        """`<project>/<branch, percent-encoded>/<stage>/<snapshot_id>`: unique per event (the snapshots a
-        run commits in several partitions share their snapshot id), the outbox key and the sinks' receipt
-        key, and what a consumer dedupes on."""
+    def event_key(self) -> str:
+        """`<project>/<branch, percent-encoded>/<stage>/<snapshot_id>`: the event in full (unique per event:
+        the snapshots a run commits in several partitions share their snapshot id). It was the event id
+        before event format 2; the state stores still know it, to migrate what they recorded under it."""
         return f"{self.project_hash}/{quote(self.branch, safe='')}/{self.stage}/{self.snapshot_id}"
+
+    @property
+    def event_id(self) -> str:
+        """`<snapshot_id>_<stage>_<16 hex of sha256(event_key)>`, at most 80 characters of
+        `[A-Za-z0-9_-]` (the snapshot id's `.` is a `-`; a long stage value is cut, the hash keeps the id
+        unique): a Step Functions execution name. Deterministic per committed snapshot, so an event sent
+        again has the same id. The outbox key, the sinks' receipt key, and what a consumer dedupes on."""
+        digest = hashlib.sha256(self.event_key.encode()).hexdigest()[:16]
+        snapshot = _NOT_ID.sub("-", self.snapshot_id)[:32]
+        room = EVENT_ID_MAX - len(snapshot) - len(digest) - 2
+        stage = _NOT_ID.sub("-", self.stage)[:room].rstrip("-")
+        return f"{snapshot}_{stage}_{digest}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@
 | `RUN#<run_id>#CHUNK#<chunk_id>`  | a chunk result (`blob`), `final`                               |
 | `OUTBOX#<event_id>`              | a snapshot event recorded, not yet sent (`event`: its JSON)    |
 | `SENT#<event_id>`                | a snapshot event sent (moved here from OUTBOX# atomically)     |
+|                                  | (an older release keyed both by the `event_key`: `OUTBOX#` ones |
+|                                  | are re-keyed when read, `SENT#` ones are checked, and age out) |
 | `DEBT#<branch>/<stage>`          | a partition whose snapshot is owed: `branch`, `stage`,         |
 |                                  | `run_id`, `reason` (branch percent-encoded in the key)         |
 | `BLOB#<sha256>#<n>`              | a part of a blob too large for one item (content-addressed)    |
@@ -91,6 +93,13 @@ def _from_micros(value: int) -> datetime:
 
 def _code(error: Any) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _condition_failed(error: ClientError) -> bool:
+    """Whether a transaction was cancelled because one of its conditions did not hold."""
+    if _code(error) != "TransactionCanceledException":
+        return False
+    return "ConditionalCheckFailed" in [r.get("Code") for r in error.response.get("CancellationReasons", [])]
 
 
 def _s(value: str) -> dict[str, str]:
@@ -549,6 +558,15 @@ class DynamoStateStore:
 
     # -- outbox ----------------------------------------------------------------------------------------
 
+    def _absent(self, project_hash: str, sk: str) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.table_name,
+                "Key": self._key(project_hash, sk),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
     def stage_events(self, project_hash: str, events: Sequence[SnapshotEvent]) -> None:
         for event in events:
             item = self._key(project_hash, f"OUTBOX#{event.event_id}")
@@ -561,13 +579,9 @@ class DynamoStateStore:
             try:
                 self._client.transact_write_items(
                     TransactItems=[
-                        {
-                            "ConditionCheck": {
-                                "TableName": self.table_name,
-                                "Key": self._key(project_hash, f"SENT#{event.event_id}"),
-                                "ConditionExpression": "attribute_not_exists(pk)",
-                            }
-                        },
+                        self._absent(project_hash, f"SENT#{event.event_id}"),
+                        # Sent by a release that keyed events by their `event_key` (its marker ages out).
+                        self._absent(project_hash, f"SENT#{event.event_key}"),
                         {
                             "Put": {
                                 "TableName": self.table_name,
@@ -579,17 +593,44 @@ class DynamoStateStore:
                 )
             except ClientError as error:
                 # Already pending or already sent: a retried finalizer records nothing new.
-                if _code(error) != "TransactionCanceledException":
-                    raise
-                reasons = [r.get("Code") for r in error.response.get("CancellationReasons", [])]
-                if "ConditionalCheckFailed" not in reasons:
+                if not _condition_failed(error):
                     raise
 
     def pending_events(self, project_hash: str) -> list[SnapshotEvent]:
-        items = sorted(
-            self._query(project_hash, "OUTBOX#"), key=lambda i: (i["snapshot_id"]["S"], i["sk"]["S"])
-        )
+        items = list(self._query(project_hash, "OUTBOX#"))
+        older = [i for i in items if "/" in i["sk"]["S"]]  # ids hold no `/`, event keys do
+        for item in older:
+            self._rekey_pending(project_hash, item)
+        if older:
+            items = list(self._query(project_hash, "OUTBOX#"))
+        items.sort(key=lambda i: (i["snapshot_id"]["S"], i["sk"]["S"]))
         return [decode_event(item["event"]["S"]) for item in items]
+
+    def _rekey_pending(self, project_hash: str, item: dict[str, Any]) -> None:
+        """Move an event an older release recorded under `OUTBOX#<event_key>` to `OUTBOX#<event_id>`, so
+        it is published, and marked sent, under today's id; if it is pending or sent under its id already
+        (a retry of its finalizer recorded it again), only the old entry goes."""
+        event = decode_event(item["event"]["S"])
+        old = {"TableName": self.table_name, "Key": self._key(project_hash, item["sk"]["S"])}
+        moved = {**item, **self._key(project_hash, f"OUTBOX#{event.event_id}")}
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    self._absent(project_hash, f"SENT#{event.event_id}"),
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": moved,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {"Delete": old},
+                ]
+            )
+        except ClientError as error:
+            if not _condition_failed(error):
+                raise
+            self._client.delete_item(**old)
 
     def mark_events_sent(self, project_hash: str, event_ids: Sequence[str]) -> None:
         # Two writes per event in one transaction: never pending and sent, never neither.

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS snapshot_debts (project TEXT NOT NULL, branch TEXT NO
 CREATE TABLE IF NOT EXISTS gaps (project TEXT NOT NULL, label_hash TEXT NOT NULL, last_edited_at TEXT,
     run_id TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (project, label_hash));
 """
-SCHEMA_VERSION = 1
+# 2: outbox entries keyed by the event id of event format 2 (a version-1 file's are migrated on open).
+SCHEMA_VERSION = 2
 # Columns an older version's file may lack: added on open.
 _ADDED_COLUMNS = {"row_index": ("task_status", "stage_uuid"), "leases": ("acquired_at", "holder")}
 
@@ -137,6 +138,25 @@ def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
+def _migrate_outbox(db: sqlite3.Connection) -> None:
+    """Re-key the outbox entries a version-1 file holds under an event's `event_key` (ids hold no `/`,
+    keys do) by its `event_id`, so that they are published (and found sent) under the id of today. An event
+    recorded under both keeps one entry, sent if either was."""
+    rows = db.execute("SELECT project, event_id, status, event FROM outbox WHERE event_id LIKE '%/%'")
+    for project, key, status, event in rows.fetchall():
+        event_id = decode_event(event).event_id
+        db.execute(
+            "INSERT OR IGNORE INTO outbox SELECT project, ?, snapshot_id, status, event FROM outbox"
+            " WHERE project = ? AND event_id = ?",
+            (event_id, project, key),
+        )
+        if status == "sent":
+            db.execute(
+                "UPDATE outbox SET status = 'sent' WHERE project = ? AND event_id = ?", (project, event_id)
+            )
+        db.execute("DELETE FROM outbox WHERE project = ? AND event_id = ?", (project, key))
+
+
 def _need_dt(value: str) -> datetime:
     parsed = _dt(value)
     assert parsed is not None
@@ -171,7 +191,8 @@ class SqliteStateStore:
             for table, names in _ADDED_COLUMNS.items():
                 self._add_columns(table, names)
             with self._tx() as db:
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                _migrate_outbox(db)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StateFileError(self.path, f"not a SQLite database, or a damaged one ({exc})") from None
