@@ -1,12 +1,20 @@
-"""Injected faults and the optional rate limiter: how the emulator misbehaves on purpose."""
+"""Injected faults and the optional rate limiter: how the emulator misbehaves on purpose.
+
+To add a fault: its kind in `FaultKind`, its fields on `FaultRule` (the control endpoint and
+`Emulator.inject_fault` take them from there), what it does in `FaultRule.strike`, and a row in the
+package README's fault table.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
+
+import orjson
 
 FaultKind = Literal["status", "latency", "omit_rows", "malformed", "drop"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -14,6 +22,34 @@ FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 class FaultSpecError(ValueError):
     """An inject_fault / rate-limit request is invalid; the message names the bad field."""
+
+
+Answer = tuple[int, bytes, dict[str, str]]  # (HTTP status, body, headers)
+
+
+def _json_answer(status: int, value: Any, headers: dict[str, str] | None = None) -> Answer:
+    return status, orjson.dumps(value), {"Content-Type": "application/json", **(headers or {})}
+
+
+@dataclass(frozen=True, slots=True)
+class Strike:
+    """What misbehaviour does to one API request. `fault` names it in the request log (a fault kind or
+    `rate_limit`); `answer` replaces the request's answer; `drop` closes the connection unanswered;
+    otherwise the request is handled, a `labelrow` GET answer leaving out its last `omit` rows."""
+
+    fault: str | None = None
+    answer: Answer | None = None
+    drop: bool = False
+    omit: int = 0
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# How a spec's value becomes a field's, by the field's annotation; a spec names `remaining` `count`.
+_CONVERT: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "str | None": _optional_str}
+_SPEC_NAME = {"remaining": "count"}
 
 
 @dataclass(slots=True)
@@ -54,40 +90,42 @@ class FaultRule:
             return False
         return self.query_method is None or self.query_method == query_method
 
+    def strike(self) -> Strike:
+        """What this fault does to the request it is spent on."""
+        if self.kind == "latency":
+            time.sleep(self.latency_s)
+            return Strike(self.kind)
+        if self.kind == "status":
+            extra = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+            answer = _json_answer(self.status, {"message": f"injected fault: HTTP {self.status}"}, extra)
+            return Strike(self.kind, answer=answer)
+        if self.kind == "malformed":
+            return Strike(
+                self.kind, answer=(200, b"<html>injected fault: not JSON", {"Content-Type": "text/html"})
+            )
+        if self.kind == "drop":
+            return Strike(self.kind, drop=True)
+        return Strike(self.kind, omit=self.omit)  # omit_rows
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FaultRule:
-        known = {
-            "kind",
-            "count",
-            "path",
-            "query_type",
-            "query_method",
-            "status",
-            "retry_after",
-            "latency_s",
-            "omit",
-        }
-        unknown = set(spec) - known
+        """A rule from a fault spec: the fields' names (`count` for `remaining`), every one but `kind`
+        optional."""
+        names = {_SPEC_NAME.get(f.name, f.name): f for f in fields(cls)}
+        unknown = set(spec) - set(names)
         if unknown:
-            raise FaultSpecError(f"unknown fault fields {sorted(unknown)}; known: {sorted(known)}")
+            raise FaultSpecError(f"unknown fault fields {sorted(unknown)}; known: {sorted(names)}")
         if "kind" not in spec:
             raise FaultSpecError("a fault needs 'kind'")
-        retry_after = spec.get("retry_after")
         try:
-            return cls(
-                kind=spec["kind"],
-                remaining=int(spec.get("count", 1)),
-                path=spec.get("path"),
-                query_type=spec.get("query_type"),
-                query_method=spec.get("query_method"),
-                status=int(spec.get("status", 503)),
-                retry_after=None if retry_after is None else str(retry_after),
-                latency_s=float(spec.get("latency_s", 0.0)),
-                omit=int(spec.get("omit", 1)),
-            )
+            values = {
+                names[key].name: _CONVERT.get(str(names[key].type), lambda v: v)(value)
+                for key, value in spec.items()
+            }
+            return cls(**values)
         except (TypeError, ValueError) as exc:
             raise FaultSpecError(str(exc)) from exc
 
@@ -120,6 +158,27 @@ class FaultBook:
                         self._rules.remove(rule)
                     return rule
         return None
+
+
+def strike(
+    path: str,
+    query_type: str | None,
+    query_method: str | None,
+    *,
+    latency_s: float,
+    limiter: RateLimiter,
+    book: FaultBook,
+) -> Strike:
+    """How the emulator misbehaves on one API request, in this order: its fixed latency (`latency_s`), an
+    empty rate-limit bucket (429), then the first armed fault that matches."""
+    if latency_s:
+        time.sleep(latency_s)
+    if not limiter.admit():
+        retry_after = limiter.retry_after
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return Strike("rate_limit", answer=_json_answer(429, {"message": "rate limit exceeded"}, headers))
+    rule = book.take(path, query_type, query_method)
+    return Strike() if rule is None else rule.strike()
 
 
 class RateLimiter:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from encord_emulator.auth import Authenticator, AuthError
-from encord_emulator.faults import FaultBook, FaultKind, FaultRule, FaultSpecError, RateLimiter
+from encord_emulator.faults import FaultBook, FaultKind, FaultRule, FaultSpecError, RateLimiter, strike
 from encord_emulator.keys import KeyFormatError, read_public_key_file
 from encord_emulator.media import MEDIA_PREFIX, MediaServer
 from encord_emulator.store import (
@@ -336,36 +336,13 @@ class Emulator:
         with self._lock:
             return self._store.date_mode
 
-    def inject_fault(
-        self,
-        kind: FaultKind,
-        *,
-        count: int = 1,
-        path: str | None = None,
-        query_type: str | None = None,
-        query_method: str | None = None,
-        status: int = 503,
-        retry_after: int | str | None = None,
-        latency_s: float = 0.0,
-        omit: int = 1,
-    ) -> None:
+    def inject_fault(self, kind: FaultKind, **spec: Any) -> None:
         """Arm a fault for the next `count` API requests matching `path` (fnmatch), query_type, query_method.
 
-        See `FaultRule` for the kinds.
+        `spec` is `FaultRule`'s fields (`count` for `remaining`), as `POST /faults` takes them; see
+        `FaultRule` for the kinds. A bad field raises FaultSpecError naming it.
         """
-        self.faults.add(
-            FaultRule(
-                kind=kind,
-                remaining=count,
-                path=path,
-                query_type=query_type,
-                query_method=query_method,
-                status=status,
-                retry_after=None if retry_after is None else str(retry_after),
-                latency_s=latency_s,
-                omit=omit,
-            )
-        )
+        self.faults.add(FaultRule.from_dict({"kind": kind, **spec}))
 
     def clear_faults(self) -> None:
         self.faults.clear()
@@ -490,33 +467,21 @@ class Emulator:
         request: dict[str, Any] | None,
         entry: dict[str, Any],
     ) -> Reply:
-        if self.latency_s:
-            time.sleep(self.latency_s)
-        if not self.rate_limiter.admit():
-            retry_after = self.rate_limiter.retry_after
-            entry["fault"] = "rate_limit"
-            return _json(
-                429,
-                {"message": "rate limit exceeded"},
-                {"Retry-After": retry_after} if retry_after is not None else None,
-            )
-        omit = 0
-        rule = self.faults.take(path, entry["query_type"], entry["query_method"])
-        if rule is not None:
-            entry["fault"] = rule.kind
-            if rule.kind == "latency":
-                time.sleep(rule.latency_s)
-            elif rule.kind == "status":
-                extra = {"Retry-After": rule.retry_after} if rule.retry_after is not None else None
-                return _json(rule.status, {"message": f"injected fault: HTTP {rule.status}"}, extra)
-            elif rule.kind == "malformed":
-                return Reply(200, b"<html>injected fault: not JSON", {"Content-Type": "text/html"})
-            elif rule.kind == "drop":
-                return Reply(0, drop=True)
-            elif rule.kind == "omit_rows":
-                omit = rule.omit
+        struck = strike(
+            path,
+            entry["query_type"],
+            entry["query_method"],
+            latency_s=self.latency_s,
+            limiter=self.rate_limiter,
+            book=self.faults,
+        )
+        entry["fault"] = struck.fault
+        if struck.drop:
+            return Reply(0, drop=True)
+        if struck.answer is not None:
+            return Reply(*struck.answer)
         if entry["transport"] == "legacy":
-            return self._legacy(headers, body, request, omit)
+            return self._legacy(headers, body, request, struck.omit)
         if entry["transport"] == "v2":
             return self._v2(method, target, headers, body)
         return _v2_error(404, f"no such endpoint {path}")
