@@ -361,6 +361,136 @@ def _kinds() -> list[tuple[_Kind, int]]:
     return out
 
 
+class _Labeller:
+    """The labels being added to one template row: objects and classifications numbered in the order they
+    are made (their hashes are tokens), and objects added to the row in the order a parsed row lists them."""
+
+    def __init__(self, builder: _TemplateBuilder, row: Any) -> None:
+        self.b = builder
+        self.row = row
+        self.n_obj = 0
+        self.n_cls = 0
+        self.placed: list[tuple[int, Any]] = []
+
+    def new_object(self, name: str) -> Any:
+        from encord.objects.ontology_object_instance import ObjectInstance
+
+        obj = ObjectInstance(self.b.ont.objects[name], object_hash=self.b.t(f"obj{self.n_obj}"))
+        self.n_obj += 1
+        return obj
+
+    def new_classification(self, name: str, range_only: bool = False) -> Any:
+        from encord.objects.classification_instance import ClassificationInstance
+
+        cls = ClassificationInstance(
+            self.b.ont.classifications[name],
+            classification_hash=self.b.t(f"cls{self.n_cls}"),
+            range_only=range_only,
+        )
+        self.n_cls += 1
+        return cls
+
+    def vehicle_answers(self, obj: Any) -> None:
+        a, opt, r = self.b.ont.attrs, self.b.ont.options, self.b.rng
+        if r.random() < 0.5:
+            obj.set_answer(opt["car"], attribute=a["vehicle.type"])
+            obj.set_answer([opt["roof_rack"], opt["tow_bar"]][: r.randint(1, 2)], attribute=a["car.features"])
+        else:
+            obj.set_answer(opt["truck"], attribute=a["vehicle.type"])
+            obj.set_answer(r.choice([opt["two"], opt["three_plus"]]), attribute=a["truck.axles"])
+            obj.set_answer(r.choice(("Acme Haulage", "Northwind Freight")), attribute=a["truck.company"])
+        obj.set_answer([opt["scratch"], opt["dent"]][: r.randint(1, 2)], attribute=a["vehicle.damage"])
+        obj.set_answer(self.b.t("plate"), attribute=a["vehicle.plate"])
+        obj.set_answer(round(r.uniform(0, 120), 1), attribute=a["vehicle.speed"])
+
+    def place(self, obj: Any, coords: Callable[[], Any], frames: list[int]) -> None:
+        for frame in frames:
+            obj.set_for_frames(
+                coords(), frame, confidence=round(self.b.rng.uniform(0.5, 1.0), 3), **self.b._meta()
+            )
+        self.placed.append((min(frames), obj))
+
+    def classify(self, name: str, frames: Any, answer: Any, range_only: bool = False) -> None:
+        a, opt, r = self.b.ont.attrs, self.b.ont.options, self.b.rng
+        cls = self.new_classification(name, range_only)
+        cls.set_for_frames(frames, **self.b._meta())
+        if name == "weather" and answer is opt["rain"]:
+            cls.set_answer(opt["rain"], attribute=a["weather"])
+            cls.set_answer(r.choice([opt["light"], opt["heavy"]]), attribute=a["rain.intensity"])
+        else:
+            cls.set_answer(answer, attribute=a[name])
+        self.row.add_classification_instance(cls)
+
+    def finish(self) -> tuple[int, int]:
+        """Add the placed objects to the row; -> (objects, classifications) made."""
+        # A parsed row lists objects in the order they first appear (by frame); adding them in that order is
+        # what makes the row a fixed point of the SDK's round trip.
+        for _, obj in sorted(self.placed, key=lambda item: item[0]):
+            self.row.add_object_instance(obj)
+        return self.n_obj, self.n_cls
+
+
+class _Coordinates:
+    """A row's coordinates turned into number tokens (`slots`), with each object's extent (`bounds`: min x,
+    max x, min y, max y), so a shifted copy of the row keeps every object in the frame."""
+
+    def __init__(self, tokens: _Tokens, n_objects: int) -> None:
+        self.t = tokens
+        self.slots: dict[str, _Slot] = {}
+        self.bounds: list[list[float]] = [[1.0, 0.0, 1.0, 0.0] for _ in range(n_objects)]
+
+    def number(self, obj: int, axis: int, value: float, extent: float = 0.0) -> str:
+        b = self.bounds[obj]
+        b[2 * axis] = min(b[2 * axis], value)
+        b[2 * axis + 1] = max(b[2 * axis + 1], value + extent)
+        token = self.t.number()
+        self.slots[token[2:]] = _Slot(None, obj, axis, value)
+        return token
+
+    def tokenise(self, obj: int, entry: dict[str, Any]) -> None:
+        """Every coordinate of one object's frame entry, in place."""
+        for key in ("boundingBox", "rotatableBoundingBox"):
+            if key in entry:
+                box = entry[key]
+                box["x"] = self.number(obj, 0, box["x"], box["w"])
+                box["y"] = self.number(obj, 1, box["y"], box["h"])
+        for key in ("polygon", "polyline", "point", "skeleton"):
+            if key in entry:
+                for p in entry[key].values():
+                    p["x"], p["y"] = self.number(obj, 0, p["x"]), self.number(obj, 1, p["y"])
+        for polygon in entry.get("polygons", ()):
+            for ring in polygon:
+                ring[:] = [self.number(obj, k % 2, v) for k, v in enumerate(ring)]
+
+
+def _replace_strings(node: Any, replacements: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _replace_strings(v, replacements) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_strings(v, replacements) for v in node]
+    if isinstance(node, str):
+        return replacements.get(node, node)
+    return node
+
+
+def _split_at_tokens(
+    text: str, numbers: Mapping[str, _Slot], tokens: _Tokens
+) -> tuple[list[str], list[_Slot]]:
+    """A template's text cut at its tokens: the literal parts between them, and what fills each gap."""
+    parts: list[str] = []
+    slot_list: list[_Slot] = []
+    pos = 0
+    for m in _TOKEN_RE.finditer(text):
+        parts.append(text[pos : m.start()])
+        if m.group(1) is not None:
+            slot_list.append(numbers[m.group(1)])
+        else:
+            slot_list.append(_Slot(tokens.key_of[m.group(2)]))
+        pos = m.end()
+    parts.append(text[pos:])
+    return parts, slot_list
+
+
 class _TemplateBuilder:
     """Builds one template row with the SDK, then turns it into parts and slots."""
 
@@ -550,173 +680,150 @@ class _TemplateBuilder:
         }
 
     def _add_labels(self, row: Any, kind: _Kind, variant: int) -> None:
-        from encord.objects.classification_instance import ClassificationInstance
-        from encord.objects.coordinates import AudioCoordinates, TextCoordinates
+        lab = _Labeller(self, row)
+        label = {
+            "image": self._label_image,
+            "img_group": self._label_image_group,
+            "video": self._label_video,
+            "dicom": self._label_slices,
+            "nifti": self._label_slices,
+            "pdf": self._label_slices,
+            "audio": self._label_audio,
+            "plain_text": self._label_text,
+        }.get(kind.data_type)
+        if label is not None:
+            label(lab, kind, variant)
+        self.n_objects, self.n_classifications = lab.finish()
+
+    def _label_image(self, lab: _Labeller, kind: _Kind, variant: int) -> None:
+        opt, a, r = self.ont.options, self.ont.attrs, self.rng
+        w, h = kind.units[0].width, kind.units[0].height
+        if variant == 0:
+            for _ in range(r.randint(1, 3)):
+                obj = lab.new_object("vehicle")
+                lab.vehicle_answers(obj)
+                lab.place(obj, self.bbox, [0])
+            obj = lab.new_object("building")
+            obj.set_answer(r.choice([opt["brick"], opt["glass"]]))
+            lab.place(obj, lambda: self.polygon(complex_=False), [0])
+            lab.classify("weather", 0, r.choice([opt["sunny"], opt["rain"]]))
+        elif variant == 1:
+            obj = lab.new_object("pedestrian")
+            obj.set_answer(opt["walking"], attribute=a["pedestrian.pose"])
+            lab.place(obj, self.rbbox, [0])
+            lab.place(lab.new_object("pose"), self.skeleton, [0])
+            obj = lab.new_object("landmark")
+            obj.set_answer(self.t("landmark"), attribute=a["landmark.name"])
+            lab.place(obj, self.point, [0])
+            obj = lab.new_object("lane")
+            obj.set_answer([opt["white"]], attribute=a["lane.colour"])
+            lab.place(obj, self.polyline, [0])
+            lab.classify("tags", 0, [opt["urban"], opt["night"]])
+            lab.classify("caption", 0, self.t("caption"))
+        elif variant == 2:
+            obj = lab.new_object("segment")
+            obj.set_answer(opt["sky"], attribute=a["segment.class"])
+            lab.place(obj, lambda: self.bitmask(w, h), [0])
+            obj = lab.new_object("building")
+            lab.place(obj, lambda: self.polygon(complex_=True), [0])
+            lab.classify("quality", 0, round(r.uniform(0, 10), 2))
+        # variant 3: a label row that exists but holds no labels yet
+
+    def _label_image_group(self, lab: _Labeller, kind: _Kind, variant: int) -> None:
         from encord.objects.frames import Range
-        from encord.objects.ontology_object_instance import ObjectInstance
 
-        o, a, opt, r = self.ont.objects, self.ont.attrs, self.ont.options, self.rng
-        n_obj = 0
-        n_cls = 0
+        opt, frames = self.ont.options, kind.frames
+        if kind.kind == "image_sequence":
+            track = lab.new_object("vehicle")
+            lab.vehicle_answers(track)
+            step = 1 if variant == 0 else 2
+            lab.place(track, self.bbox, list(range(0, frames, step)))
+            lab.place(lab.new_object("landmark"), self.point, list(range(1, frames, 3)))
+            lab.classify("weather", [Range(0, frames // 2)], opt["sunny"])
+        else:
+            for frame, unit in enumerate(kind.units):
+                lab.place(lab.new_object("building"), partial(self.polygon, frame % 2 == 1), [frame])
+                if frame == 1:
+                    lab.place(
+                        lab.new_object("segment"), partial(self.bitmask, unit.width, unit.height), [frame]
+                    )
+            lab.place(lab.new_object("lane"), self.polyline, [0, len(kind.units) - 1])
+            lab.classify("tags", [0, 2], [opt["blurry"]])
 
-        def new_object(name: str) -> Any:
-            nonlocal n_obj
-            obj = ObjectInstance(o[name], object_hash=self.t(f"obj{n_obj}"))
-            n_obj += 1
-            return obj
+    def _label_video(self, lab: _Labeller, kind: _Kind, variant: int) -> None:
+        from encord.objects.frames import Range
 
-        def new_classification(name: str, range_only: bool = False) -> Any:
-            nonlocal n_cls
-            cls = ClassificationInstance(
-                self.ont.classifications[name],
-                classification_hash=self.t(f"cls{n_cls}"),
-                range_only=range_only,
-            )
-            n_cls += 1
-            return cls
+        opt, a, frames = self.ont.options, self.ont.attrs, kind.frames
+        track = lab.new_object("vehicle")
+        lab.vehicle_answers(track)
+        keyframes = list(range(0, frames, 3))
+        lab.place(track, self.bbox, keyframes)
+        # One dynamic answer per object: the SDK reverses their order on every round trip.
+        track.set_answer(opt["occluded_yes"], attribute=a["vehicle.occluded"], frames=keyframes[2:5])
+        walker = lab.new_object("pedestrian")
+        lab.place(walker, self.rbbox, list(range(5, frames // 2, 5)))
+        walker.set_answer("crossing", attribute=a["pedestrian.activity"], frames=5)
+        lab.place(lab.new_object("building"), lambda: self.polygon(complex_=variant == 1), [0, frames - 1])
+        lab.place(lab.new_object("pose"), self.skeleton, list(range(2, frames, 10)))
+        lab.place(lab.new_object("lane"), self.polyline, [frames // 3])
+        lab.classify("weather", [Range(0, frames // 3), Range(frames // 2, frames - 1)], opt["rain"])
+        lab.classify("tags", [Range(0, frames - 1)], [opt["urban"]])
 
-        def vehicle_answers(obj: Any) -> None:
-            if r.random() < 0.5:
-                obj.set_answer(opt["car"], attribute=a["vehicle.type"])
-                obj.set_answer(
-                    [opt["roof_rack"], opt["tow_bar"]][: r.randint(1, 2)], attribute=a["car.features"]
-                )
-            else:
-                obj.set_answer(opt["truck"], attribute=a["vehicle.type"])
-                obj.set_answer(r.choice([opt["two"], opt["three_plus"]]), attribute=a["truck.axles"])
-                obj.set_answer(r.choice(("Acme Haulage", "Northwind Freight")), attribute=a["truck.company"])
-            obj.set_answer([opt["scratch"], opt["dent"]][: r.randint(1, 2)], attribute=a["vehicle.damage"])
-            obj.set_answer(self.t("plate"), attribute=a["vehicle.plate"])
-            obj.set_answer(round(r.uniform(0, 120), 1), attribute=a["vehicle.speed"])
+    def _label_slices(self, lab: _Labeller, kind: _Kind, variant: int) -> None:
+        """DICOM, NIfTI and PDF: labels on slices or pages."""
+        from encord.objects.frames import Range
 
-        placed: list[tuple[int, Any]] = []
-
-        def place(obj: Any, coords: Callable[[], Any], frames: list[int]) -> None:
-            for frame in frames:
-                obj.set_for_frames(coords(), frame, confidence=round(r.uniform(0.5, 1.0), 3), **self._meta())
-            placed.append((min(frames), obj))
-
-        def classify(name: str, frames: Any, answer: Any, range_only: bool = False) -> None:
-            cls = new_classification(name, range_only)
-            cls.set_for_frames(frames, **self._meta())
-            if name == "weather" and answer is opt["rain"]:
-                cls.set_answer(opt["rain"], attribute=a["weather"])
-                cls.set_answer(r.choice([opt["light"], opt["heavy"]]), attribute=a["rain.intensity"])
-            else:
-                cls.set_answer(answer, attribute=a[name])
-            row.add_classification_instance(cls)
-
-        dt = kind.data_type
-        frames = kind.frames
-        if dt == "image":
-            w, h = kind.units[0].width, kind.units[0].height
+        opt, a, r, dt = self.ont.options, self.ont.attrs, self.rng, kind.data_type
+        # A fixture row cannot say how many slices or pages its media has, so a listing built from it says
+        # 1 (the emulator does): the SDK then rejects NIFTI and PDF labels past frame 0. DICOM has no last
+        # frame in the SDK, so only DICOM spreads its labels over the slices.
+        span = kind.frames if dt == "dicom" else 1
+        u = kind.units[0]
+        if dt == "pdf":
+            obj = lab.new_object("vehicle")
+            lab.vehicle_answers(obj)
+            lab.place(obj, self.bbox, [0])
+            lab.place(lab.new_object("lane"), self.polyline, [0])
+            lab.classify("caption", [Range(0, span - 1)], self.t("caption"))
+        else:
+            lab.place(lab.new_object("building"), partial(self.polygon, True), list(range(2 % span, span, 4)))
+            lab.place(lab.new_object("landmark"), self.point, [span // 2])
             if variant == 0:
-                for _ in range(r.randint(1, 3)):
-                    obj = new_object("vehicle")
-                    vehicle_answers(obj)
-                    place(obj, self.bbox, [0])
-                obj = new_object("building")
-                obj.set_answer(r.choice([opt["brick"], opt["glass"]]))
-                place(obj, lambda: self.polygon(complex_=False), [0])
-                classify("weather", 0, r.choice([opt["sunny"], opt["rain"]]))
-            elif variant == 1:
-                obj = new_object("pedestrian")
-                obj.set_answer(opt["walking"], attribute=a["pedestrian.pose"])
-                place(obj, self.rbbox, [0])
-                place(new_object("pose"), self.skeleton, [0])
-                obj = new_object("landmark")
-                obj.set_answer(self.t("landmark"), attribute=a["landmark.name"])
-                place(obj, self.point, [0])
-                obj = new_object("lane")
-                obj.set_answer([opt["white"]], attribute=a["lane.colour"])
-                place(obj, self.polyline, [0])
-                classify("tags", 0, [opt["urban"], opt["night"]])
-                classify("caption", 0, self.t("caption"))
-            elif variant == 2:
-                obj = new_object("segment")
-                obj.set_answer(opt["sky"], attribute=a["segment.class"])
-                place(obj, lambda: self.bitmask(w, h), [0])
-                obj = new_object("building")
-                place(obj, lambda: self.polygon(complex_=True), [0])
-                classify("quality", 0, round(r.uniform(0, 10), 2))
-            # variant 3: a label row that exists but holds no labels yet
-        elif dt == "img_group":
-            sequence = kind.kind == "image_sequence"
-            if sequence:
-                track = new_object("vehicle")
-                vehicle_answers(track)
-                step = 1 if variant == 0 else 2
-                place(track, self.bbox, list(range(0, frames, step)))
-                place(new_object("landmark"), self.point, list(range(1, frames, 3)))
-                classify("weather", [Range(0, frames // 2)], opt["sunny"])
-            else:
-                for frame, unit in enumerate(kind.units):
-                    place(new_object("building"), partial(self.polygon, frame % 2 == 1), [frame])
-                    if frame == 1:
-                        place(new_object("segment"), partial(self.bitmask, unit.width, unit.height), [frame])
-                place(new_object("lane"), self.polyline, [0, len(kind.units) - 1])
-                classify("tags", [0, 2], [opt["blurry"]])
-        elif dt == "video":
-            track = new_object("vehicle")
-            vehicle_answers(track)
-            keyframes = list(range(0, frames, 3))
-            place(track, self.bbox, keyframes)
-            # One dynamic answer per object: the SDK reverses their order on every round trip.
-            track.set_answer(opt["occluded_yes"], attribute=a["vehicle.occluded"], frames=keyframes[2:5])
-            walker = new_object("pedestrian")
-            place(walker, self.rbbox, list(range(5, frames // 2, 5)))
-            walker.set_answer("crossing", attribute=a["pedestrian.activity"], frames=5)
-            place(new_object("building"), lambda: self.polygon(complex_=variant == 1), [0, frames - 1])
-            place(new_object("pose"), self.skeleton, list(range(2, frames, 10)))
-            place(new_object("lane"), self.polyline, [frames // 3])
-            classify("weather", [Range(0, frames // 3), Range(frames // 2, frames - 1)], opt["rain"])
-            classify("tags", [Range(0, frames - 1)], [opt["urban"]])
-        elif dt in ("dicom", "nifti", "pdf"):
-            # A fixture row cannot say how many slices or pages its media has, so a listing built from it says
-            # 1 (the emulator does): the SDK then rejects NIFTI and PDF labels past frame 0. DICOM has no last
-            # frame in the SDK, so only DICOM spreads its labels over the slices.
-            span = frames if dt == "dicom" else 1
-            u = kind.units[0]
-            if dt == "pdf":
-                obj = new_object("vehicle")
-                vehicle_answers(obj)
-                place(obj, self.bbox, [0])
-                place(new_object("lane"), self.polyline, [0])
-                classify("caption", [Range(0, span - 1)], self.t("caption"))
-            else:
-                place(new_object("building"), partial(self.polygon, True), list(range(2 % span, span, 4)))
-                place(new_object("landmark"), self.point, [span // 2])
-                if variant == 0:
-                    seg = new_object("segment")
-                    seg.set_answer(opt["road"], attribute=a["segment.class"])
-                    place(seg, partial(self.bitmask, u.width, u.height), [span // 3])
-                classify("quality", [Range(0, span - 1)], round(r.uniform(0, 10), 2))
-        elif dt == "audio":
-            duration_ms = int((kind.duration or 1.0) * 1000)
-            for _ in range(2 + variant):
-                obj = new_object("sound")
-                obj.set_answer(r.choice([opt["adult"], opt["child"]]))
-                start = r.randint(0, duration_ms - 600)
-                obj.set_for_frames(
-                    AudioCoordinates(range=[Range(start, start + r.randint(100, 500))]), 0, **self._meta()
-                )
-                row.add_object_instance(obj)
-            classify("weather", 0, opt["sunny"], range_only=True)
-        elif dt == "plain_text":
-            for i in range(2 + variant):
-                obj = new_object("entity")
-                obj.set_answer(r.choice([opt["person"], opt["organisation"]]))
-                start = 40 * i + r.randint(0, 20)
-                obj.set_for_frames(
-                    TextCoordinates(range=[Range(start, start + r.randint(3, 18))]), 0, **self._meta()
-                )
-                row.add_object_instance(obj)
-            classify("caption", 0, self.t("caption"), range_only=True)
-        # A parsed row lists objects in the order they first appear (by frame); adding them in that order is
-        # what makes the row a fixed point of the SDK's round trip.
-        for _, obj in sorted(placed, key=lambda item: item[0]):
-            row.add_object_instance(obj)
-        self.n_objects, self.n_classifications = n_obj, n_cls
+                seg = lab.new_object("segment")
+                seg.set_answer(opt["road"], attribute=a["segment.class"])
+                lab.place(seg, partial(self.bitmask, u.width, u.height), [span // 3])
+            lab.classify("quality", [Range(0, span - 1)], round(r.uniform(0, 10), 2))
+
+    def _label_audio(self, lab: _Labeller, kind: _Kind, variant: int) -> None:
+        from encord.objects.coordinates import AudioCoordinates
+        from encord.objects.frames import Range
+
+        opt, r = self.ont.options, self.rng
+        duration_ms = int((kind.duration or 1.0) * 1000)
+        for _ in range(2 + variant):
+            obj = lab.new_object("sound")
+            obj.set_answer(r.choice([opt["adult"], opt["child"]]))
+            start = r.randint(0, duration_ms - 600)
+            obj.set_for_frames(
+                AudioCoordinates(range=[Range(start, start + r.randint(100, 500))]), 0, **self._meta()
+            )
+            lab.row.add_object_instance(obj)
+        lab.classify("weather", 0, opt["sunny"], range_only=True)
+
+    def _label_text(self, lab: _Labeller, kind: _Kind, variant: int) -> None:
+        from encord.objects.coordinates import TextCoordinates
+        from encord.objects.frames import Range
+
+        opt, r = self.ont.options, self.rng
+        for i in range(2 + variant):
+            obj = lab.new_object("entity")
+            obj.set_answer(r.choice([opt["person"], opt["organisation"]]))
+            start = 40 * i + r.randint(0, 20)
+            obj.set_for_frames(
+                TextCoordinates(range=[Range(start, start + r.randint(3, 18))]), 0, **self._meta()
+            )
+            lab.row.add_object_instance(obj)
+        lab.classify("caption", 0, self.t("caption"), range_only=True)
 
     def _tokenise(self, kind: _Kind, encoded: dict[str, Any]) -> _Template:
         t = self.t
@@ -731,62 +838,16 @@ class _TemplateBuilder:
             _long_time(_TEMPLATE_EPOCH + timedelta(seconds=1)): t("obj_created"),
             _long_time(_TEMPLATE_EPOCH + timedelta(seconds=2)): t("obj_edited"),
         }
-        slots: dict[str, _Slot] = {}
-        bounds: list[list[float]] = [[1.0, 0.0, 1.0, 0.0] for _ in range(self.n_objects)]
+        coordinates = _Coordinates(t, self.n_objects)
         obj_index = {t(f"obj{i}"): i for i in range(self.n_objects)}
-
-        def number(obj: int, axis: int, value: float, extent: float = 0.0) -> str:
-            b = bounds[obj]
-            b[2 * axis] = min(b[2 * axis], value)
-            b[2 * axis + 1] = max(b[2 * axis + 1], value + extent)
-            token = t.number()
-            slots[token[2:]] = _Slot(None, obj, axis, value)
-            return token
-
-        def points(obj: int, mapping: dict[str, Any]) -> None:
-            for p in mapping.values():
-                p["x"], p["y"] = number(obj, 0, p["x"]), number(obj, 1, p["y"])
-
         for unit in encoded["data_units"].values():
             labels = unit["labels"]
             frame_labels = [labels] if "objects" in labels else list(labels.values())
             for frame in frame_labels:
                 for entry in frame["objects"]:
-                    i = obj_index[entry["objectHash"]]
-                    for key in ("boundingBox", "rotatableBoundingBox"):
-                        if key in entry:
-                            box = entry[key]
-                            box["x"] = number(i, 0, box["x"], box["w"])
-                            box["y"] = number(i, 1, box["y"], box["h"])
-                    for key in ("polygon", "polyline", "point", "skeleton"):
-                        if key in entry:
-                            points(i, entry[key])
-                    if "polygons" in entry:
-                        for polygon in entry["polygons"]:
-                            for ring in polygon:
-                                ring[:] = [number(i, k % 2, v) for k, v in enumerate(ring)]
-
-        def replace_times(node: Any) -> Any:
-            if isinstance(node, dict):
-                return {k: replace_times(v) for k, v in node.items()}
-            if isinstance(node, list):
-                return [replace_times(v) for v in node]
-            if isinstance(node, str):
-                return times.get(node, node)
-            return node
-
-        text = orjson.dumps(replace_times(encoded)).decode()
-        parts: list[str] = []
-        slot_list: list[_Slot] = []
-        pos = 0
-        for m in _TOKEN_RE.finditer(text):
-            parts.append(text[pos : m.start()])
-            if m.group(1) is not None:
-                slot_list.append(slots[m.group(1)])
-            else:
-                slot_list.append(_Slot(t.key_of[m.group(2)]))
-            pos = m.end()
-        parts.append(text[pos:])
+                    coordinates.tokenise(obj_index[entry["objectHash"]], entry)
+        text = orjson.dumps(_replace_strings(encoded, times)).decode()
+        parts, slot_list = _split_at_tokens(text, coordinates.slots, t)
         shift_bounds = [
             (
                 max(-MAX_SHIFT, -b[0]),
@@ -794,7 +855,7 @@ class _TemplateBuilder:
                 max(-MAX_SHIFT, -b[2]),
                 min(MAX_SHIFT, 1.0 - b[3]),
             )
-            for b in bounds
+            for b in coordinates.bounds
         ]
         return _Template(
             kind=kind.kind,
