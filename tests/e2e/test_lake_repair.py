@@ -88,14 +88,16 @@ def test_a_deleted_or_damaged_latest_json_is_named_and_rebuilt_by_the_next_plain
     (Path(mirror.dest) / latest[0]).unlink()
     (Path(mirror.dest) / latest[1]).write_bytes(b"{not json")
 
-    # When status runs, then a plain (incremental) sync
+    # When status and `coco latest` run, then a plain (incremental) sync
     status = mirror.status()
+    coco = mirror.cli("coco", "latest", "--lake", mirror.dest, "--project", mirror.project)
     run = mirror.sync()
 
     # Then status names both pointers (exit 1, no traceback); the sync names both and rebuilds them
     assert status.code == 1, status.out + status.err
     for key in latest[:2]:
         assert f"{Path(mirror.dest) / key} is missing or damaged" in status.out
+    assert coco.code == 2 and f"{Path(mirror.dest) / latest[1]} is damaged" in coco.err
     assert run.code == 0, run.out + run.err
     assert f"{Path(mirror.dest) / latest[0]} is missing" in run.err
     assert f"{Path(mirror.dest) / latest[1]} is damaged" in run.err

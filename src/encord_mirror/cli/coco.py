@@ -86,10 +86,10 @@ def latest_main(args: argparse.Namespace) -> int:
             if latest is None:
                 continue
         else:
-            stored = lake.get(latest_key(args.project, args.branch, stage))
-            if stored is None:
+            pointer = _read_latest(lake, latest_key(args.project, args.branch, stage))
+            if pointer is None:
                 continue
-            latest = orjson.loads(stored.body)
+            latest = pointer
         manifest_obj = lake.get(latest["manifest"])
         manifest = orjson.loads(manifest_obj.body) if manifest_obj else {}
         found.append(
@@ -118,6 +118,23 @@ def latest_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_latest(lake: ObjectStore, key: str) -> JsonDict | None:
+    """A partition's `latest.json`; None when there is none; a damaged one is named (CliError)."""
+    stored = lake.get(key)
+    if stored is None:
+        return None
+    try:
+        latest = orjson.loads(stored.body)
+    except orjson.JSONDecodeError:
+        latest = None
+    if not isinstance(latest, dict) or not {"snapshot_id", "manifest", "coco"} <= set(latest):
+        raise CliError(
+            f"{lake.uri(key)} is damaged (not a latest.json pointer): the next `encord-mirror sync` rebuilds "
+            "it (meanwhile `coco export --snapshot ID` reads a snapshot of the snapshots/ folder beside it)"
+        )
+    return latest
+
+
 def _latest_as_of(lake: ObjectStore, part: Partition, as_of: str, one_stage: str | None) -> JsonDict | None:
     """What `latest.json` said at `as_of`. With one stage asked, a time before its first snapshot is an
     error naming it; over every stage, stages that had none yet are left out (and named if none had)."""
@@ -143,10 +160,10 @@ def export_main(args: argparse.Namespace) -> int:
     where = f"project {args.project} branch {args.branch!r} stage {args.stage!r}"
     snapshot_id = args.snapshot
     if snapshot_id is None:
-        stored = lake.get(latest_key(args.project, args.branch, args.stage))
-        if stored is None:
+        latest = _read_latest(lake, latest_key(args.project, args.branch, args.stage))
+        if latest is None:
             raise CliError(f"no COCO snapshot for {where} (see `encord-mirror coco latest`)")
-        snapshot_id = orjson.loads(stored.body)["snapshot_id"]
+        snapshot_id = latest["snapshot_id"]
     coco_obj = lake.get(snapshot_key(args.project, args.branch, args.stage, snapshot_id, "coco.json"))
     if coco_obj is None:
         raise CliError(f"--snapshot {snapshot_id}: no such snapshot for {where}")
