@@ -17,7 +17,7 @@ import pytest
 from test_cli_sync import Mirror, _first_sync, serve_mirror
 
 from encord_mirror.domain.lake import partition_of
-from encord_mirror.verify import snapshot_differences
+from encord_mirror.verify import assert_lake_matches, snapshot_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -136,6 +136,25 @@ def test_a_sync_with_no_state_removes_old_copies_and_deleted_rows_and_sends_only
     again = mirror.sync("--state", str(tmp_path / "a.sqlite"), "--full")
     assert again.code == 0, again.out + again.err
     mirror.assert_in_step()
+    assert mirror.initialised() == 0
+
+
+def test_a_second_machine_with_other_filters_and_no_state_removes_the_rows_they_exclude(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    # Given a lake synced from machine A with every stage
+    _first_sync(mirror, "--state", str(tmp_path / "a.sqlite"))
+    assert any("/stage=complete" in k for k in _label_keys(mirror))
+
+    # When machine B, with no state, syncs it without the Complete stage
+    run = mirror.sync("--state", str(tmp_path / "b.sqlite"), "--exclude-stage", "Complete")
+
+    # Then the Complete rows left the lake, the others stayed without being sent again
+    assert run.code == 0, run.out + run.err
+    assert_lake_matches(
+        mirror.lake, mirror.truth(), mirror.project, include=lambda r: r["stage"] != "Complete"
+    )
+    assert not any("/stage=complete" in k for k in _label_keys(mirror))
     assert mirror.initialised() == 0
 
 

@@ -316,7 +316,7 @@ def _plan_run(
         full=full,
         refilter=refilter,
         deselected=deselected,
-        lake_rows=len(index) if reselect else 0,
+        lake_rows=len(lake.index) if reselect else 0,
         signpost=signpost,
         previous_watermark=watermark,
         listed=len(listed),
