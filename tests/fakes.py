@@ -336,6 +336,7 @@ class RecordingSnapshots:
         self.drifted = {c.partition: c for c in drifted}
         self.latest: set[Partition] = set()  # the partitions it made a snapshot of
         self.stale = list(outdated)  # partitions of an older snapshot format, reported once
+        self.prunes: list[tuple[str, int | None, int | None]] = []  # (project, keep, keep_days) asked
 
     def outdated(self, project_hash: str) -> list[Partition]:
         found = [p for p in self.stale if p.project_hash == project_hash]
@@ -359,6 +360,12 @@ class RecordingSnapshots:
     ) -> tuple[PartitionChanges, SnapshotEvent | None]:
         self.checked.append((partition, dict(rows), recover))
         return self.drifted.get(partition, PartitionChanges(partition, (), ())), None
+
+    def prune(
+        self, project_hash: str, *, keep: int | None, keep_days: int | None, now: datetime
+    ) -> list[tuple[Partition, str]]:
+        self.prunes.append((project_hash, keep, keep_days))
+        return []
 
     def partitions(self, project_hash: str) -> set[Partition]:
         return {p for p in self.latest if p.project_hash == project_hash}

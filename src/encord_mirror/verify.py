@@ -24,7 +24,14 @@ from typing import Any
 import orjson
 
 from encord_mirror.coco.convert import Ontology, RowOntologyMismatchError, convert
-from encord_mirror.domain.lake import label_key, latest_key, partition_of, snapshot_key, stage_value
+from encord_mirror.domain.lake import (
+    label_key,
+    latest_key,
+    partition_of,
+    pruned_key,
+    snapshot_key,
+    stage_value,
+)
 from encord_mirror.domain.models import BranchSelection, IndexEntry, JsonDict, Partition, RowMeta
 from encord_mirror.domain.ports import ObjectStore
 from encord_mirror.domain.rowdoc import MIRROR_KEY, ROW_FORMAT_VERSION, intact_sha256
@@ -431,6 +438,8 @@ def _change_differences(
     if previous_id is not None:
         key = snapshot_key(part.project_hash, part.branch, part.stage, str(previous_id), "manifest.json")
         previous = _read(lake, key)
+        if previous is None and _pruned_through(lake, part) >= str(previous_id):
+            return []  # snapshot retention deleted it: there is nothing to compare with
         if previous is None:
             return [f"the previous snapshot {previous_id} has no manifest"]
         before = previous[1].get("rows") or {}
@@ -447,6 +456,12 @@ def _change_differences(
         for name, want in expected.items()
         if changes.get(name) != want
     ]
+
+
+def _pruned_through(lake: ObjectStore, part: Partition) -> str:
+    """The newest snapshot id snapshot retention deleted in the partition ("" if none)."""
+    stored = lake.get(pruned_key(part.project_hash, part.branch, part.stage))
+    return "" if stored is None else str(orjson.loads(stored.body).get("through") or "")
 
 
 def _reference(rows: list[tuple[str, JsonDict]], ontology: Mapping[str, Any], compatible: bool) -> JsonDict:

@@ -12,6 +12,7 @@ import io
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from encord_emulator.keys import generate_keypair
 from encord_emulator.server import Emulator
@@ -36,8 +38,9 @@ from encord_emulator.testing import (
 from encord_mirror.adapters.aws.s3 import S3ObjectStore
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
 from encord_mirror.cli.main import main
-from encord_mirror.domain.lake import run_manifest_key
+from encord_mirror.domain.lake import pruned_key, run_manifest_key
 from encord_mirror.domain.models import BranchSelection
+from encord_mirror.reader import SnapshotPrunedError, open_lake
 from encord_mirror.verify import assert_lake_matches, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -208,6 +211,56 @@ def test_an_edit_reaches_the_next_incremental_sync_when_the_hosts_clock_is_5_min
     assert mirror.initialised() == 1
     mirror.assert_in_step()
     assert f"warning: this host's clock is {says}" in run.err
+
+
+def test_snapshots_keep_prunes_old_coco_snapshots_and_a_pruned_one_is_named_when_asked_for(
+    mirror: Mirror,
+) -> None:
+    # Given three syncs without a retention setting, each after an edit in the same partition
+    edited = mirror.fixture.by_title("img2.jpg")
+    row = edited.row
+    for _ in range(3):
+        row = without_objects(row) if row is edited.row else edited.row
+        assert mirror.sync().code == 0
+        time.sleep(1)  # Encord stamps whole seconds: two edits in one second are one version
+        mirror.emu.edit_row(mirror.project, edited.label_hash, row)
+    lake = open_lake(mirror.dest)
+    [part] = [
+        p for p in lake.partitions(mirror.project) if len(lake.snapshots(mirror.project, stage=p.stage)) > 1
+    ]
+    kept_all = lake.snapshots(mirror.project, stage=part.stage)
+    first = lake.snapshot(mirror.project, stage=part.stage, snapshot_id=kept_all[0])
+
+    # When the next sync keeps the newest 2 snapshots
+    run = mirror.sync("--snapshots-keep", "2")
+
+    # Then every snapshot was kept until then, and now only the newest 2 of each partition are, the
+    # latest among them; the run manifest names what was deleted
+    assert run.code == 0, run.out + run.err
+    assert len(kept_all) == 3
+    kept = lake.snapshots(mirror.project, stage=part.stage)
+    assert kept == [*kept_all[2:], lake.snapshot(mirror.project, stage=part.stage).snapshot_id]
+    pruned = mirror.manifest(run)["snapshots_pruned"]
+    assert {(p["stage"], p["snapshot_id"]) for p in pruned} >= {(part.stage, s) for s in kept_all[:2]}
+    # and the partition's pruned.json says so, in its schema
+    record = orjson.loads((Path(mirror.dest) / pruned_key(mirror.project, "main", part.stage)).read_bytes())
+    schema = orjson.loads(
+        (Path(__file__).resolve().parents[2] / "schemas/snapshot-pruned.schema.json").read_bytes()
+    )
+    assert list(Draft202012Validator(schema).iter_errors(record)) == []
+    assert (record["first"], record["through"], record["keep"]) == (kept_all[0], kept_all[1], 2)
+    mirror.assert_in_step()
+    # And asking for a deleted snapshot, by id or by time, names retention and the oldest kept (exit 2)
+    with pytest.raises(SnapshotPrunedError, match=f"oldest kept is {kept[0]}"):
+        lake.snapshot(mirror.project, stage=part.stage, snapshot_id=kept_all[0])
+    asked = mirror.cli(
+        "coco", "latest", "--lake", mirror.dest, "--project", mirror.project, "--as-of", first.created_at
+    )
+    assert asked.code == 2 and "deleted by snapshot retention (it keeps the newest 2)" in asked.err
+    assert "Traceback" not in asked.err
+    # And a retention setting below 1 is refused naming its flag
+    bad = mirror.sync("--snapshots-keep", "0")
+    assert bad.code == 2 and "--snapshots-keep" in bad.err
 
 
 def test_a_stage_move_moves_the_object_to_its_new_partition_and_removes_the_old_copy(mirror: Mirror) -> None:

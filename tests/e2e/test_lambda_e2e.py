@@ -35,9 +35,11 @@ from encord_emulator.testing import (
 )
 from encord_mirror.adapters.aws import DynamoStateStore, S3ObjectStore
 from encord_mirror.aws_lambda import wiring
+from encord_mirror.domain.lake import label_key, snapshot_key
 from encord_mirror.domain.models import BranchSelection
 from encord_mirror.domain.ports import ObjectStore
-from encord_mirror.verify import MAIN_ONLY, assert_lake_matches, lake_differences
+from encord_mirror.reader import Lake, SnapshotPrunedError
+from encord_mirror.verify import MAIN_ONLY, assert_lake_matches, assert_snapshots_match, lake_differences
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -296,6 +298,8 @@ def deployment(
             "LEASE_TTL_SECONDS": "900",
             "HISTORY_KEEP_RUNS": "0",
             "FILTER_SHRINK_LIMIT": "50",
+            "SNAPSHOTS_KEEP": "0",
+            "SNAPSHOTS_KEEP_DAYS": "0",
             "COCO_MODE": "corrected",
             "ANNOUNCE_MIN_ANNOTATIONS": "0",
             "POWERTOOLS_SERVICE_NAME": "encord-mirror",
@@ -391,6 +395,44 @@ def test_an_edit_reaches_the_next_schedule_when_the_functions_clock_is_5_minutes
     assert warning.levelname == "WARNING" and "300s ahead of Encord's" in str(warning.__dict__["reason"])
     emitted = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     assert any(-302 < m.get("ClockSkewSeconds", [0])[0] < -298 for m in emitted)
+
+
+def test_the_finalizer_prunes_old_snapshots_on_s3_leaving_delete_markers_and_never_the_latest(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment keeping the newest snapshot of each partition only, and a lake in step
+    _redeploy(monkeypatch, SNAPSHOTS_KEEP="1")
+    _first_sync(deployment)
+    lake = Lake(deployment.lake)
+    edited = deployment.fixture.main_rows()[0]
+    [part] = [p for p in lake.partitions(deployment.project) if deployment.lake.get(label_key(
+        p.project_hash, p.branch, p.stage, edited.label_hash)) is not None]  # fmt: skip
+    [first] = lake.snapshots(deployment.project, stage=part.stage)
+
+    # When a row of that partition is edited and the schedule fires
+    deployment.emu.advance_clock(1)
+    deployment.emu.edit_row(deployment.project, edited.label_hash, without_objects(edited.row))
+    [run] = deployment.schedule()["runs"]
+    deployment.drain()
+
+    # Then the partition keeps only its new latest snapshot; the old one's objects are delete markers
+    # over noncurrent versions (what the stack's lifecycle rule expires), and the manifest names it
+    [latest] = lake.snapshots(deployment.project, stage=part.stage)
+    assert latest != first and lake.snapshot(deployment.project, stage=part.stage).snapshot_id == latest
+    deployment.assert_in_step()
+    assert_snapshots_match(
+        deployment.lake, deployment.project, deployment.fixture.ontology, encord_compatible=False
+    )
+    prefix = f"{LAKE_PREFIX}/{snapshot_key(part.project_hash, part.branch, part.stage, first, '')}"
+    versions = deployment.client("s3").list_object_versions(Bucket=deployment.aws.bucket, Prefix=prefix)
+    markers = {m["Key"].rsplit("/", 1)[1] for m in versions.get("DeleteMarkers", [])}
+    assert {"coco.json", "manifest.json"} <= markers
+    assert all(not v["IsLatest"] for v in versions.get("Versions", []))
+    [manifest] = [m for m in deployment.manifests() if m["run_id"] == run["run_id"]]
+    assert {"snapshot_id": first, "branch": part.branch, "stage": part.stage} in manifest["snapshots_pruned"]
+    # And the reader names the deleted snapshot as pruned
+    with pytest.raises(SnapshotPrunedError, match="it keeps the newest 1"):
+        lake.snapshot(deployment.project, stage=part.stage, snapshot_id=first)
 
 
 def test_a_full_sync_request_moves_staged_rows_and_removes_deleted_ones(deployment: Deployment) -> None:

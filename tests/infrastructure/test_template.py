@@ -175,6 +175,25 @@ def test_lake_bucket_is_versioned_encrypted_private_and_owner_enforced(template:
     assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
 
 
+def test_pruned_snapshots_expire_under_coco_only_and_only_while_retention_is_set(
+    template: dict[str, Any],
+) -> None:
+    # The finalizer deletes pruned snapshots; in the versioned bucket their bytes stay as noncurrent
+    # versions until this rule expires them. Rows keep their versions: they are the rows' history.
+    rules = template["Resources"]["LakeBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [conditional] = [r["Fn::If"] for r in rules if "Fn::If" in r]
+    condition, rule, otherwise = conditional
+    assert condition == "PruneSnapshots" and otherwise == {"Ref": "AWS::NoValue"}
+    assert rule["Prefix"] == {"Fn::If": ["HasLakePrefix", {"Fn::Sub": "${LakePrefix}/coco/"}, "coco/"]}
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": {"Ref": "PrunedSnapshotsExpireDays"}}
+    assert rule["ExpiredObjectDeleteMarker"] is True
+    uses = template["Conditions"]["PruneSnapshots"]["Fn::Or"]
+    assert {"Ref": "SnapshotsKeep"} in uses[0]["Fn::Not"][0]["Fn::Equals"]
+    assert {"Ref": "SnapshotsKeepDays"} in uses[1]["Fn::Not"][0]["Fn::Equals"]
+    assert template["Parameters"]["SnapshotsKeep"]["Default"] == 0  # keep every snapshot by default
+    assert template["Parameters"]["SnapshotsKeepDays"]["Default"] == 0
+
+
 def test_lake_bucket_denies_requests_without_tls(template: dict[str, Any]) -> None:
     policy = template["Resources"]["LakeBucketPolicy"]["Properties"]
     assert policy["Bucket"] == {"Ref": "LakeBucket"}

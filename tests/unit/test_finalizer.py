@@ -145,6 +145,20 @@ def test_touched_partitions_go_to_the_snapshot_step_and_their_events_are_publish
     assert len(result.snapshots) == 3
 
 
+def test_snapshot_retention_runs_after_the_snapshots_only_when_set(
+    deps: MirrorDeps, state: SqliteStateStore, clock: Clock, snapshots: RecordingSnapshots
+) -> None:
+    # Given two runs, finalized without and then with a retention setting
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW))
+    finalize(PROJECT, "run-1", CONFIG, deps)
+    _ran(state, clock, RowOutcome("l1", "written", key=NEW), run_id="run-2")
+    keeping = CONFIG.model_copy(update={"snapshots_keep": 3, "snapshots_keep_days": 30})
+    finalize(PROJECT, "run-2", keeping, deps)
+    # Then only the second asked the snapshot step to prune, after refreshing, with the setting
+    assert snapshots.prunes == [(PROJECT, 3, 30)]
+    assert len(snapshots.calls) == 2
+
+
 def test_a_failing_snapshot_is_recorded_and_does_not_hold_the_run(
     deps: MirrorDeps, state: SqliteStateStore, lake: LocalLake, clock: Clock
 ) -> None:

@@ -33,6 +33,8 @@ GOOD = {
     "LEASE_TTL_SECONDS": "900",
     "HISTORY_KEEP_RUNS": "0",
     "FILTER_SHRINK_LIMIT": "50",
+    "SNAPSHOTS_KEEP": "0",
+    "SNAPSHOTS_KEEP_DAYS": "0",
     "COCO_MODE": "corrected",
     "ANNOUNCE_MIN_ANNOTATIONS": "0",
     "POWERTOOLS_SERVICE_NAME": "encord-mirror",

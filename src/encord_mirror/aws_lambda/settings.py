@@ -30,6 +30,8 @@ _CONFIG_VARIABLES = {
     "lease_ttl_seconds": "LEASE_TTL_SECONDS",
     "history_keep_runs": "HISTORY_KEEP_RUNS",
     "filter_shrink_limit": "FILTER_SHRINK_LIMIT",
+    "snapshots_keep": "SNAPSHOTS_KEEP",
+    "snapshots_keep_days": "SNAPSHOTS_KEEP_DAYS",
 }
 
 
@@ -82,6 +84,8 @@ class Settings(BaseModel):
     LEASE_TTL_SECONDS: int
     HISTORY_KEEP_RUNS: int = Field(ge=0)  # 0: keep every run's change log
     FILTER_SHRINK_LIMIT: int  # percent of the current view a filter change may remove (100: any)
+    SNAPSHOTS_KEEP: int = Field(ge=0)  # 0 (and SNAPSHOTS_KEEP_DAYS 0): keep every COCO snapshot
+    SNAPSHOTS_KEEP_DAYS: int = Field(ge=0)
     COCO_MODE: CocoMode
     ANNOUNCE_MIN_ANNOTATIONS: int = Field(ge=0)
     POWERTOOLS_SERVICE_NAME: str = Field(min_length=1)
@@ -123,6 +127,8 @@ class Settings(BaseModel):
                 lease_ttl_seconds=self.LEASE_TTL_SECONDS,
                 history_keep_runs=self.HISTORY_KEEP_RUNS or None,
                 filter_shrink_limit=self.FILTER_SHRINK_LIMIT,
+                snapshots_keep=self.SNAPSHOTS_KEEP or None,
+                snapshots_keep_days=self.SNAPSHOTS_KEEP_DAYS or None,
             )
         except ConfigError as exc:
             variable = variable_of(exc.setting)

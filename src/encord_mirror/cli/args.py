@@ -151,6 +151,27 @@ def add_sync(sub: Any) -> None:
         help="keep the change log (history/) of the newest N runs per project, folding older ones into a "
         "base of what was current then (default: keep every run)",
     )
+    config_flag(
+        sync,
+        "--snapshots-keep",
+        setting="snapshots_keep",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep the newest N COCO snapshots of each partition and delete older ones (with "
+        "--snapshots-keep-days: also every one younger than that; the latest is always kept; default: "
+        "keep every snapshot)",
+    )
+    config_flag(
+        sync,
+        "--snapshots-keep-days",
+        setting="snapshots_keep_days",
+        type=int,
+        default=None,
+        metavar="D",
+        help="keep every COCO snapshot younger than D days and delete older ones (with --snapshots-keep: "
+        "also the newest N; the latest is always kept; default: keep every snapshot)",
+    )
     sync.add_argument(
         "--coco",
         choices=COCO_MODES,

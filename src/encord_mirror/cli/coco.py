@@ -16,7 +16,7 @@ from encord_mirror.domain.history import HistoryError, parse_time
 from encord_mirror.domain.lake import latest_key, media_key, partition_prefix, snapshot_key
 from encord_mirror.domain.models import JsonDict, Partition
 from encord_mirror.domain.ports import ObjectStore
-from encord_mirror.reader import LakeReadError, snapshot_as_of
+from encord_mirror.reader import LakeReadError, SnapshotPrunedError, snapshot_as_of, snapshot_by_id
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -141,7 +141,9 @@ def _latest_as_of(lake: ObjectStore, part: Partition, as_of: str, one_stage: str
     try:
         snap = snapshot_as_of(lake, part, as_of)
     except LakeReadError as exc:
-        if one_stage is not None:
+        # A stage whose snapshot of then was pruned is an error even over every stage: leaving it out
+        # would say it had none.
+        if one_stage is not None or isinstance(exc, SnapshotPrunedError):
             raise CliError(str(exc)) from None
         return None
     return {
@@ -166,6 +168,12 @@ def export_main(args: argparse.Namespace) -> int:
         snapshot_id = latest["snapshot_id"]
     coco_obj = lake.get(snapshot_key(args.project, args.branch, args.stage, snapshot_id, "coco.json"))
     if coco_obj is None:
+        try:
+            snapshot_by_id(lake, Partition(args.project, args.branch, args.stage), snapshot_id)
+        except SnapshotPrunedError as exc:
+            raise CliError(f"--snapshot {snapshot_id}: {exc}") from None
+        except LakeReadError:
+            pass
         raise CliError(f"--snapshot {snapshot_id}: no such snapshot for {where}")
     coco = orjson.loads(coco_obj.body)
     out = Path(args.out).expanduser()

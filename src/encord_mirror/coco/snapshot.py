@@ -64,6 +64,7 @@ from encord_mirror.domain.lake import (
     latest_key,
     partition_of,
     partition_prefix,
+    pruned_key,
     snapshot_key,
     stage_value,
 )
@@ -76,6 +77,7 @@ from encord_mirror.domain.models import (
     StoredObject,
 )
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
+from encord_mirror.domain.retention import prunable
 from encord_mirror.domain.rowdoc import MIRROR_KEY
 
 ROWS_FILE = "rows.tsv"
@@ -785,6 +787,55 @@ class CocoSnapshotBuilder:
     def partitions(self, project_hash: str) -> set[Partition]:
         latest, snapshotted = self._pointers(project_hash)
         return {partition_of(key) for key in latest} | snapshotted
+
+    def prune(
+        self, project_hash: str, *, keep: int | None, keep_days: int | None, now: datetime
+    ) -> list[tuple[Partition, str]]:
+        """Delete what retention lets go, recording it in the partition's `pruned.json` first, so a reader
+        asked for a deleted snapshot says so. A snapshot's manifest is deleted last: one half-deleted is
+        still listed, and the next prune finishes it. In a versioned bucket each delete leaves a delete
+        marker; the bytes stay as noncurrent versions until a lifecycle rule expires them."""
+        if keep is None and keep_days is None:
+            return []
+        found: dict[Partition, dict[str, list[str]]] = {}
+        for key in self._lake.list_keys(f"coco/project={project_hash}/"):
+            parts = key.split("/")
+            if len(parts) == 7 and parts[4] == "snapshots":
+                part = partition_of("/".join([*parts[:4], "latest.json"]))
+                found.setdefault(part, {}).setdefault(parts[5], []).append(key)
+        pruned: list[tuple[Partition, str]] = []
+        for part, snapshots in sorted(found.items()):
+            latest = _parsed_latest(self._lake.get(latest_key(part.project_hash, part.branch, part.stage)))
+            if latest is None:
+                continue  # nothing committed: no snapshot is known to be older than the latest
+            doomed = prunable(snapshots, str(latest["snapshot_id"]), keep=keep, keep_days=keep_days, now=now)
+            if not doomed:
+                continue
+            self._record_pruned(part, doomed, keep=keep, keep_days=keep_days, now=now)
+            for snapshot_id in doomed:
+                for key in sorted(snapshots[snapshot_id], key=lambda k: k.endswith("/manifest.json")):
+                    self._lake.delete(key)
+                pruned.append((part, snapshot_id))
+        return pruned
+
+    def _record_pruned(
+        self, part: Partition, doomed: list[str], *, keep: int | None, keep_days: int | None, now: datetime
+    ) -> None:
+        key = pruned_key(part.project_hash, part.branch, part.stage)
+        try:
+            before = self._read_json(key)
+        except orjson.JSONDecodeError:
+            before = None
+        before = before if isinstance(before, dict) else {}
+        record = {
+            "format_version": 1,
+            "first": min(str(before.get("first") or doomed[0]), doomed[0]),
+            "through": max(str(before.get("through") or doomed[-1]), doomed[-1]),
+            "pruned_at": now.astimezone(UTC).isoformat(),
+            "keep": keep,
+            "keep_days": keep_days,
+        }
+        self._lake.put(key, orjson.dumps(record) + b"\n")
 
     def _latest_keys(self, project_hash: str) -> list[str]:
         return self._pointers(project_hash)[0]

@@ -90,6 +90,10 @@ class MirrorConfig(BaseModel):
     # into one base (see `domain.history`).
     history_keep_runs: int | None = Field(default=None, ge=1)
     filter_shrink_limit: int = Field(default=50, ge=0, le=100)
+    # COCO snapshots: every one is kept (both None), or per partition the newest `snapshots_keep` and
+    # every one younger than `snapshots_keep_days`, never the latest (see `domain.retention`).
+    snapshots_keep: int | None = Field(default=None, ge=1)
+    snapshots_keep_days: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="wrap")
     @classmethod

@@ -19,14 +19,14 @@ one outlives its claim's expiry.
 
 The run manifest, `runs/project=<p>/<run_id>.json` (times ISO 8601 UTC; one line, ending with a newline):
 ```
-{"format_version": 2, "run_id", "project_hash", "mode": "full" | "incremental", "started_at", "finished_at",
+{"format_version": 3, "run_id", "project_hash", "mode": "full" | "incremental", "started_at", "finished_at",
  "signpost", "previous_watermark" (when planned), "watermark_before" (when finalized),
  "watermark" (committed),
  "filters" (the run's filters fingerprint, `MirrorConfig.filters_fingerprint`; a new state takes it up),
  "counts": {"written", "unchanged", "moved", "removed", "failed", "stale"}, "gaps_open", "chunks",
  "unlabelled": [data hashes], "rows": [{"label_hash", "status", "key", "old_key", "last_edited_at",
  "sha256", "reason"}], "snapshots": [{"snapshot_id", "branch", "stage"}], "snapshots_owed",
- "errors": [...]}
+ "snapshots_pruned": [{"snapshot_id", "branch", "stage"}] (deleted by snapshot retention), "errors": [...]}
 ```
 """
 
@@ -60,8 +60,8 @@ from encord_mirror.domain.worker import MAYBE_EARLIER
 
 COUNTED = ("written", "unchanged", "moved", "removed", "failed", "stale")
 # The run manifest's format (README, "The lake"; schemas/run-manifest.schema.json). 1: manifests without
-# the field (indented JSON at first, then one line); 2: `format_version` added.
-MANIFEST_FORMAT_VERSION = 2
+# the field (indented JSON at first, then one line); 2: `format_version` added; 3: `snapshots_pruned` added.
+MANIFEST_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
 
     finished = False
     try:
-        result = _close_run(project_hash, run, results, deps)
+        result = _close_run(project_hash, run, results, config, deps)
         state.end_finalize(project_hash, run_id, token, finished=True)
         finished = True
         return result
@@ -136,7 +136,7 @@ def finalize(project_hash: str, run_id: str, config: MirrorConfig, deps: MirrorD
 
 
 def _close_run(
-    project_hash: str, run: RunRecord, results: list[ChunkResult], deps: MirrorDeps
+    project_hash: str, run: RunRecord, results: list[ChunkResult], config: MirrorConfig, deps: MirrorDeps
 ) -> FinalizeResult:
     state, run_id = deps.state, run.run_id
     now = require_utc(deps.clock(), "clock")
@@ -157,6 +157,7 @@ def _close_run(
         recorder.record_run(run, outcomes, now=now)
     snapshots, errors, owed = _refresh_snapshots(project_hash, run, outcomes, deps, now)
     errors.extend(_announce(project_hash, deps))
+    pruned = _prune_snapshots(project_hash, config, deps, now, errors)
 
     counts = Counter({status: 0 for status in COUNTED})
     counts.update(o.status for o in outcomes)
@@ -166,6 +167,9 @@ def _close_run(
         {"snapshot_id": s.snapshot_id, "branch": s.branch, "stage": s.stage} for s in snapshots
     ]
     manifest["snapshots_owed"] = owed
+    manifest["snapshots_pruned"] = [
+        {"snapshot_id": sid, "branch": part.branch, "stage": part.stage} for part, sid in pruned
+    ]
     manifest["errors"] = errors
     # Create-only: manifests are immutable, and whatever already holds this (unique) run's key stays.
     with contextlib.suppress(PreconditionFailedError):
@@ -289,6 +293,22 @@ def _refresh_snapshots(
     state.settle_snapshots([d for part, d in owed.items() if part not in failing])
     state.owe_snapshots(failed)
     return events, errors, len(failed)
+
+
+def _prune_snapshots(
+    project_hash: str, config: MirrorConfig, deps: MirrorDeps, now: datetime, errors: list[str]
+) -> list[tuple[Partition, str]]:
+    """Snapshot retention, once this run's snapshots are the latest. A failure loses nothing (the next
+    finalizer prunes again) and goes to the manifest's errors."""
+    if deps.snapshots is None or (config.snapshots_keep is None and config.snapshots_keep_days is None):
+        return []
+    try:
+        return deps.snapshots.prune(
+            project_hash, keep=config.snapshots_keep, keep_days=config.snapshots_keep_days, now=now
+        )
+    except Exception as exc:  # the labels and snapshots are committed: retention must not fail the run
+        errors.append(f"snapshot retention: {type(exc).__name__}: {exc} (the next run prunes again)")
+        return []
 
 
 def _merged(first: PartitionChanges | None, second: PartitionChanges) -> PartitionChanges:

@@ -5,6 +5,7 @@ labels/project=<p>/branch=<b>/stage=<s>/<label_hash>.json
 coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/coco.json
 coco/project=<p>/branch=<b>/stage=<s>/snapshots/<snapshot_id>/manifest.json
 coco/project=<p>/branch=<b>/stage=<s>/latest.json
+coco/project=<p>/branch=<b>/stage=<s>/pruned.json     only once snapshot retention deleted a snapshot
 runs/project=<p>/<run_id>.json
 ```
 
@@ -56,6 +57,11 @@ def snapshot_key(project_hash: str, branch: str, stage: str, snapshot_id: str, n
 
 def latest_key(project_hash: str, branch: str, stage: str) -> str:
     return f"{partition_prefix('coco', project_hash, branch, stage)}latest.json"
+
+
+def pruned_key(project_hash: str, branch: str, stage: str) -> str:
+    """What snapshot retention deleted in the partition (see `coco.snapshot.CocoSnapshotBuilder.prune`)."""
+    return f"{partition_prefix('coco', project_hash, branch, stage)}pruned.json"
 
 
 def run_manifest_key(project_hash: str, run_id: str) -> str:

@@ -285,6 +285,13 @@ class SnapshotBuilder(Protocol):
         """The project's partitions that have a latest snapshot (or a whole one, if `latest.json` went)."""
         ...
 
+    def prune(
+        self, project_hash: str, *, keep: int | None, keep_days: int | None, now: datetime
+    ) -> list[tuple[Partition, str]]:
+        """Snapshot retention (`domain.retention`): delete the snapshots of the project's partitions that
+        the policy lets go, never a partition's latest; the (partition, snapshot id) pairs deleted."""
+        ...
+
 
 class RunRecorder(Protocol):
     def record_run(self, run: RunRecord, outcomes: Sequence[RowOutcome], *, now: datetime) -> None:

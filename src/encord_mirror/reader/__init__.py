@@ -8,7 +8,8 @@ snap = lake.snapshot(P, stage="complete-6ae00674", as_of="2026-11-30T00:00:00Z")
 row = lake.row_as_of("<label_hash>", snap.snapshot_id)           # the row exactly as that run left it
 ```
 Every question that has no whole answer (an unknown partition, run or snapshot, a time before the first
-run) raises `LakeReadError` naming what was asked, never a partial answer.
+run) raises `LakeReadError` naming what was asked, never a partial answer; a snapshot that snapshot
+retention deleted raises `SnapshotPrunedError` (a `LakeReadError`), naming the oldest one kept.
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ from typing import Any, BinaryIO
 import orjson
 
 from encord_mirror.domain.history import ChangeLog, HistoryError, Version, parse_time
-from encord_mirror.domain.lake import latest_key, partition_of, partition_prefix
+from encord_mirror.domain.lake import latest_key, partition_of, partition_prefix, pruned_key
 from encord_mirror.domain.models import JsonDict, Partition, StoredObject
 from encord_mirror.domain.ports import ObjectStore
+from encord_mirror.domain.retention import snapshot_time
 from encord_mirror.tables.annotations import TABLE_FILE, read_table, table_partition
 
-__all__ = ["Lake", "LakeReadError", "Snapshot", "SnapshotDiff", "open_lake"]
+__all__ = ["Lake", "LakeReadError", "Snapshot", "SnapshotDiff", "SnapshotPrunedError", "open_lake"]
 
 
 class LakeReadError(LookupError):
     """What was asked has no whole answer in this lake; the message names it and what the lake has."""
+
+
+class SnapshotPrunedError(LakeReadError):
+    """The snapshot asked for (by id or time) was deleted by snapshot retention."""
 
 
 class ReadOnlyLakeError(PermissionError):
@@ -262,6 +268,11 @@ def snapshot_ids(store: ObjectStore, part: Partition) -> list[str]:
     )
 
 
+def snapshot_by_id(store: ObjectStore, part: Partition, snapshot_id: str) -> Snapshot:
+    """The partition's snapshot `snapshot_id`; `SnapshotPrunedError` if retention deleted it."""
+    return _load_snapshot(store, part, snapshot_id)
+
+
 def _load_snapshot(store: ObjectStore, part: Partition, snapshot_id: str) -> Snapshot:
     prefix = (
         partition_prefix("coco", part.project_hash, part.branch, part.stage) + f"snapshots/{snapshot_id}/"
@@ -269,6 +280,12 @@ def _load_snapshot(store: ObjectStore, part: Partition, snapshot_id: str) -> Sna
     stored = store.get(prefix + "manifest.json")
     if stored is None:
         known = snapshot_ids(store, part)
+        pruned = _pruned(store, part)
+        if pruned is not None and snapshot_id <= str(pruned.get("through", "")):
+            raise SnapshotPrunedError(
+                f"snapshot {snapshot_id} of {_where(part)} was deleted by snapshot retention "
+                f"({_policy(pruned)}); {_oldest(known)}"
+            )
         have = f"{known[0]} .. {known[-1]} ({len(known)})" if known else "none"
         raise LakeReadError(
             f"no snapshot {snapshot_id} in {part.project_hash} {part.branch}/{part.stage} (it has: {have})"
@@ -285,11 +302,56 @@ def snapshot_as_of(store: ObjectStore, part: Partition, as_of: str | datetime) -
         snap = _load_snapshot(store, part, sid)
         if datetime.fromisoformat(snap.created_at) <= at:
             return snap
-    where = f"project {part.project_hash} branch {part.branch!r} stage {part.stage!r}"
+    where = _where(part)
+    pruned = _pruned(store, part)
+    first_pruned = snapshot_time(str(pruned.get("first", ""))) if pruned is not None else None
+    if pruned is not None and (first_pruned is None or at >= first_pruned):
+        raise SnapshotPrunedError(
+            f"--as-of {_text(as_of)}: the snapshot of {where} that was the latest then was deleted by "
+            f"snapshot retention ({_policy(pruned)}); {_oldest(ids, store, part)}"
+        )
+    if pruned is not None:
+        raise LakeReadError(
+            f"--as-of {_text(as_of)}: before the first snapshot of {where} ({pruned['first']}, since "
+            "deleted by snapshot retention)"
+        )
     if not ids:
         raise LakeReadError(f"no COCO snapshot in {where}")
     first = _load_snapshot(store, part, ids[0]).created_at
     raise LakeReadError(f"--as-of {_text(as_of)}: before the first snapshot of {where} (created {first})")
+
+
+def _where(part: Partition) -> str:
+    return f"project {part.project_hash} branch {part.branch!r} stage {part.stage!r}"
+
+
+def _pruned(store: ObjectStore, part: Partition) -> JsonDict | None:
+    """The partition's `pruned.json` (what snapshot retention deleted), or None."""
+    stored = store.get(pruned_key(part.project_hash, part.branch, part.stage))
+    if stored is None:
+        return None
+    try:
+        record = orjson.loads(stored.body)
+    except orjson.JSONDecodeError:
+        return {}  # unreadable, but retention did delete snapshots here
+    return record if isinstance(record, dict) else {}
+
+
+def _policy(pruned: JsonDict) -> str:
+    kept = []
+    if pruned.get("keep"):
+        kept.append(f"the newest {pruned['keep']}")
+    if pruned.get("keep_days"):
+        kept.append(f"those younger than {pruned['keep_days']} days")
+    return "it keeps " + " and ".join(kept) if kept else "see --snapshots-keep"
+
+
+def _oldest(ids: list[str], store: ObjectStore | None = None, part: Partition | None = None) -> str:
+    if not ids:
+        return "no snapshot is kept"
+    if store is None or part is None:
+        return f"the oldest kept is {ids[0]}"
+    return f"the oldest kept is {ids[0]} (created {_load_snapshot(store, part, ids[0]).created_at})"
 
 
 def _text(value: str | datetime) -> str:
