@@ -220,12 +220,14 @@ def diff_rows(
 def _signpost(started: datetime, deps: MirrorDeps) -> tuple[datetime, timedelta | None, str | None]:
     """(signpost, Encord's clock minus ours, None) from Encord's clock; (our start, None, why) when
     Encord's clock cannot be read. Clocks that agree to within the `Date` header's resolution keep our
-    start, the finer reading of the same time."""
+    start, the finer reading of the same time: Encord's `Date` not after our clock (skew up to half a
+    second, the rounding), so no edit Encord stamped (whole seconds) before its answer is after our start,
+    or Encord behind by up to a second (our start is then later than its clock; the overlap covers it)."""
     reading = deps.source.server_time()
     if reading.date is None:
         return started, None, reading.problem or "its answer carried no time"
     skew = clock_skew(reading.date, deps.clock())
-    if abs(skew) <= DATE_RESOLUTION:
+    if -DATE_RESOLUTION <= skew <= DATE_RESOLUTION / 2:
         return started, skew, None
     return encord_signpost(reading.date), skew, None
 
