@@ -24,9 +24,10 @@ Two modes:
      around it, a polyline a one-pixel-wide strip along each segment, a skeleton the box around its points;
      points and skeletons are COCO keypoints, their categories with `keypoints` (names) and `skeleton`
      (1-based edges) lists;
-  5. `file_name`s are unique and name where the media step puts the bytes (`media/<data_hash>/<frame>.<ext>`),
-     and every image carries `encord_data_hash`, `encord_frame`, `encord_data_link` and, in an image
-     group, `encord_label_hash` (the row a member belongs to).
+  5. `file_name`s are unique and name where the media step puts the bytes
+     (`media/project=<p>/<data_hash>/<frame>.<ext>`), and every image carries `encord_data_hash`,
+     `encord_frame`, `encord_data_link` and, in an image group, `encord_label_hash` (the row a member
+     belongs to).
 
 The row-level functions (`row_images`, `row_annotations`) are shared with the snapshot builder, which gives
 ids of its own so that they survive incremental refresh.
