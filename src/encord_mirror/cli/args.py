@@ -31,7 +31,8 @@ def _lake_and_state(parser: Any) -> None:
         "--state",
         default=None,
         metavar="PATH",
-        help="SQLite state file (default: LAKE/.mirror-state.sqlite; for S3: ~/.cache/encord-mirror/)",
+        help="SQLite state file (default: LAKE/.mirror-state.sqlite; for S3: ~/.cache/encord-mirror/), or "
+        "dynamodb://TABLE: a state shared by every machine (and a Lambda deployment) naming that table",
     )
 
 

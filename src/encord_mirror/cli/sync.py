@@ -296,7 +296,7 @@ def _run(
     target: LakeTarget,
     state: StateStore,
 ) -> int:
-    progress(f"lake {target.location}, state {target.state_path}, Encord {source.domain}")
+    progress(f"lake {target.location}, state {target.state_location}, Encord {source.domain}")
     if isinstance(target.lake, LocalLake):
         swept = target.lake.sweep_temporaries()
         if swept:
@@ -375,7 +375,7 @@ def format_summary(summary: SyncSummary, target: LakeTarget, state: StateStore |
         out.extend(f"  {note}" for note in _project_notes(p, target, state))
     out.append("")
     out.append(f"lake:  {target.location}")
-    out.append(f"state: {target.state_path}")
+    out.append(f"state: {target.state_location}")
     if summary.ok:
         out.append(f"OK: in step, no gaps ({summary.seconds:.2f}s)")
     else:
@@ -411,7 +411,7 @@ def summary_json(summary: SyncSummary, target: LakeTarget, state: StateStore) ->
         "snapshots_owed": summary.snapshots_owed,
         "seconds": round(summary.seconds, 3),
         "lake": target.location,
-        "state": str(target.state_path),
+        "state": target.state_location,
         "projects": projects,
     }
 

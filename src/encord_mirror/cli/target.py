@@ -5,6 +5,12 @@ State (watermark, row index, run ledger, gaps, snapshot debts) lives in SQLite: 
 `~/.cache/encord-mirror/<bucket>-<sha256(prefix)[:12]>.sqlite` for an S3 lake (`$XDG_CACHE_HOME` is
 honoured). Light to import: no SDK, and boto3 only for an S3 lake.
 
+`--state dynamodb://TABLE` keeps the state in a DynamoDB table instead (the Lambda deployment's, or one
+created like it: `pk`/`sk` strings): machines that name the same table share the watermark, row index,
+gaps and lease, so a second concurrent run is skipped by the lease. A lease in a table is never taken over
+early (its holder may be another host): it lapses at its expiry. Never the default: an S3 lake's state
+stays in the user's cache unless a table is named.
+
 A lake knows its own id (`_lake.json` at its root, written by the first sync: a `_` name, so Hive and
 Athena skip it), and a state records the id of the lake it was synced with: a state file of another lake
 is refused (it would make the new lake look in step while it stays empty), naming both. `_lake.json` is
@@ -32,6 +38,7 @@ from encord_mirror.cli.errors import CliError
 from encord_mirror.domain.ports import ObjectStore, PreconditionFailedError
 
 if TYPE_CHECKING:
+    from encord_mirror.adapters.aws.dynamodb import DynamoStateStore
     from encord_mirror.adapters.local.state import SqliteStateStore
 
 STATE_FILENAME = ".mirror-state.sqlite"
@@ -41,14 +48,37 @@ LAKE_ID_FORMAT_VERSION = 2
 
 @dataclass(frozen=True, slots=True)
 class LakeTarget:
-    """Where a sync writes: the lake, where a user finds it, and the state file that goes with it."""
+    """Where a sync writes: the lake, where a user finds it, and the state that goes with it: a SQLite
+    file (`state_path`), or a DynamoDB table (`state_table`, for `--state dynamodb://TABLE`)."""
 
     lake: ObjectStore
     location: str
-    state_path: Path
+    state_path: Path | None
+    state_table: str | None = None
+
+    @property
+    def state_location(self) -> str:
+        """The state as a user names it with `--state`."""
+        return f"{DYNAMODB_SCHEME}{self.state_table}" if self.state_table else str(self.state_path)
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+DYNAMODB_SCHEME = "dynamodb://"
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")  # DynamoDB's own rule for a table name
+
+
+def state_table(state: str | None) -> str | None:
+    """The table of `--state dynamodb://TABLE` (the scheme in any case), or None for a state file."""
+    if state is None or not state.lower().startswith(DYNAMODB_SCHEME):
+        return None
+    table = state[len(DYNAMODB_SCHEME) :]
+    if not table:
+        raise CliError("--state dynamodb://: name the table: --state dynamodb://TABLE")
+    if not _TABLE_NAME.match(table):
+        raise CliError(
+            f"--state {state!r}: {table!r} is not a DynamoDB table name (3-255 of A-Z a-z 0-9 _ - .)"
+        )
+    return table
 
 
 def is_s3(dest: str) -> bool:
@@ -78,7 +108,9 @@ def default_state_path(dest: str) -> Path:
     return Path(dest).expanduser() / STATE_FILENAME
 
 
-def _state_path(dest: str, state: str | None) -> Path:
+def _state_path(dest: str, state: str | None) -> Path | None:
+    if state_table(state):
+        return None
     return Path(state).expanduser() if state else default_state_path(dest)
 
 
@@ -91,9 +123,9 @@ def parse_s3_uri(dest: str) -> tuple[str, str]:
 
 def open_target(dest: str, state: str | None) -> LakeTarget:
     """The lake for DEST (`s3://bucket/prefix` or a directory, created if missing) and its state path."""
-    state_path = _state_path(dest, state)
+    state_path, table = _state_path(dest, state), state_table(state)
     if is_s3(dest):
-        return LakeTarget(_open_s3(dest), dest, state_path)
+        return LakeTarget(_open_s3(dest), dest, state_path, table)
     from encord_mirror.adapters.local import LocalLake
 
     root = Path(dest).expanduser()
@@ -103,7 +135,7 @@ def open_target(dest: str, state: str | None) -> LakeTarget:
         lake = LocalLake(root)
     except OSError as exc:
         raise CliError(f"--lake {dest}: cannot create the directory ({exc.strerror or exc})") from None
-    return LakeTarget(lake, str(lake.root), state_path)
+    return LakeTarget(lake, str(lake.root), state_path, table)
 
 
 def _open_s3(dest: str) -> ObjectStore:
@@ -126,13 +158,21 @@ def _open_s3(dest: str) -> ObjectStore:
     return lake
 
 
-def open_state(target: LakeTarget, projects: Sequence[str], *, write: bool = True) -> SqliteStateStore:
-    """The state of `target`, checked: a SQLite state of ours (`StateFileError` otherwise) that belongs
-    to this lake. `write`: a sync, which gives a new lake its id and binds a new state to the lake;
-    otherwise the file is opened read-only, and nothing is written beside it either."""
+def open_state(
+    target: LakeTarget, projects: Sequence[str], *, write: bool = True
+) -> SqliteStateStore | DynamoStateStore:
+    """The state of `target`, checked: a SQLite state of ours (`StateFileError` otherwise), or a DynamoDB
+    table that exists with our keys, that belongs to this lake. `write`: a sync, which gives a new lake its
+    id and binds a new state to the lake; otherwise the state is only read (a file is opened read-only, and
+    nothing is written beside it either)."""
     from encord_mirror.adapters.local.state import SqliteStateStore, StateFileError
 
+    if target.state_table is not None:
+        table = _open_table(target.state_table)
+        _bind(target, table, projects, write=write)
+        return table
     path = target.state_path
+    assert path is not None
     try:
         state = SqliteStateStore(path, read_only=not write)
     except StateFileError as exc:
@@ -149,15 +189,52 @@ def open_state(target: LakeTarget, projects: Sequence[str], *, write: bool = Tru
     return state
 
 
-def _bind(target: LakeTarget, state: SqliteStateStore, projects: Sequence[str], *, write: bool) -> None:
-    from encord_mirror.adapters.local.state import LakeBinding
+def _open_table(table: str) -> DynamoStateStore:
+    """The DynamoDB state store over `table`, through the CLI's boto3 client (its retries), checked."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from encord_mirror.adapters.aws.dynamodb import DynamoStateStore
+    from encord_mirror.adapters.aws.s3 import S3ClientConfigError, cli_client
+
+    flag = f"--state {DYNAMODB_SCHEME}{table}"
+    try:
+        client = cli_client("dynamodb")
+        described = client.describe_table(TableName=table)["Table"]
+    except S3ClientConfigError as exc:
+        raise CliError(f"{flag}: {exc}") from None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            region = client.meta.region_name
+            raise CliError(
+                f"{flag}: no such DynamoDB table in region {region}; create it as template.yaml's StateTable "
+                "(pk and sk strings) or name the deployment's table"
+            ) from None
+        raise CliError(
+            f"{flag}: cannot read the table ({exc}); check the AWS credentials and region"
+        ) from None
+    except BotoCoreError as exc:
+        raise CliError(
+            f"{flag}: cannot reach DynamoDB ({exc}); check the AWS credentials and region"
+        ) from None
+    keys = {k["AttributeName"]: k["KeyType"] for k in described.get("KeySchema", [])}
+    if keys != {"pk": "HASH", "sk": "RANGE"}:
+        raise CliError(
+            f"{flag}: not a state table of encord-mirror (its key is {keys}; it should be pk HASH, sk RANGE)"
+        )
+    return DynamoStateStore(table, client)
+
+
+def _bind(
+    target: LakeTarget, state: SqliteStateStore | DynamoStateStore, projects: Sequence[str], *, write: bool
+) -> None:
+    from encord_mirror.domain.models import LakeBinding
 
     lake_id = read_lake_id(target)
     binding = state.lake_binding()
     if binding is not None and binding.lake_id != lake_id:
         this = f"lake {lake_id}" if lake_id else f"a lake without an id (no {LAKE_ID_KEY}: a new lake?)"
         raise CliError(
-            f"--state {target.state_path}: belongs to another lake: it is the state of lake "
+            f"--state {target.state_location}: belongs to another lake: it is the state of lake "
             f"{binding.lake_id} (last synced at {binding.location}, projects {', '.join(binding.projects)}), "
             f"and --lake {target.location} is {this}. Pass this lake's state with --state, or a new path "
             "to start its state afresh"
@@ -236,11 +313,11 @@ def open_lake(dest: str) -> ObjectStore:
 
 def open_existing(dest: str, state: str | None) -> LakeTarget:
     """The lake for DEST and its state, for commands that only read: both must exist."""
-    state_path = _state_path(dest, state)
+    state_path, table = _state_path(dest, state), state_table(state)
     lake = open_lake(dest)
-    if not state_path.is_file():
+    if state_path is not None and not state_path.is_file():
         raise CliError(
             f"--state {state_path}: no state file; has `encord-mirror sync` run with this lake? "
             "(pass --state if its state is elsewhere)"
         )
-    return LakeTarget(lake, dest if is_s3(dest) else str(Path(dest).expanduser()), state_path)
+    return LakeTarget(lake, dest if is_s3(dest) else str(Path(dest).expanduser()), state_path, table)

@@ -26,7 +26,7 @@ import orjson
 from encord_mirror.adapters.encord_source import EncordAuthError, EncordProjectAccessError
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.sync import config_from_args, open_source
-from encord_mirror.cli.target import LakeTarget, default_state_path, is_s3, open_lake, open_state
+from encord_mirror.cli.target import LakeTarget, default_state_path, is_s3, open_lake, open_state, state_table
 from encord_mirror.coco.snapshot import snapshot_builder
 from encord_mirror.domain.models import RowQuery
 from encord_mirror.verify import Difference, lake_report, snapshot_differences
@@ -39,11 +39,15 @@ def verify_main(args: argparse.Namespace) -> int:
     is_s3(args.lake)
     source = open_source(args.ssh_key, args.encord_domain)
     lake = open_lake(args.lake)
-    state_path = Path(args.state).expanduser() if args.state else default_state_path(args.lake)
-    if args.state and not state_path.is_file():
+    table = state_table(args.state)
+    state_path = (
+        None if table else Path(args.state).expanduser() if args.state else default_state_path(args.lake)
+    )
+    if state_path is not None and args.state and not state_path.is_file():
         raise CliError(f"--state {args.state}: no such state file")
-    target = LakeTarget(lake, args.lake, state_path)
-    state = open_state(target, config.projects, write=False) if state_path.is_file() else None
+    target = LakeTarget(lake, args.lake, state_path, table)
+    found_state = table is not None or (state_path is not None and state_path.is_file())
+    state = open_state(target, config.projects, write=False) if found_state else None
     compatible = None if snapshot_builder(lake, args.coco) is None else args.coco == "encord-compatible"
     reports: list[dict[str, Any]] = []
     try:
@@ -67,7 +71,7 @@ def verify_main(args: argparse.Namespace) -> int:
             reports.append(
                 {
                     "project_hash": project_hash,
-                    "state": str(target.state_path) if state else None,
+                    "state": target.state_location if state else None,
                     "differences": [asdict(d) for d in found],
                 }
             )

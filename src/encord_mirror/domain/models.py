@@ -133,6 +133,16 @@ class StoredObject:
 
 
 @dataclass(frozen=True, slots=True)
+class LakeBinding:
+    """The lake a state belongs to: its id (from the lake's `_lake.json`), where it was last seen, and the
+    projects synced with this state."""
+
+    lake_id: str
+    location: str
+    projects: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """Who holds a project: the run id that owns the lease, since when, and when it lapses on its own.
     `holder`: the process that took it (`pid N on HOST`), where the state store records one (SQLite)."""

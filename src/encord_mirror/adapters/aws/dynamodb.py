@@ -20,6 +20,10 @@
 |                                  | `run_id`, `reason` (branch percent-encoded in the key)         |
 | `BLOB#<sha256>#<n>`              | a part of a blob too large for one item (content-addressed)    |
 
+and one item outside the projects: `pk` = `LAKE`, `sk` = `BINDING`, the lake the table's state belongs to
+(`lake_id`, `location`, `projects`), written by the CLI (`--state dynamodb://TABLE`) as it binds a SQLite
+state; the Lambda deployment neither writes nor reads it.
+
 Run records and chunk results are zlib-compressed JSON in one binary attribute; above
 `INLINE_LIMIT` they go to content-addressed part items, so a 1000-row chunk or a run with 100k
 unlabelled data units never hits DynamoDB's 400 KB item limit, and two deliveries of the same
@@ -53,6 +57,7 @@ from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
+    LakeBinding,
     Lease,
     Partition,
     RunFailure,
@@ -194,6 +199,33 @@ class DynamoStateStore:
                 time.sleep(min(0.05 * 2**attempt, 2.0))
             if pending:
                 raise RuntimeError(f"DynamoDB left {len(pending[self.table_name])} writes unprocessed")
+
+    def close(self) -> None:
+        """Nothing to close (each call is a request); here so the CLI closes either kind of state."""
+
+    # -- the lake this state belongs to (the CLI's check; see the module docstring) --------------
+
+    _BINDING_KEY = {"pk": {"S": "LAKE"}, "sk": {"S": "BINDING"}}
+
+    def lake_binding(self) -> LakeBinding | None:
+        response = self._client.get_item(
+            TableName=self.table_name, Key=self._BINDING_KEY, ConsistentRead=True
+        )
+        item = response.get("Item")
+        if item is None:
+            return None
+        projects = tuple(sorted(item.get("projects", {}).get("SS", [])))
+        return LakeBinding(item["lake_id"]["S"], item.get("location", {}).get("S", ""), projects)
+
+    def bind_lake(self, binding: LakeBinding) -> None:
+        item: dict[str, Any] = {
+            **self._BINDING_KEY,
+            "lake_id": _s(binding.lake_id),
+            "location": _s(binding.location),
+        }
+        if binding.projects:
+            item["projects"] = {"SS": sorted(set(binding.projects))}
+        self._client.put_item(TableName=self.table_name, Item=item)
 
     # -- lease -----------------------------------------------------------------------------------
 

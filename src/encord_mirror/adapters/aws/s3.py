@@ -68,6 +68,12 @@ def s3_client(environ: Mapping[str, str] = os.environ) -> Any:
     Down fail a sync), 10 s to connect, 60 s to read. `AWS_RETRY_MODE` and `AWS_MAX_ATTEMPTS` (botocore's
     own variables) override the retries; credentials, region and `AWS_ENDPOINT_URL` come from boto3's usual
     places."""
+    return cli_client("s3", environ)
+
+
+def cli_client(service: str, environ: Mapping[str, str] = os.environ) -> Any:
+    """A boto3 client of the CLI for `service` (`s3`, or `dynamodb` for `--state dynamodb://TABLE`),
+    configured as `s3_client` says."""
     import boto3
     from botocore.config import Config
 
@@ -82,7 +88,7 @@ def s3_client(environ: Mapping[str, str] = os.environ) -> Any:
         connect_timeout=10,
         read_timeout=60,
     )
-    return boto3.client("s3", config=config)
+    return boto3.client(service, config=config)
 
 
 class S3ObjectStore:

@@ -16,7 +16,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from encord_mirror.domain.models import (
     ChunkResult,
     Gap,
     IndexEntry,
+    LakeBinding,
     Lease,
     Partition,
     RunFailure,
@@ -106,16 +106,6 @@ class StateFileError(Exception):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class LakeBinding:
-    """The lake a state belongs to: its id (from the lake's `_lake.json`), where it was last seen, and the
-    projects synced with this state."""
-
-    lake_id: str
-    location: str
-    projects: tuple[str, ...]
 
 
 def this_process() -> str:
