@@ -545,11 +545,14 @@ def test_a_refresh_reads_the_previous_rows_tsv_and_coco_json_but_not_its_manifes
     # When one row is edited and the partition refreshed
     edited, _ = _edit_one_and_refresh(lake, rows)
     # Then the previous snapshot's per-row bytes come from rows.tsv and coco.json, never its manifest
-    assert previous["rows.tsv"] in lake.gets and previous["coco.json"] in lake.opened
+    assert previous["rows.tsv"] in lake.opened and previous["coco.json"] in lake.opened
     assert previous["manifest.json"] not in lake.gets
-    # and coco.json is streamed both ways: read through open(), written through put_stream(), never whole
-    assert not [k for k in lake.gets if k.endswith("/coco.json")]
-    assert _snapshot_file(lake, "coco.json") in lake.streamed
+    # and all three files are streamed both ways: read through open(), written through put_stream(), never
+    # whole
+    assert not set(previous.values()) & set(lake.gets)
+    assert {_snapshot_file(lake, name) for name in ("coco.json", "rows.tsv", "manifest.json")} <= set(
+        lake.streamed
+    )
     # and the new manifest still lists every row, the counts match the COCO file, and only the edit changed
     coco, manifest = _snapshot(lake)
     assert manifest["incremental"] is True and sorted(manifest["rows"]) == sorted(hashes)

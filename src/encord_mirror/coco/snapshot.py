@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import groupby
+from itertools import chain, groupby
 from operator import itemgetter
 from typing import IO, Any
 
@@ -120,18 +120,15 @@ class _RowState:
 
 @dataclass(slots=True)
 class _PrevRow:
-    """A row of the previous snapshot as spans of its files, copied into the next one unless touched.
-    Images and annotations are relative to the start of coco.json's `images` and `annotations` arrays."""
+    """A row of the previous snapshot: its manifest entry and ids, and its spans in coco.json (relative to
+    the start of its `images` and `annotations` arrays), copied into the next snapshot unless touched."""
 
     record: bytes  # its manifest entry (JSON)
+    state: bytes  # its ids (_RowState JSON)
     i0: int
     i1: int
     a0: int
     a1: int
-    s0: int  # its ids (_RowState JSON) in rows.tsv
-    s1: int
-    l0: int  # its whole line in rows.tsv
-    l1: int
 
 
 @dataclass(slots=True)
@@ -142,13 +139,19 @@ class _Previous:
     layout: JsonDict  # what its ids and bytes depend on: ontology hash, format version, COCO mode
     counters: dict[str, int]
     counts: dict[str, int]  # images, annotations
-    rows: dict[str, _PrevRow]
-    rows_body: bytes
+    rows: dict[str, _PrevRow]  # the rows a refresh touches (all of them when it rebuilds or rescans)
+    rows_file: _RowsFile | None  # its rows.tsv, read again in order by the assembly
     images_len: int  # the bytes inside coco.json's images array
     annotations_len: int
     coco: _Source | None = None
     images_at: int = 0  # where that array's content starts in coco.json
     annotations_at: int = 0
+
+    def close(self) -> None:
+        for file in (self.coco, self.rows_file):
+            if file is not None:
+                file.close()
+        self.coco = self.rows_file = None
 
 
 @dataclass(slots=True)
@@ -178,43 +181,6 @@ class _NewRow:
     def counted(self) -> _NewRow:
         """The row without its bytes (what the tally needs, once the bytes are in the assembly)."""
         return _NewRow(self.sha256, self.data_title, self.n_images, self.n_annotations, b"", b"", b"", b"")
-
-
-def _parse_rows(body: bytes) -> tuple[JsonDict, dict[str, _PrevRow], int, int]:
-    """rows.tsv: a `#v2` line (JSON: ontology_hash, next id counters, counts), then per row in label-hash
-    order `label_hash TAB images_bytes TAB annotations_bytes TAB manifest_entry TAB ids`, where the byte
-    counts measure the row's objects in coco.json's arrays (joined by commas, rows with none skipped).
-    orjson escapes tabs and newlines inside strings, so they only ever separate fields."""
-    end = body.index(b"\n")
-    header: JsonDict = orjson.loads(body[len(_ROWS_V2) : end])
-    rows: dict[str, _PrevRow] = {}
-    find = body.index
-    images = annotations = 0
-    pos, size = end + 1, len(body)
-    while pos < size:
-        t1 = find(b"\t", pos)
-        t2 = find(b"\t", t1 + 1)
-        t3 = find(b"\t", t2 + 1)
-        t4 = find(b"\t", t3 + 1)
-        end = find(b"\n", t4)
-        n_images, n_annotations = int(body[t1 + 1 : t2]), int(body[t2 + 1 : t3])
-        rows[body[pos:t1].decode()] = _PrevRow(
-            body[t3 + 1 : t4],
-            images,
-            images + n_images,
-            annotations,
-            annotations + n_annotations,
-            t4 + 1,
-            end,
-            pos,
-            end + 1,
-        )
-        if n_images:
-            images += n_images + 1
-        if n_annotations:
-            annotations += n_annotations + 1
-        pos = end + 1
-    return header, rows, max(images - 1, 0), max(annotations - 1, 0)
 
 
 def _rows_line(label_hash: bytes, images: bytes, annotations: bytes, record: bytes, state: bytes) -> bytes:
@@ -263,6 +229,12 @@ class _Source:
             at, window = at + len(window) - keep, window[-keep:]
         return -1
 
+    def lines(self, start: int, limit: int = -1) -> Iterator[bytes]:
+        """The lines from byte `start` on, each with its newline (the last one may have none)."""
+        self._file.seek(start)
+        while line := self._file.readline(limit):
+            yield line
+
     def copy_to(self, out: _Spool, start: int, end: int) -> None:
         self._file.seek(start)
         while start < end:
@@ -276,18 +248,81 @@ class _Source:
         self._file.close()
 
 
-class _Spool:
+class _RowsFile:
+    """The previous rows.tsv as a seekable file: a `#v2` line (JSON: ontology_hash, next id counters,
+    counts), then per row in label-hash order `label_hash TAB images_bytes TAB annotations_bytes TAB
+    manifest_entry TAB ids`, where the byte counts measure the row's objects in coco.json's arrays (joined
+    by commas, rows with none skipped). orjson escapes tabs and newlines inside strings, so they only ever
+    separate fields. Read line by line, never whole; closed with the refresh."""
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+        head = source.lines(0, _HEAD_LIMIT)
+        line = next(head, b"")
+        if not line.startswith(_ROWS_V2) or not line.endswith(b"\n"):
+            raise ValueError("rows.tsv does not start with a #v2 line")
+        self.header: JsonDict = orjson.loads(line[len(_ROWS_V2) : -1])
+        self._body_at = len(line)
+
+    def scan(self) -> Iterator[tuple[str, _PrevRow, bytes]]:
+        """Every row in order: its label hash, its entry, and its whole line."""
+        images = annotations = 0
+        for line in self._source.lines(self._body_at):
+            fields = line.split(b"\t", 4)
+            if len(fields) != 5 or not line.endswith(b"\n"):
+                raise ValueError(f"rows.tsv has a line that is not 5 fields: {line[:80]!r}")
+            n_images, n_annotations = int(fields[1]), int(fields[2])
+            row = _PrevRow(
+                fields[3], fields[4][:-1], images, images + n_images, annotations, annotations + n_annotations
+            )
+            if n_images:
+                images += n_images + 1
+            if n_annotations:
+                annotations += n_annotations + 1
+            yield fields[0].decode(), row, line
+
+    def index(self, wanted: set[str] | None) -> tuple[dict[str, _PrevRow], int, int]:
+        """The entries of the `wanted` rows (None: all), and the bytes inside coco.json's two arrays."""
+        rows: dict[str, _PrevRow] = {}
+        images = annotations = 0  # where the last row with any ends
+        for label_hash, row, _ in self.scan():
+            if wanted is None or label_hash in wanted:
+                rows[label_hash] = row
+            images = row.i1 if row.i1 > row.i0 else images
+            annotations = row.a1 if row.a1 > row.a0 else annotations
+        return rows, images, annotations
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class _TempBytes:
+    """Bytes written to a temporary file, read back in blocks; closed by close()."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115  (lives with the object; closed by close())
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def blocks(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        while block := self._file.read(_BLOCK):
+            yield block
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Spool(_TempBytes):
     """One JSON array's content (items joined by commas) on a temporary file: copied spans of the previous
     coco.json and new items, in order; runs of copied spans that follow each other there are copied as one."""
 
     def __init__(self, source: _Source | None) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115  (lives with the spool; closed by close())
+        super().__init__()
         self._source = source
         self._start = self._end = -1
         self._empty = True
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
 
     def copy(self, start: int, end: int) -> None:
         if start == end:
@@ -318,55 +353,7 @@ class _Spool:
 
     def blocks(self) -> Iterator[bytes]:
         self._flush()
-        self._file.seek(0)
-        while block := self._file.read(_BLOCK):
-            yield block
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class _Splice:
-    """The pieces of a body made of new items and spans of a previous body, `sep` between items; spans
-    that follow each other there are copied as one piece (the unchanged rows between two changed ones).
-    For rows.tsv's lines, whose previous body is in memory (about a hundred bytes a row)."""
-
-    def __init__(self, source: bytes | None, sep: bytes) -> None:
-        self._view = memoryview(source if source is not None else b"")
-        self._sep = sep
-        self._pieces: list[bytes | memoryview] = []
-        self._start = self._end = -1
-
-    def copy(self, start: int, end: int) -> None:
-        if start == end:
-            return
-        if self._start >= 0 and start == self._end + len(self._sep):
-            self._end = end
-        else:
-            self._close()
-            self._start, self._end = start, end
-
-    def add(self, piece: bytes) -> None:
-        if piece:
-            self._close()
-            self._pieces.append(piece)
-
-    def _close(self) -> None:
-        if self._start >= 0:
-            self._pieces.append(self._view[self._start : self._end])
-            self._start = self._end = -1
-
-    def parts(self) -> list[bytes | memoryview]:
-        """The pieces with `sep` between them, for one `b"".join` with the rest of the file."""
-        self._close()
-        if not self._sep:
-            return self._pieces
-        out: list[bytes | memoryview] = []
-        for piece in self._pieces:
-            if out:
-                out.append(self._sep)
-            out.append(piece)
-        return out
+        yield from super().blocks()
 
 
 @dataclass(slots=True)
@@ -399,20 +386,22 @@ class _Tally:
 class _Assembly:
     """A new snapshot's bodies, assembled while the touched rows are converted, rows in label-hash order:
     unchanged rows are spliced from the previous snapshot's files (runs of them in one piece), never
-    parsed, and converted rows go in as they come (in label-hash order too). coco.json's arrays are
-    spooled to temporary files (`_Spool`); rows.tsv's lines and the manifest's rows stay in memory.
-    Closing it removes the spools and closes the previous coco.json."""
+    parsed, and converted rows go in as they come (in label-hash order too): one merge pass over the
+    previous rows.tsv. coco.json's arrays, rows.tsv's lines and the manifest's rows are spooled to
+    temporary files, so none of them is held whole. Closing it removes the spools and closes the previous
+    snapshot's files."""
 
     def __init__(self, carried: _Previous | None, touched: list[str]) -> None:
         source = carried.coco if carried is not None else None
         self._carried = carried
         self.images, self.annotations = _Spool(source), _Spool(source)
-        self.lines: _Splice | None = _Splice(carried.rows_body if carried is not None else None, b"")
-        self.entries: list[bytes] = []
+        self.lines = _TempBytes()  # rows.tsv after its header line
+        self.entries = _TempBytes()  # the manifest's rows, `"label_hash":{...}` joined by commas
         self.rows = 0
         self.first_title: Any = None
         skip = set(touched)
-        self._kept = iter([h for h in carried.rows if h not in skip] if carried is not None else [])
+        rows_file = carried.rows_file if carried is not None else None
+        self._kept = (k for k in (rows_file.scan() if rows_file is not None else ()) if k[0] not in skip)
         self._next_kept = next(self._kept, None)
 
     def add(self, label_hash: str, new: _NewRow) -> None:
@@ -420,12 +409,16 @@ class _Assembly:
         self._keep_until(label_hash)
         if not self.rows:
             self.first_title = new.data_title
-        self.rows += 1
-        assert self.lines is not None
+        self._row(new.entry)
         self.images.add(new.images)
         self.annotations.add(new.annotations)
-        self.lines.add(new.line)
-        self.entries.append(new.entry)
+        self.lines.write(new.line)
+
+    def _row(self, entry: bytes) -> None:
+        if self.rows:
+            self.entries.write(b",")
+        self.entries.write(entry)
+        self.rows += 1
 
     def finish(self) -> None:
         """The unchanged rows after the last converted one."""
@@ -433,16 +426,15 @@ class _Assembly:
 
     def _keep_until(self, label_hash: str | None) -> None:
         carried = self._carried
-        while self._next_kept is not None and (label_hash is None or self._next_kept < label_hash):
-            assert carried is not None and self.lines is not None
-            h, old = self._next_kept, carried.rows[self._next_kept]
+        while self._next_kept is not None and (label_hash is None or self._next_kept[0] < label_hash):
+            assert carried is not None
+            h, old, line = self._next_kept
             if not self.rows:
                 self.first_title = orjson.loads(old.record).get("data_title")
-            self.rows += 1
+            self._row(_entry(h, old.record))
             self.images.copy(carried.images_at + old.i0, carried.images_at + old.i1)
             self.annotations.copy(carried.annotations_at + old.a0, carried.annotations_at + old.a1)
-            self.lines.copy(old.l0, old.l1)
-            self.entries.append(_entry(h, old.record))
+            self.lines.write(line)
             self._next_kept = next(self._kept, None)
 
     def coco(self, head: bytes) -> Iterator[bytes]:
@@ -454,11 +446,10 @@ class _Assembly:
         yield _COCO_CLOSE
 
     def close(self) -> None:
-        self.images.close()
-        self.annotations.close()
-        if self._carried is not None and self._carried.coco is not None:
-            self._carried.coco.close()
-            self._carried.coco = None
+        for spool in (self.images, self.annotations, self.lines, self.entries):
+            spool.close()
+        if self._carried is not None:
+            self._carried.close()
 
 
 def _tally(
@@ -603,7 +594,9 @@ class CocoSnapshotBuilder:
 
         converter = self._converter(project)
         ohash = ontology_hash(project)
-        prev = self._previous(part, latest["snapshot_id"], ohash) if latest is not None else None
+        # A refresh reads the previous snapshot's entries of the rows it touches; a rescan touches them all.
+        wanted = None if changes.rescan else {*changes.upserted, *changes.removed}
+        prev = self._previous(part, latest["snapshot_id"], ohash, wanted) if latest is not None else None
         carried = prev if prev is not None and prev.coco is not None else None
         counters, touched = self._touched(part, changes, carried)
         assembly = _Assembly(carried, touched)
@@ -698,9 +691,7 @@ class CocoSnapshotBuilder:
             masks.row = label_hash
             try:
                 old_state = (
-                    _RowState(**orjson.loads(carried.rows_body[old.s0 : old.s1]))
-                    if carried is not None and old is not None
-                    else None
+                    _RowState(**orjson.loads(old.state)) if carried is not None and old is not None else None
                 )
                 converted = self._convert_row(
                     converter, orjson.loads(stored.body), stored.body, old_state, counters, masks
@@ -740,12 +731,10 @@ class CocoSnapshotBuilder:
             ]
         )
         digest, size = self._put_stream_once(keys["coco.json"], assembly.coco(head))
-        assert assembly.lines is not None
         rows_head = {**self._layout(str(manifest["ontology_hash"])), "next": counters, "counts": tally.counts}
-        rows_body = b"".join([_ROWS_V2, orjson.dumps(rows_head), b"\n", *assembly.lines.parts()])
-        assembly.lines = None
-        self._put_once(keys[ROWS_FILE], rows_body)
-        del rows_body
+        self._put_stream_once(
+            keys[ROWS_FILE], chain([_ROWS_V2 + orjson.dumps(rows_head) + b"\n"], assembly.lines.blocks())
+        )
         manifest["coco"] = {
             "key": keys["coco.json"],
             "uri": self._lake.uri(keys["coco.json"]),
@@ -754,13 +743,12 @@ class CocoSnapshotBuilder:
         }
         manifest["manifest_uri"] = self._lake.uri(keys["manifest.json"])
         # One JSON object on one line, newline-terminated (Hive JSON SerDes and pyarrow read it); "rows"
-        # goes last, spliced in as its entries' bytes.
-        manifest_body = b"".join(
-            [orjson.dumps(manifest)[:-1], b',"rows":{', b",".join(assembly.entries), b"}}\n"]
+        # goes last, streamed as its entries' bytes.
+        manifest_body = chain(
+            [orjson.dumps(manifest)[:-1] + b',"rows":{'], assembly.entries.blocks(), [b"}}\n"]
         )
-        assembly.entries = []
         try:
-            self._lake.put(keys["manifest.json"], manifest_body, if_none_match=True)
+            self._lake.put_stream(keys["manifest.json"], manifest_body, if_none_match=True)
         except PreconditionFailedError:
             return self._read_json(keys["manifest.json"]) or manifest
         return manifest
@@ -862,42 +850,47 @@ class CocoSnapshotBuilder:
         return self._read_json(self._key(part, newer[-1], "manifest.json")) if newer else None
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _previous(self, part: Partition, snapshot_id: str, ohash: str) -> _Previous | None:
-        """The previous snapshot as far as it can be read; `coco` is set only if it can be carried over."""
-        stored = self._lake.get(self._key(part, snapshot_id, ROWS_FILE))
-        body = stored.body if stored is not None else b""
-        manifest: Any = None
+    def _previous(
+        self, part: Partition, snapshot_id: str, ohash: str, wanted: set[str] | None
+    ) -> _Previous | None:
+        """The previous snapshot as far as it can be read; `coco` and `rows_file` are set only if it can be
+        carried over. Its rows are read for the `wanted` label hashes (None: all) when it is carried over,
+        else all of them (the refresh rebuilds and compares every row)."""
+        stream = self._lake.open(self._key(part, snapshot_id, ROWS_FILE))
+        source = _Source.of(stream) if stream is not None else None
         prev: _Previous | None = None
         try:
             # Another layout (an earlier version's `#next` rows.tsv) is never carried over: its snapshot
             # format is older, so the partition is rebuilt; the manifest still names its rows.
-            if body.startswith(_ROWS_V2):
-                header, rows, images_len, annotations_len = _parse_rows(body)
+            if source is not None:
+                rows_file = _RowsFile(source)
+                header = rows_file.header
+                layout = {k: header.get(k) for k in _LAYOUT}
+                rows, images_len, annotations_len = rows_file.index(
+                    wanted if layout == self._layout(ohash) else None
+                )
                 counters = {k: int(header["next"][k]) for k in ("image", "annotation", "track")}
                 counts = {k: int(header["counts"][k]) for k in ("images", "annotations")}
-                prev = _Previous(
-                    {k: header.get(k) for k in _LAYOUT},
-                    counters,
-                    counts,
-                    rows,
-                    body,
-                    images_len,
-                    annotations_len,
-                )
+                prev = _Previous(layout, counters, counts, rows, rows_file, images_len, annotations_len)
         except _ROW_ERRORS:
             prev = None
         if prev is None:
+            if source is not None:
+                source.close()
             # No readable rows.tsv: the manifest still says which rows the snapshot held, for the changes.
-            if manifest is None:
-                manifest = self._read_json(self._key(part, snapshot_id, "manifest.json"))
+            manifest = self._read_json(self._key(part, snapshot_id, "manifest.json"))
             if manifest is None:
                 return None
-            rows = {h: _PrevRow(orjson.dumps(r), 0, 0, 0, 0, 0, 0, 0, 0) for h, r in manifest["rows"].items()}
-            return _Previous({k: manifest.get(k) for k in _LAYOUT}, {}, {}, rows, b"", 0, 0)
+            rows = {h: _PrevRow(orjson.dumps(r), b"", 0, 0, 0, 0) for h, r in manifest["rows"].items()}
+            return _Previous({k: manifest.get(k) for k in _LAYOUT}, {}, {}, rows, None, 0, 0)
         if prev.layout == self._layout(ohash):
             stream = self._lake.open(self._key(part, snapshot_id, "coco.json"))
             if stream is not None:
                 self._attach(prev, _Source.of(stream))
+            if prev.coco is None and wanted is not None and prev.rows_file is not None:
+                prev.rows = prev.rows_file.index(None)[0]  # not carried over after all: every row
+        if prev.coco is None:
+            prev.close()
         return prev
 
     @staticmethod
@@ -1080,8 +1073,8 @@ class CocoSnapshotBuilder:
         return None if stored is None else orjson.loads(stored.body)
 
     def _put_stream_once(self, key: str, chunks: Iterator[bytes]) -> tuple[str, int]:
-        """Stream `chunks` to `key` create-only; their sha256 and size. Like `_put_once`, an object an
-        earlier attempt of this run wrote must hold the same bytes (compared by streaming its sha256)."""
+        """Stream `chunks` to `key` create-only; their sha256 and size. An object an earlier attempt of this
+        run wrote must hold the same bytes, as its inputs are the same (compared by streaming its sha256)."""
         digest, size = hashlib.sha256(), 0
 
         def counted() -> Iterator[bytes]:
@@ -1105,15 +1098,6 @@ class CocoSnapshotBuilder:
             if stream is None or existing.hexdigest() != digest.hexdigest():
                 raise SnapshotConflictError(key, "already written with different content") from None
         return digest.hexdigest(), size
-
-    def _put_once(self, key: str, body: bytes) -> None:
-        try:
-            self._lake.put(key, body, if_none_match=True)
-        except PreconditionFailedError:
-            # An earlier attempt of this run wrote it: the inputs are the same, so must the bytes be.
-            existing = self._lake.get(key)
-            if existing is None or existing.body != body:
-                raise SnapshotConflictError(key, "already written with different content") from None
 
     def _move_latest(self, part: Partition, manifest: Mapping[str, Any], latest_obj: Any) -> None:
         key = latest_key(part.project_hash, part.branch, part.stage)
