@@ -35,7 +35,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, groupby
 from operator import itemgetter
@@ -177,10 +177,6 @@ class _NewRow:
     annotations: bytes  # its COCO annotations, likewise
     line: bytes  # its rows.tsv line
     entry: bytes  # its manifest entry, `"label_hash": {...}`
-
-    def counted(self) -> _NewRow:
-        """The row without its bytes (what the tally needs, once the bytes are in the assembly)."""
-        return _NewRow(self.sha256, self.data_title, self.n_images, self.n_annotations, b"", b"", b"", b"")
 
 
 def _rows_line(label_hash: bytes, images: bytes, annotations: bytes, record: bytes, state: bytes) -> bytes:
@@ -358,15 +354,25 @@ class _Spool(_TempBytes):
 
 @dataclass(slots=True)
 class _Conversion:
-    """The touched rows of a refresh: converted (`new_rows`), gone from the partition or left out
-    (`gone`, with the reason in `skipped` for a row that could not be converted), and the annotations
-    added, changed and removed in the rows converted so far."""
+    """The touched rows of a refresh: converted (`converted`, their bytes in the assembly), gone from the
+    partition or left out (`gone`, with the reason in `skipped` for a row that could not be converted),
+    and the annotations added, changed and removed in the rows converted so far."""
 
-    new_rows: dict[str, _NewRow]  # counts and sha256 only: their bytes are in the assembly
-    gone: set[str]
-    skipped: dict[str, str]
-    annotations: dict[str, int]
+    previous: Mapping[str, _PrevRow]  # the previous snapshot's entries of the touched rows
     incremental: bool  # the previous snapshot is carried over
+    converted: list[str] = field(default_factory=list)  # in label-hash order
+    sha256: dict[str, str] = field(default_factory=dict)  # of the converted rows the previous one held
+    counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "annotations": 0})
+    gone: set[str] = field(default_factory=set)
+    skipped: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, int] = field(default_factory=lambda: {"added": 0, "changed": 0, "removed": 0})
+
+    def add(self, label_hash: str, new: _NewRow) -> None:
+        self.converted.append(label_hash)
+        if label_hash in self.previous:
+            self.sha256[label_hash] = new.sha256
+        self.counts["images"] += new.n_images
+        self.counts["annotations"] += new.n_annotations
 
     def leave_out(self, label_hash: str, reason: str) -> None:
         self.gone.add(label_hash)
@@ -452,17 +458,13 @@ class _Assembly:
             self._carried.close()
 
 
-def _tally(
-    conversion: _Conversion, prev_rows: Mapping[str, _PrevRow], touched: list[str], carried: _Previous | None
-) -> _Tally | None:
+def _tally(conversion: _Conversion, touched: list[str], carried: _Previous | None) -> _Tally | None:
     """The changes by row (only touched rows are parsed) and the counts; None when a refresh that carries
     the previous snapshot over finds nothing changed (no new snapshot then)."""
-    new_rows = conversion.new_rows
+    prev_rows = conversion.previous
     old_records = {h: orjson.loads(prev_rows[h].record) for h in touched if h in prev_rows}
-    added = sorted(h for h in new_rows if h not in prev_rows)
-    changed = sorted(
-        h for h in new_rows if h in old_records and old_records[h]["sha256"] != new_rows[h].sha256
-    )
+    added = [h for h in conversion.converted if h not in prev_rows]
+    changed = sorted(h for h, sha in conversion.sha256.items() if old_records[h]["sha256"] != sha)
     removed = sorted(h for h in conversion.gone if h in prev_rows)
     n_images = n_annotations = 0
     if carried is not None:
@@ -473,8 +475,8 @@ def _tally(
         n_annotations = carried.counts["annotations"] - sum(
             int(r["annotations"]) for r in old_records.values()
         )
-    n_images += sum(r.n_images for r in new_rows.values())
-    n_annotations += sum(r.n_annotations for r in new_rows.values())
+    n_images += conversion.counts["images"]
+    n_annotations += conversion.counts["annotations"]
     return _Tally(added, changed, removed, {"images": n_images, "annotations": n_annotations})
 
 
@@ -601,8 +603,11 @@ class CocoSnapshotBuilder:
         counters, touched = self._touched(part, changes, carried)
         assembly = _Assembly(carried, touched)
         try:
-            conversion = self._convert_touched(converter, part, touched, carried, counters, assembly)
-            tally = _tally(conversion, prev.rows if prev is not None else {}, touched, carried)
+            previous = prev.rows if prev is not None else {}
+            conversion = self._convert_touched(
+                converter, part, touched, carried, previous, counters, assembly
+            )
+            tally = _tally(conversion, touched, carried)
             if tally is None:
                 if newest is not None:
                     self._move_latest(part, newest, latest_obj)  # nothing changed since: point at it
@@ -661,12 +666,14 @@ class CocoSnapshotBuilder:
         part: Partition,
         touched: list[str],
         carried: _Previous | None,
+        previous: Mapping[str, _PrevRow],
         counters: dict[str, int],
         assembly: _Assembly,
     ) -> _Conversion:
         """Read and convert the touched rows; a row is serialised as soon as its masks are computed and
-        goes into the assembly at once (only its counts and sha256 are kept)."""
-        out = _Conversion({}, set(), {}, {"added": 0, "changed": 0, "removed": 0}, carried is not None)
+        goes into the assembly at once (only its label hash and counts are kept, and its sha256 if the
+        previous snapshot held it)."""
+        out = _Conversion(previous, carried is not None)
         masks = _RowMasks()
         waiting: list[tuple[str, _Converted]] = []
 
@@ -679,7 +686,7 @@ class CocoSnapshotBuilder:
                 old = carried.rows.get(label_hash) if carried is not None else None
                 new = self._serialise(label_hash, converted, carried, old, out.annotations)
                 assembly.add(label_hash, new)
-                out.new_rows[label_hash] = new.counted()
+                out.add(label_hash, new)
             waiting.clear()
 
         for label_hash in touched:
