@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from encord_mirror.aws_lambda.settings import Settings
+from encord_mirror.aws_lambda.settings import Settings, variable_of
 from encord_mirror.build_layer import LAMBDA_PYTHON
 from encord_mirror.coco.modes import COCO_MODES, DEFAULT_COCO_MODE
+from encord_mirror.domain.config import MirrorConfig
 from encord_mirror.domain.limits import DEFAULT_BUNDLE_SIZE, MAX_BUNDLE_SIZE
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -261,6 +262,29 @@ def test_environment_variables_equal_the_settings_fields(template: dict[str, Any
         variables |= set(resource["Properties"].get("Environment", {}).get("Variables", {}))
         assert resource["Properties"]["Handler"] == "app.lambda_handler", name
     assert variables == set(Settings.model_fields)
+
+
+def test_every_mirror_config_setting_is_a_parameter_with_its_default_and_bounds(
+    template: dict[str, Any],
+) -> None:
+    # Given MirrorConfig's fields, each read from the variable variable_of names (branches: BRANCH_MODE)
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for setting, field in MirrorConfig.model_fields.items():
+        # Then template.yaml sets that variable from a parameter
+        parameter = template["Parameters"][variables[variable_of(setting)]["Ref"]]
+        if setting in ("projects", "branches"):
+            continue  # no default (Projects), or two variables (BRANCH_MODE, BRANCH_NAME)
+        bounds = {type(m).__name__: m for m in field.metadata}
+        if field.annotation in (int, int | None):
+            # a number: None is 0 in the variable; the bounds are MirrorConfig's
+            assert parameter["Type"] == "Number", setting
+            assert parameter.get("MinValue") == (0 if field.default is None else bounds["Ge"].ge), setting
+            assert parameter.get("MaxValue") == (bounds["Le"].le if "Le" in bounds else None), setting
+            if setting != "max_attempts":  # WorkQueueMaxReceiveCount: the queue's, deliberately higher
+                assert parameter["Default"] == (field.default or 0), setting
+        else:
+            # a comma-separated list, empty by default
+            assert (parameter["Type"], parameter["Default"]) == ("String", ""), setting
 
 
 def test_the_coco_mode_parameter_offers_the_modes_the_mirror_knows(template: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from encord_mirror.adapters.local import LocalLake, SqliteStateStore
+from encord_mirror.cli.args import FLAG_OF_SETTING
 from encord_mirror.cli.errors import CliError
 from encord_mirror.cli.main import build_parser, main
 from encord_mirror.cli.sync import config_from_args, format_summary
@@ -214,3 +215,44 @@ def test_an_encord_domain_that_is_not_a_url_exits_2_naming_the_flag(
     assert code == 2
     assert "--encord-domain 'not a url': not an http(s) URL" in err and "https://api.encord.com" in err
     assert not (tmp_path / "lake").exists()
+
+
+def test_sync_help_lists_every_flag_that_sets_a_mirror_config_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the flags declared with cli.args.config_flag (FLAG_OF_SETTING is filled as the parser is built)
+    build_parser()
+    declared = dict(FLAG_OF_SETTING)
+    # Then each sets a MirrorConfig field, and `sync --help` lists it
+    assert set(declared) <= set(MirrorConfig.model_fields)
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    text = capsys.readouterr().out
+    assert {flag for flag in declared.values() if flag not in text} == set()
+    assert {"--allow-shrink", "--snapshots-keep", "--history-keep-runs"} <= set(declared.values())
+
+
+def test_each_config_flag_reaches_its_mirror_config_field() -> None:
+    # Given every flag that sets a MirrorConfig field, each with a value other than the default
+    flags = {
+        "projects": (["--project", "p2"], ("p1", "p2")),
+        "branches": (["--branch", "consensus-1"], BranchSelection("named", "consensus-1")),
+        "reconcile_every": (["--reconcile-every", "3"], 3),
+        "bundle_size": (["--bundle-size", "7"], 7),
+        "stage_include": (["--stage", "Review"], ("Review",)),
+        "stage_exclude": (["--exclude-stage", "Archive"], ("Archive",)),
+        "task_statuses": (["--task-status", "COMPLETED"], ("COMPLETED",)),
+        "object_feature_hashes": (["--object-feature", "o1"], ("o1",)),
+        "classification_feature_hashes": (["--classification-feature", "c1"], ("c1",)),
+        "filter_shrink_limit": (["--allow-shrink"], 100),
+        "history_keep_runs": (["--history-keep-runs", "4"], 4),
+        "snapshots_keep": (["--snapshots-keep", "2"], 2),
+        "snapshots_keep_days": (["--snapshots-keep-days", "30"], 30),
+    }
+    build_parser()
+    assert set(flags) == set(FLAG_OF_SETTING)  # a new config flag gets a case here
+    for setting, (argv, expected) in flags.items():
+        # When only that flag is given / Then only its field differs from MirrorConfig's default
+        config = config_from_args(_args(*argv))
+        assert getattr(config, setting) == expected, setting
+        assert getattr(MirrorConfig(projects=("p1",)), setting) != expected, setting

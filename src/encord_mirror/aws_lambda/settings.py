@@ -1,12 +1,15 @@
 """The Lambda environment, checked once at cold start. Field names equal the variable names in
-template.yaml (a test holds them equal), so an error message names the variable to fix."""
+template.yaml (a test holds them equal), so an error message names the variable to fix. MirrorConfig's
+settings are read generically: each field is the variable of its name in capitals (`variable_of`)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import types
+import typing
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -14,31 +17,51 @@ from encord_mirror.coco.modes import CocoMode
 from encord_mirror.domain.config import ConfigError, MirrorConfig
 from encord_mirror.domain.models import BranchSelection
 
-# MirrorConfig setting -> the environment variable that carries it.
-_CONFIG_VARIABLES = {
-    "projects": "PROJECTS",
-    "branches": "BRANCH_MODE",
-    "bundle_size": "BUNDLE_SIZE",
-    "overlap_seconds": "OVERLAP_SECONDS",
-    "reconcile_every": "RECONCILE_EVERY",
-    "stage_include": "STAGE_INCLUDE",
-    "stage_exclude": "STAGE_EXCLUDE",
-    "task_statuses": "TASK_STATUSES",
-    "object_feature_hashes": "OBJECT_FEATURE_HASHES",
-    "classification_feature_hashes": "CLASSIFICATION_FEATURE_HASHES",
-    "max_attempts": "MAX_ATTEMPTS",
-    "lease_ttl_seconds": "LEASE_TTL_SECONDS",
-    "history_keep_runs": "HISTORY_KEEP_RUNS",
-    "filter_shrink_limit": "FILTER_SHRINK_LIMIT",
-    "snapshots_keep": "SNAPSHOTS_KEEP",
-    "snapshots_keep_days": "SNAPSHOTS_KEEP_DAYS",
+
+def variable_of(setting: str) -> str:
+    """The environment variable that carries a MirrorConfig setting: its name in capitals (`branches`:
+    BRANCH_MODE; a named branch's name is in BRANCH_NAME)."""
+    if setting == "branches":
+        return "BRANCH_MODE"
+    return setting.upper() if setting in MirrorConfig.model_fields else setting
+
+
+def _kind(annotation: Any) -> str:
+    """How a variable carries a MirrorConfig field of this type: `int` a number; `csv` comma-separated
+    text for `tuple[str, ...]`; `..._or_none` for `| None`, where 0 (or "") means None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1
+    base = args[0] if optional else annotation
+    if base is int:
+        kind = "int"
+    elif base == tuple[str, ...]:
+        kind = "csv"
+    else:
+        raise TypeError(f"no environment variable carries a MirrorConfig field of type {annotation!r}")
+    return f"{kind}_or_none" if optional else kind
+
+
+# MirrorConfig setting -> how its variable carries it: every field but `branches` (BRANCH_MODE and
+# BRANCH_NAME), so a new MirrorConfig field reaches the Lambda with no change here; template.yaml must
+# set its variable (tests/infrastructure/test_template.py holds the two equal).
+_CONFIG_KINDS = {
+    setting: _kind(field.annotation)
+    for setting, field in MirrorConfig.model_fields.items()
+    if setting != "branches"
+}
+_VARIABLE_TYPES: dict[str, Any] = {
+    "int": int,
+    "int_or_none": Annotated[int, Field(ge=0)],
+    "csv": str,
+    "csv_or_none": str,
 }
 
 
-def variable_of(setting: str) -> str:
-    """The environment variable that carries a MirrorConfig setting (`branches`: BRANCH_MODE; a named
-    branch's name is in BRANCH_NAME)."""
-    return _CONFIG_VARIABLES.get(setting, setting)
+def _config_value(kind: str, value: int | str) -> object:
+    if isinstance(value, str):
+        values = _csv(value)
+        return values or None if kind == "csv_or_none" else values
+    return value or None if kind == "int_or_none" else value
 
 
 class SettingsError(Exception):
@@ -69,28 +92,15 @@ class Settings(BaseModel):
     ENCORD_KEY_SECRET_ARN: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:")
     ENCORD_DOMAIN: str = Field(pattern=r"^https?://")
     SECRET_MAX_AGE_SECONDS: int = Field(ge=0)
-    PROJECTS: str = Field(min_length=1)
     BRANCH_MODE: Literal["main", "named", "all"]
     BRANCH_NAME: str
-    BUNDLE_SIZE: int
-    OVERLAP_SECONDS: int
-    RECONCILE_EVERY: int
-    STAGE_INCLUDE: str
-    STAGE_EXCLUDE: str
-    TASK_STATUSES: str
-    OBJECT_FEATURE_HASHES: str
-    CLASSIFICATION_FEATURE_HASHES: str
-    MAX_ATTEMPTS: int
-    LEASE_TTL_SECONDS: int
-    HISTORY_KEEP_RUNS: int = Field(ge=0)  # 0: keep every run's change log
-    FILTER_SHRINK_LIMIT: int  # percent of the current view a filter change may remove (100: any)
-    SNAPSHOTS_KEEP: int = Field(ge=0)  # 0 (and SNAPSHOTS_KEEP_DAYS 0): keep every COCO snapshot
-    SNAPSHOTS_KEEP_DAYS: int = Field(ge=0)
     COCO_MODE: CocoMode
     ANNOUNCE_MIN_ANNOTATIONS: int = Field(ge=0)
     POWERTOOLS_SERVICE_NAME: str = Field(min_length=1)
     POWERTOOLS_METRICS_NAMESPACE: str = Field(min_length=1)
     POWERTOOLS_LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    # MirrorConfig's settings, one variable per field (PROJECTS, BUNDLE_SIZE, FILTER_SHRINK_LIMIT, ...).
+    __annotations__.update({variable_of(s): _VARIABLE_TYPES[kind] for s, kind in _CONFIG_KINDS.items()})
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -109,27 +119,15 @@ class Settings(BaseModel):
 
     def mirror_config(self) -> MirrorConfig:
         name = self.BRANCH_NAME or None
+        settings: dict[str, object] = {
+            setting: _config_value(kind, getattr(self, variable_of(setting)))
+            for setting, kind in _CONFIG_KINDS.items()
+        }
+        settings["branches"] = BranchSelection(
+            mode=self.BRANCH_MODE, name=name if self.BRANCH_MODE == "named" else None
+        )
         try:
-            return MirrorConfig(
-                projects=_csv(self.PROJECTS),
-                branches=BranchSelection(
-                    mode=self.BRANCH_MODE, name=name if self.BRANCH_MODE == "named" else None
-                ),
-                bundle_size=self.BUNDLE_SIZE,
-                overlap_seconds=self.OVERLAP_SECONDS,
-                reconcile_every=self.RECONCILE_EVERY,
-                stage_include=_csv(self.STAGE_INCLUDE),
-                stage_exclude=_csv(self.STAGE_EXCLUDE),
-                task_statuses=_csv(self.TASK_STATUSES),
-                object_feature_hashes=_csv(self.OBJECT_FEATURE_HASHES) or None,
-                classification_feature_hashes=_csv(self.CLASSIFICATION_FEATURE_HASHES) or None,
-                max_attempts=self.MAX_ATTEMPTS,
-                lease_ttl_seconds=self.LEASE_TTL_SECONDS,
-                history_keep_runs=self.HISTORY_KEEP_RUNS or None,
-                filter_shrink_limit=self.FILTER_SHRINK_LIMIT,
-                snapshots_keep=self.SNAPSHOTS_KEEP or None,
-                snapshots_keep_days=self.SNAPSHOTS_KEEP_DAYS or None,
-            )
+            return MirrorConfig.model_validate(settings)
         except ConfigError as exc:
             variable = variable_of(exc.setting)
             if exc.setting == "branches" and self.BRANCH_MODE == "named":

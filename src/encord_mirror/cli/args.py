@@ -2,7 +2,9 @@
 
 A flag that sets a `MirrorConfig` field is declared with `config_flag`: its `dest` is the field's name,
 so `cli.sync.config_from_args` passes it on without a second list, and a `ConfigError` about the field
-names the flag (`FLAG_OF_SETTING`). Adding such a flag is one call here (and the field in MirrorConfig).
+names the flag (`FLAG_OF_SETTING`). Adding such a flag is one call here (and the field in MirrorConfig,
+which the Lambda reads from the variable of its name in capitals: see `aws_lambda.settings`). The flags
+are declared here, not from MirrorConfig's fields, so that --help imports no pydantic.
 Each command's `func` is a "module:function" path that `main` imports only when that command runs.
 """
 
