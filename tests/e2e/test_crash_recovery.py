@@ -18,9 +18,11 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,10 @@ class World:
         )
 
     def edit(self, n: int) -> None:
+        # Encord stamps edits in whole seconds: a row saved twice in one second, with a sync reading it
+        # in between, keeps its last_edited_at, and the mirror cannot tell the second save (README,
+        # Guarantees). Rounds can be under a second apart, so each starts in a second of its own.
+        time.sleep(1 - datetime.now(UTC).microsecond / 1_000_000)
         for row in self.rng.sample(self.main_rows(), n):
             edited = without_objects(row["row"])
             edited["object_actions"] = {}  # the SDK drops the actions of objects that are gone
