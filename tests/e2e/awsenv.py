@@ -15,6 +15,18 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 REGION = "us-east-1"
+
+
+def boto_environment(endpoint: str) -> dict[str, str]:
+    """boto3's usual environment, pointed at the AWS emulator with dummy credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+
+
 TEST_VISIBILITY_TIMEOUT_S = 1
 
 

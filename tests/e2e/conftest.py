@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from awsenv import REGION, AwsResources, LinearizedMotoServer, create_resources
+from awsenv import REGION, AwsResources, LinearizedMotoServer, boto_environment, create_resources
 from botocore.config import Config
 
 
@@ -22,6 +22,15 @@ def aws_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture()
+def aws_env(aws_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """boto3's usual environment (the emulator's endpoint, dummy credentials), set for this test."""
+    env = boto_environment(aws_endpoint)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 @pytest.fixture(scope="session")

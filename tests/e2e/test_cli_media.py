@@ -243,9 +243,8 @@ def test_coco_export_yolo_takes_the_fetched_images_and_supervision_loads_them(
 
 def test_media_into_an_s3_lake(
     synced: Synced,
-    aws_endpoint: str,
+    aws_env: dict[str, str],
     aws_client: Callable[[str], Any],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given the lake as sync left it copied to a bucket on a local S3 (moto), and its stage with the most
     # still images and no video
@@ -259,13 +258,6 @@ def test_media_into_an_s3_lake(
             s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
     stages = {k: b for k, b in _snapshots(LocalLake(before)).items() if b'"video_title"' not in b}
     stage = max(stages, key=lambda k: stages[k].count(b'"image_title"'))
-    for name, value in {
-        "AWS_ENDPOINT_URL": aws_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
     # When media runs against s3://bucket/lake, twice
     code, summary, err = synced.media(f"s3://{bucket}/lake", "--stage", stage)
     code_again, again, _ = synced.media(f"s3://{bucket}/lake", "--stage", stage)

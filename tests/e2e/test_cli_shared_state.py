@@ -52,21 +52,13 @@ class Shared:
 @pytest.fixture
 def shared(
     tmp_path: Path,
-    aws_endpoint: str,
+    aws_env: dict[str, str],
     aws_client: Callable[[str], Any],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Shared]:
     suffix = uuid.uuid4().hex[:10]
     bucket, table = f"lake-{suffix}", f"state-{suffix}"
     aws_client("s3").create_bucket(Bucket=bucket)
     create_state_table(aws_client("dynamodb"), table)
-    for name, value in {
-        "AWS_ENDPOINT_URL": aws_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
     with serve_mirror(tmp_path, extra_images=8) as mirror:
         mirror.dest = f"s3://{bucket}/lake"
         yield Shared(mirror, bucket, table, aws_client, tmp_path)

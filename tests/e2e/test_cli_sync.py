@@ -611,7 +611,7 @@ def test_status_says_what_holds_the_lake_back_and_exits_1_until_it_is_in_step(mi
 def test_an_s3_lake_is_synced_through_boto3_with_state_in_the_user_cache(
     scheme: str,
     mirror: Mirror,
-    aws_endpoint: str,
+    aws_env: dict[str, str],
     aws_client: Callable[[str], Any],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -619,14 +619,7 @@ def test_an_s3_lake_is_synced_through_boto3_with_state_in_the_user_cache(
     # Given a bucket on a local S3 (moto), reached through boto3's usual environment
     bucket = f"lake-{uuid.uuid4().hex[:10]}"
     aws_client("s3").create_bucket(Bucket=bucket)
-    for name, value in {
-        "AWS_ENDPOINT_URL": aws_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-    }.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     mirror.dest = f"{scheme}://{bucket}/mirror/v1"
 
     # When sync runs twice against s3://bucket/prefix (or S3://: the scheme's case does not matter)

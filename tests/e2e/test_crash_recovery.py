@@ -242,22 +242,14 @@ def test_a_sync_killed_at_any_point_on_a_local_lake_is_exact_after_one_more_run(
 def test_a_sync_killed_at_any_point_on_an_s3_lake_is_exact_after_one_more_run(
     world: World,
     tmp_path: Path,
-    aws_endpoint: str,
+    aws_env: dict[str, str],
     aws_client: Callable[[str], Any],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a versioned bucket on moto, reached through boto3's usual environment
     bucket = f"lake-{uuid.uuid4().hex[:10]}"
     aws_client("s3").create_bucket(Bucket=bucket)
     aws_client("s3").put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    world.env = {
-        "AWS_ENDPOINT_URL": aws_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for name, value in world.env.items():
-        monkeypatch.setenv(name, value)
+    world.env = aws_env  # for the killed CLI's process; this one has it already
     prefixes = iter(range(100))
 
     def new_lake() -> Lake:

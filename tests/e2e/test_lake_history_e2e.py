@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 def lake_mirror(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    aws_endpoint: str,
+    aws_env: dict[str, str],
     aws_client: Callable[[str], Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Mirror, ObjectStore]]:
@@ -35,14 +35,7 @@ def lake_mirror(
             return
         bucket = f"lake-{uuid.uuid4().hex[:10]}"
         aws_client("s3").create_bucket(Bucket=bucket)
-        for name, value in {
-            "AWS_ENDPOINT_URL": aws_endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        }.items():
-            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
         mirror.dest = f"s3://{bucket}/lake"
         yield mirror, S3ObjectStore(bucket, "lake", aws_client("s3"))
 

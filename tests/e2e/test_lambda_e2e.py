@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from awsenv import REGION, AwsResources, create_resources
+from awsenv import REGION, AwsResources, boto_environment, create_resources
 from lambda_support import FakeLambdaContext, load_event, load_handler
 
 from encord_emulator.keys import generate_keypair
@@ -269,10 +269,7 @@ def deployment(
     with Emulator(tmp_path / "fixture", authorized_keys=[public_line]) as emu:
         # The environment template.yaml gives the functions, pointed at the emulators.
         environment = {
-            "AWS_ENDPOINT_URL": aws_endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
+            **boto_environment(aws_endpoint),
             "AWS_REGION": REGION,
             "LAKE_BUCKET": resources.bucket,
             "LAKE_PREFIX": LAKE_PREFIX,

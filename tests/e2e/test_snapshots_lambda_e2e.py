@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from awsenv import REGION, AwsResources
+from awsenv import REGION, AwsResources, boto_environment
 from lambda_support import FakeLambdaContext, load_event, load_handler
 from snapshot_checks import committed_snapshots, one_event_per_snapshot_differences
 
@@ -157,10 +157,7 @@ def stack(
     with Emulator(tmp_path / "fixture", authorized_keys=[public_line]) as emu:
         # The environment template.yaml gives the functions, pointed at the emulators.
         environment = {
-            "AWS_ENDPOINT_URL": aws.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
+            **boto_environment(aws.endpoint),
             "AWS_REGION": REGION,
             "LAKE_BUCKET": aws.bucket,
             "LAKE_PREFIX": LAKE_PREFIX,
